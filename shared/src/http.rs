@@ -1,0 +1,445 @@
+//! The HTTP edge shared by the command and query services on `may_minihttp`: reading a request
+//! safely, the JSON envelope (SPEC §2), and the one function that turns an [`ApiError`] into a
+//! status and an envelope.
+//!
+//! `may_minihttp` 0.1 trusts its input more than we do: it parses `Content-Length` with
+//! `unwrap`, has no body limit, and turns a failing `call()` into a 500 with raw error text.
+//! [`Incoming::read`] therefore checks the framing headers itself before touching the body and
+//! never returns an I/O error for bad input, only an [`ApiError`] that becomes a 4xx.
+
+use std::io::Read;
+use std::sync::{OnceLock, RwLock};
+
+use may_minihttp::{Request, Response};
+use serde::Serialize;
+
+/// Largest request body accepted (SPEC §2.2: larger is 413).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Largest declared body we still read and discard after answering 413, so the answer reaches
+/// the client on a keep-alive connection. Beyond it the connection is closed instead: reading
+/// gigabytes to be polite would be a denial of service against ourselves.
+pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// An error a request can end in. Each variant's doc says what the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400 with the message.
+    BadRequest(String),
+    /// 401: a write without credentials.
+    Unauthorized,
+    /// 403: credentials that are not valid.
+    Forbidden,
+    /// 404 with the message.
+    NotFound(String),
+    /// 405 with `Allow`.
+    MethodNotAllowed { allow: &'static str },
+    /// 409 with the current version in `error` and `data`.
+    Conflict { current: i64 },
+    /// 411: a body without `Content-Length` (chunked bodies are not supported).
+    LengthRequired,
+    /// 413: the body exceeds [`BODY_LIMIT`].
+    PayloadTooLarge { declared: usize },
+    /// 503 with `Retry-After`: a dependency is down or too slow; the service keeps running.
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Conflict { .. } => 409,
+            ApiError::LengthRequired => 411,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) | ApiError::NotFound(m) | ApiError::Unavailable(m) => m.clone(),
+            ApiError::Unauthorized => {
+                "missing credentials: send Authorization: Bearer <token>".into()
+            }
+            ApiError::Forbidden => "invalid token".into(),
+            ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
+            ApiError::Conflict { current } => {
+                format!("version conflict: current version is {current}")
+            }
+            ApiError::LengthRequired => "a body needs a Content-Length header".into(),
+            ApiError::PayloadTooLarge { declared } => {
+                format!("body of {declared} bytes exceeds the limit of {BODY_LIMIT} bytes")
+            }
+        }
+    }
+
+    /// The one place an error becomes an HTTP answer.
+    pub fn into_reply(self, instance: &str) -> Reply {
+        let status = self.status();
+        let error = self.message();
+        let data = match &self {
+            ApiError::Conflict { current } => {
+                Some(serde_json::json!({ "current_version": current }))
+            }
+            _ => None,
+        };
+        let body = Envelope {
+            success: false,
+            message: None,
+            data: data.as_ref(),
+            error: Some(&error),
+            instance,
+            meta: None::<&()>,
+        }
+        .to_vec();
+        let mut reply = Reply::new(status, body);
+        match self {
+            ApiError::MethodNotAllowed { allow } => reply.headers.push(allow_header(allow)),
+            ApiError::Conflict { current } => reply.headers.push(etag_header(current)),
+            ApiError::Unavailable(_) => reply.headers.push("Retry-After: 1"),
+            ApiError::Unauthorized => reply.headers.push("WWW-Authenticate: Bearer"),
+            _ => {}
+        }
+        reply
+    }
+}
+
+/// The JSON envelope of every response (SPEC §2).
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a, D: Serialize, M: Serialize> {
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<D>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    pub instance: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<M>,
+}
+
+impl<D: Serialize, M: Serialize> Envelope<'_, D, M> {
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serialising plain data structures into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A successful envelope with `data` (and optional `message`).
+pub fn ok_body<D: Serialize>(instance: &str, message: Option<&str>, data: D) -> Vec<u8> {
+    Envelope {
+        success: true,
+        message,
+        data: Some(data),
+        error: None,
+        instance,
+        meta: None::<()>,
+    }
+    .to_vec()
+}
+
+/// A response about to be written: status, body and extra `&'static` headers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<&'static str>,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, header: &'static str) -> Reply {
+        self.headers.push(header);
+        self
+    }
+
+    /// Writes the reply with the content type and the instance header.
+    pub fn write(self, instance_header: &'static str, rsp: &mut Response) {
+        rsp.status_code(self.status as usize, reason(self.status));
+        rsp.header("Content-Type: application/json");
+        rsp.header(instance_header);
+        // may_minihttp holds at most 16 headers; ours never exceed a handful.
+        for h in self.headers.into_iter().take(12) {
+            rsp.header(h);
+        }
+        rsp.body_vec(self.body);
+    }
+}
+
+/// `X-Instance-ID: <id>`, built once at start-up (headers must be `&'static str`).
+pub fn instance_header(instance: &str) -> &'static str {
+    Box::leak(format!("X-Instance-ID: {instance}").into_boxed_str())
+}
+
+fn allow_header(allow: &'static str) -> &'static str {
+    static CACHE: OnceLock<RwLock<Vec<(&'static str, &'static str)>>> = OnceLock::new();
+    intern(CACHE.get_or_init(Default::default), allow, || {
+        format!("Allow: {allow}")
+    })
+}
+
+/// `ETag: "<version>"`. Headers must be `&'static str`, so each distinct version's header is
+/// built once and kept: memory is bounded by the highest version ever served, a few bytes each.
+pub fn etag_header(version: i64) -> &'static str {
+    static CACHE: OnceLock<RwLock<Vec<&'static str>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let Ok(index) = usize::try_from(version) else {
+        return "ETag: \"0\"";
+    };
+    if let Ok(read) = cache.read() {
+        if let Some(h) = read.get(index) {
+            return h;
+        }
+    }
+    let Ok(mut write) = cache.write() else {
+        return "ETag: \"0\"";
+    };
+    while write.len() <= index {
+        let v = write.len();
+        write.push(Box::leak(format!("ETag: \"{v}\"").into_boxed_str()));
+    }
+    write[index]
+}
+
+fn intern(
+    cache: &RwLock<Vec<(&'static str, &'static str)>>,
+    key: &'static str,
+    make: impl FnOnce() -> String,
+) -> &'static str {
+    if let Ok(read) = cache.read() {
+        if let Some((_, v)) = read.iter().find(|(k, _)| *k == key) {
+            return v;
+        }
+    }
+    let value: &'static str = Box::leak(make().into_boxed_str());
+    if let Ok(mut write) = cache.write() {
+        write.push((key, value));
+    }
+    value
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A request copied out of `may_minihttp`'s borrowed buffers, with its body read and checked.
+#[derive(Debug)]
+pub struct Incoming {
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    /// The raw query string (after `?`), if any.
+    pub query: Option<String>,
+    /// Header names lower-cased; values that are not UTF-8 are kept lossily.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    /// Copies the request and reads its body, enforcing [`BODY_LIMIT`]. Never panics on bad
+    /// framing headers: a malformed or repeated `Content-Length` is a 400, a body without one
+    /// (chunked) a 411, an oversized one a 413 (drained when small enough to drain).
+    pub fn read(req: Request) -> Result<Incoming, ApiError> {
+        let method = req.method().to_owned();
+        let (path, query) = match req.path().split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (req.path().to_owned(), None),
+        };
+        let mut headers = Vec::with_capacity(req.headers().len());
+        let mut content_length: Option<usize> = None;
+        let mut chunked = false;
+        for h in req.headers() {
+            let name = h.name.to_ascii_lowercase();
+            let value = String::from_utf8_lossy(h.value).trim().to_owned();
+            match name.as_str() {
+                "content-length" => {
+                    let n = parse_content_length(&value)?;
+                    if content_length.is_some_and(|prev| prev != n) {
+                        return Err(ApiError::BadRequest(
+                            "conflicting Content-Length headers".into(),
+                        ));
+                    }
+                    content_length = Some(n);
+                }
+                "transfer-encoding" => chunked = true,
+                _ => {}
+            }
+            headers.push((name, value));
+        }
+        if chunked {
+            return Err(ApiError::LengthRequired);
+        }
+        let declared = content_length.unwrap_or(0);
+        if declared > BODY_LIMIT {
+            if declared <= DRAIN_LIMIT {
+                // Dropping the reader reads and discards the declared body.
+                drop(req.body());
+            }
+            return Err(ApiError::PayloadTooLarge { declared });
+        }
+        let mut body = Vec::with_capacity(declared);
+        if declared > 0 {
+            req.body()
+                .read_to_end(&mut body)
+                .map_err(|e| ApiError::BadRequest(format!("could not read body: {e}")))?;
+            if body.len() != declared {
+                return Err(ApiError::BadRequest(format!(
+                    "body ended after {} of {declared} bytes",
+                    body.len()
+                )));
+            }
+        }
+        Ok(Incoming {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    /// The first value of a header, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The query parameters, percent-decoded.
+    pub fn params(&self) -> Result<Vec<(String, String)>, ApiError> {
+        match &self.query {
+            Some(q) => parse_query(q),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+fn parse_content_length(value: &str) -> Result<usize, ApiError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(format!(
+            "malformed Content-Length {value:?}"
+        )));
+    }
+    // All digits but too large for usize: certainly over the limit.
+    Ok(value.parse().unwrap_or(usize::MAX))
+}
+
+/// Splits and percent-decodes a query string (`+` is a space). Invalid escapes or non-UTF-8
+/// results are a 400, never a silent mangling.
+pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, ApiError> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::BadRequest(format!("bad percent-escape in {s:?}")))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::BadRequest(format!("query parameter {s:?} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings() {
+        let check = |q: &str, expect: &[(&str, &str)]| {
+            let got = parse_query(q).unwrap();
+            let got: Vec<(&str, &str)> =
+                got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(got, expect, "query {q:?}");
+        };
+        check("", &[]);
+        check("page=2&per_page=20", &[("page", "2"), ("per_page", "20")]);
+        check(
+            "category=kebersihan&&x",
+            &[("category", "kebersihan"), ("x", "")],
+        );
+        check("t=a+b%20c%2F", &[("t", "a b c/")]);
+        assert!(parse_query("x=%zz").is_err());
+        assert!(parse_query("x=%ff").is_err());
+        assert!(parse_query("x=%4").is_err());
+    }
+
+    #[test]
+    fn content_length() {
+        assert_eq!(parse_content_length("12"), Ok(12));
+        assert_eq!(
+            parse_content_length("99999999999999999999999"),
+            Ok(usize::MAX)
+        );
+        for bad in ["", "-1", "abc", "1 2", "0x10", "+5"] {
+            assert!(parse_content_length(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_become_envelopes() {
+        let r = ApiError::Conflict { current: 3 }.into_reply("command-1");
+        assert_eq!(r.status, 409);
+        assert!(r.headers.contains(&"ETag: \"3\""));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["success"], false);
+        assert_eq!(v["data"]["current_version"], 3);
+        assert_eq!(v["instance"], "command-1");
+        assert!(v["error"]
+            .as_str()
+            .unwrap()
+            .contains("current version is 3"));
+        let r = ApiError::MethodNotAllowed { allow: "GET, POST" }.into_reply("x");
+        assert_eq!(r.headers, vec!["Allow: GET, POST"]);
+        assert_eq!(etag_header(7), "ETag: \"7\"");
+    }
+}

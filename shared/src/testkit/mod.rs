@@ -1,0 +1,57 @@
+//! The test harness (feature `testkit`): real throwaway PostgreSQL clusters and Redis servers
+//! on free ports with their data in temp dirs, the services themselves as child processes, and
+//! a tiny blocking HTTP client. Everything stops and cleans up on `Drop`.
+//!
+//! No mocks: a test that kills the database kills a real `postgres`.
+
+mod client;
+mod postgres;
+mod redis;
+mod service;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+pub use client::{http, raw, HttpResponse};
+pub use postgres::PgCluster;
+pub use redis::RedisServer;
+pub use service::Service;
+
+/// A port that was free a moment ago (the OS picks it; we release it for the child).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Polls `check` every 50 ms until it returns true; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when this process runs as root (PostgreSQL refuses to, so we switch user).
+pub(crate) fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Sends a signal to a pid with the `kill` command (we forbid `unsafe`, so no libc).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}

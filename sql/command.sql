@@ -1,0 +1,34 @@
+-- Command database: the source of truth. Applied by the command service at start-up;
+-- every statement is idempotent so several instances may apply it at once.
+
+-- One row per report ever created. A delete keeps the row (deleted_at set, version bumped) so
+-- versions keep increasing and a deleted id can never be reused.
+CREATE TABLE IF NOT EXISTS reports (
+    id          uuid        PRIMARY KEY,
+    title       text        NOT NULL,
+    description text        NOT NULL,
+    category    text        NOT NULL,
+    status      text        NOT NULL,
+    version     bigint      NOT NULL CHECK (version >= 1),
+    created_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL,
+    deleted_at  timestamptz
+);
+
+-- The append-only event log, which is also the outbox: written in the same transaction as the
+-- report row, published to Redis by the relay in position order, then marked published.
+CREATE TABLE IF NOT EXISTS event_log (
+    position     bigserial   PRIMARY KEY,
+    event_id     uuid        NOT NULL UNIQUE,
+    event_type   text        NOT NULL,
+    report_id    uuid        NOT NULL,
+    version      bigint      NOT NULL,
+    payload      text        NOT NULL,
+    created_at   timestamptz NOT NULL,
+    published_at timestamptz,
+    UNIQUE (report_id, version)
+);
+
+-- The relay's work queue: only unpublished rows, in position order.
+CREATE INDEX IF NOT EXISTS event_log_unpublished
+    ON event_log (position) WHERE published_at IS NULL;
