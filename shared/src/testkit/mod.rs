@@ -48,6 +48,25 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Starts a watchdog shell that runs `script` (with `$1..` = `args`) once this test process
+/// has exited, however it exited. Statics shared by the tests of one binary are never dropped,
+/// and a killed test run never drops anything: the watchdog stops its servers all the same.
+pub(crate) fn on_process_exit(script: &str, args: &[&str]) {
+    let watcher = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; {script}",
+        std::process::id()
+    );
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(watcher)
+        .arg("sh")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
 /// Sends a signal to a pid with the `kill` command (we forbid `unsafe`, so no libc).
 pub fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")

@@ -90,6 +90,20 @@ impl PgCluster {
             port: free_port(),
         };
         cluster.start_again();
+        let pg_ctl = bin("pg_ctl");
+        let data = cluster.data.display().to_string();
+        let dir = cluster._dir.path().display().to_string();
+        if is_root() {
+            super::on_process_exit(
+                "runuser -u postgres -- \"$1\" -D \"$2\" -m immediate stop; rm -rf \"$3\"",
+                &[&pg_ctl, &data, &dir],
+            );
+        } else {
+            super::on_process_exit(
+                "\"$1\" -D \"$2\" -m immediate stop; rm -rf \"$3\"",
+                &[&pg_ctl, &data, &dir],
+            );
+        }
         cluster
     }
 

@@ -27,6 +27,8 @@ impl RedisServer {
             port: free_port(),
         };
         server.start_again();
+        let dir = server.dir.path().display().to_string();
+        super::on_process_exit("sleep 1; rm -rf \"$1\"", &[&dir]);
         server
     }
 
@@ -58,6 +60,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (is it installed? `cargo xtask test` installs it)");
+        super::on_process_exit("kill -9 \"$1\"", &[&child.id().to_string()]);
         *self.child.lock().expect("redis child lock") = Some(child);
         wait_until(
             "redis to accept connections",

@@ -49,6 +49,7 @@ impl Service {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        super::on_process_exit("kill -9 \"$1\"", &[&child.id().to_string()]);
         *self.child.lock().expect("child lock") = Some(child);
         let port = self.port;
         wait_until(
