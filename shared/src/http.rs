@@ -42,6 +42,8 @@ pub enum ApiError {
     PayloadTooLarge { declared: usize },
     /// 503 with `Retry-After`: a dependency is down or too slow; the service keeps running.
     Unavailable(String),
+    /// 500 with a generic message; the detail goes to the log, not to the client.
+    Internal(String),
 }
 
 impl ApiError {
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::LengthRequired => 411,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
         }
     }
 
@@ -74,12 +77,16 @@ impl ApiError {
             ApiError::PayloadTooLarge { declared } => {
                 format!("body of {declared} bytes exceeds the limit of {BODY_LIMIT} bytes")
             }
+            ApiError::Internal(_) => "internal error".into(),
         }
     }
 
     /// The one place an error becomes an HTTP answer.
     pub fn into_reply(self, instance: &str) -> Reply {
         let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            crate::error!("internal error: {detail}");
+        }
         let error = self.message();
         let data = match &self {
             ApiError::Conflict { current } => {
@@ -148,6 +155,8 @@ pub fn ok_body<D: Serialize>(instance: &str, message: Option<&str>, data: D) -> 
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The whole `Content-Type: …` header line.
+    pub content_type: &'static str,
     pub headers: Vec<&'static str>,
 }
 
@@ -156,7 +165,16 @@ impl Reply {
         Reply {
             status,
             body,
+            content_type: "Content-Type: application/json",
             headers: Vec::new(),
+        }
+    }
+
+    /// Prometheus text instead of JSON.
+    pub fn text(status: u16, body: String) -> Reply {
+        Reply {
+            content_type: "Content-Type: text/plain; version=0.0.4",
+            ..Reply::new(status, body.into_bytes())
         }
     }
 
@@ -168,7 +186,7 @@ impl Reply {
     /// Writes the reply with the content type and the instance header.
     pub fn write(self, instance_header: &'static str, rsp: &mut Response) {
         rsp.status_code(self.status as usize, reason(self.status));
-        rsp.header("Content-Type: application/json");
+        rsp.header(self.content_type);
         rsp.header(instance_header);
         // may_minihttp holds at most 16 headers; ours never exceed a handful.
         for h in self.headers.into_iter().take(12) {
@@ -274,36 +292,48 @@ impl Incoming {
             None => (req.path().to_owned(), None),
         };
         let mut headers = Vec::with_capacity(req.headers().len());
-        let mut content_length: Option<usize> = None;
+        let mut lengths: Vec<Option<usize>> = Vec::new();
         let mut chunked = false;
         for h in req.headers() {
             let name = h.name.to_ascii_lowercase();
             let value = String::from_utf8_lossy(h.value).trim().to_owned();
             match name.as_str() {
-                "content-length" => {
-                    let n = parse_content_length(&value)?;
-                    if content_length.is_some_and(|prev| prev != n) {
-                        return Err(ApiError::BadRequest(
-                            "conflicting Content-Length headers".into(),
-                        ));
-                    }
-                    content_length = Some(n);
-                }
+                "content-length" => lengths.push(parse_content_length(&value)),
                 "transfer-encoding" => chunked = true,
                 _ => {}
             }
             headers.push((name, value));
         }
-        if chunked {
-            return Err(ApiError::LengthRequired);
-        }
-        let declared = content_length.unwrap_or(0);
-        if declared > BODY_LIMIT {
-            if declared <= DRAIN_LIMIT {
-                // Dropping the reader reads and discards the declared body.
+        // may_minihttp reads the body by the FIRST Content-Length header (and panics if it is
+        // not a number). When that one is a sane number we can always drain the body, so our
+        // error answer reaches the client and the connection stays usable.
+        let drainable = matches!(lengths.first(), Some(Some(n)) if *n <= DRAIN_LIMIT);
+        let reject = |req: Request, e: ApiError| {
+            if drainable {
                 drop(req.body());
             }
-            return Err(ApiError::PayloadTooLarge { declared });
+            Err(e)
+        };
+        let declared = match lengths.as_slice() {
+            [] => 0,
+            [None, ..] | [_, None, ..] => {
+                return reject(req, ApiError::BadRequest("malformed Content-Length".into()));
+            }
+            [Some(first), rest @ ..] => {
+                if rest.iter().any(|n| *n != Some(*first)) {
+                    return reject(
+                        req,
+                        ApiError::BadRequest("conflicting Content-Length headers".into()),
+                    );
+                }
+                *first
+            }
+        };
+        if chunked {
+            return reject(req, ApiError::LengthRequired);
+        }
+        if declared > BODY_LIMIT {
+            return reject(req, ApiError::PayloadTooLarge { declared });
         }
         let mut body = Vec::with_capacity(declared);
         if declared > 0 {
@@ -343,14 +373,13 @@ impl Incoming {
     }
 }
 
-fn parse_content_length(value: &str) -> Result<usize, ApiError> {
+/// Digits only (no sign, no spaces); `None` when malformed. All digits but too large for
+/// usize is `usize::MAX`: certainly over the limit.
+fn parse_content_length(value: &str) -> Option<usize> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::BadRequest(format!(
-            "malformed Content-Length {value:?}"
-        )));
+        return None;
     }
-    // All digits but too large for usize: certainly over the limit.
-    Ok(value.parse().unwrap_or(usize::MAX))
+    Some(value.parse().unwrap_or(usize::MAX))
 }
 
 /// Splits and percent-decodes a query string (`+` is a space). Invalid escapes or non-UTF-8
@@ -415,13 +444,13 @@ mod tests {
 
     #[test]
     fn content_length() {
-        assert_eq!(parse_content_length("12"), Ok(12));
+        assert_eq!(parse_content_length("12"), Some(12));
         assert_eq!(
             parse_content_length("99999999999999999999999"),
-            Ok(usize::MAX)
+            Some(usize::MAX)
         );
         for bad in ["", "-1", "abc", "1 2", "0x10", "+5"] {
-            assert!(parse_content_length(bad).is_err(), "{bad:?}");
+            assert_eq!(parse_content_length(bad), None, "{bad:?}");
         }
     }
 

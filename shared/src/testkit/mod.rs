@@ -4,7 +4,7 @@
 //!
 //! No mocks: a test that kills the database kills a real `postgres`.
 
-mod client;
+pub mod client;
 mod postgres;
 mod redis;
 mod service;

@@ -110,8 +110,11 @@ impl PgCluster {
     /// Starts the (stopped) cluster again on the same port and data.
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300",
+            // fsync=off survives a killed postgres (the OS keeps the page cache), which is the
+            // fault our tests inject; synchronous_commit stays on, because with it off a
+            // killed server loses commits it already acknowledged.
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c max_connections=300",
             self.port,
             self.socket_dir.display()
         );

@@ -1,0 +1,91 @@
+//! The command service's configuration (SPEC §5): every variable a named const with its
+//! default beside it; a bad value is an error naming the variable.
+
+use std::time::Duration;
+
+use shared::config::{self, ConfigError};
+
+pub const INSTANCE_ID: &str = "INSTANCE_ID";
+pub const INSTANCE_ID_DEFAULT: &str = "command-1";
+pub const PORT: &str = "PORT";
+pub const PORT_DEFAULT: u16 = 8081;
+pub const COMMAND_DATABASE_URL: &str = "COMMAND_DATABASE_URL";
+pub const COMMAND_DATABASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/reports";
+pub const REDIS_URL: &str = "REDIS_URL";
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/";
+
+/// may worker threads. Every postgres call blocks its worker thread for a round trip (the sync
+/// client runs `block_on` per call), so on two cores we still want more workers than cores:
+/// while one worker waits on a commit another parses the next request. 8 measured best for
+/// POST /reports on 2 cores (README); more only adds context switches.
+pub const MAY_WORKERS: &str = "MAY_WORKERS";
+pub const MAY_WORKERS_DEFAULT: usize = 8;
+
+/// Coroutine stack. The default 32 KiB is close to the edge once serde_json, the postgres
+/// client and its `block_on` are on the stack (an overflow is a segfault, not an error); 128 KiB
+/// leaves room, and untouched stack pages cost no memory.
+pub const MAY_STACK_SIZE: &str = "MAY_STACK_SIZE";
+pub const MAY_STACK_SIZE_DEFAULT: usize = 128 * 1024;
+
+/// Database pool size. A worker blocked on the database holds at most one connection, so one
+/// per worker means checkout never waits for another worker.
+pub const DB_POOL_SIZE: &str = "DB_POOL_SIZE";
+
+/// Relay batch: events published per transaction. Large enough to drain a Redis-outage backlog
+/// quickly (one pipelined XADD round trip per batch), small enough that one batch's
+/// transaction stays short.
+pub const RELAY_BATCH: &str = "RELAY_BATCH";
+pub const RELAY_BATCH_DEFAULT: i64 = 500;
+
+/// Statement timeout for command-DB calls: a hung database answers 503 after this, it never
+/// piles up requests.
+pub const STATEMENT_TIMEOUT_MS: &str = "STATEMENT_TIMEOUT_MS";
+pub const STATEMENT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub instance: String,
+    pub port: u16,
+    pub database_url: String,
+    pub redis_url: String,
+    pub workers: usize,
+    pub stack_size: usize,
+    pub pool_size: u32,
+    pub relay_batch: i64,
+    pub statement_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let workers = config::parse(MAY_WORKERS, MAY_WORKERS_DEFAULT)?.max(1);
+        Ok(Config {
+            instance: config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT),
+            port: config::parse(PORT, PORT_DEFAULT)?,
+            database_url: config::string(COMMAND_DATABASE_URL, COMMAND_DATABASE_URL_DEFAULT),
+            redis_url: config::string(REDIS_URL, REDIS_URL_DEFAULT),
+            workers,
+            stack_size: config::parse(MAY_STACK_SIZE, MAY_STACK_SIZE_DEFAULT)?.max(32 * 1024),
+            pool_size: config::parse(DB_POOL_SIZE, workers as u32)?.max(1),
+            relay_batch: config::parse(RELAY_BATCH, RELAY_BATCH_DEFAULT)?.clamp(1, 10_000),
+            statement_timeout: Duration::from_millis(config::parse(
+                STATEMENT_TIMEOUT_MS,
+                STATEMENT_TIMEOUT_MS_DEFAULT,
+            )?),
+        })
+    }
+
+    /// One log line with the effective configuration, secrets redacted.
+    pub fn log(&self) {
+        shared::info!(
+            "config: port={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
+            self.port,
+            config::redact_url(&self.database_url),
+            config::redact_url(&self.redis_url),
+            self.workers,
+            self.stack_size / 1024,
+            self.pool_size,
+            self.relay_batch,
+            self.statement_timeout
+        );
+    }
+}

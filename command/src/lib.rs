@@ -1,0 +1,16 @@
+//! The command service: validates writes, commits each as one command-DB transaction holding
+//! the report row and its event (the outbox), and relays the event log to the Redis stream.
+//!
+//! Data flow: request → [`routes`] → [`validate`] → [`store`] (transaction + event log) →
+//! [`relay`] → Redis stream `report-events`.
+
+pub mod config;
+pub mod metrics;
+pub mod relay;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod validate;
+
+pub use config::Config;
+pub use server::run;

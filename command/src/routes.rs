@@ -1,0 +1,153 @@
+//! The command service's routing table: one `match (method, path)`, each arm a handler
+//! `fn(&Ctx, Incoming) -> Result<Reply, ApiError>`. 405 and its `Allow` come from the same
+//! table, so they can never disagree with the handlers.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use shared::http::{etag_header, ok_body, ApiError, Incoming, Reply};
+use uuid::Uuid;
+
+use crate::server::Ctx;
+use crate::{store, validate};
+
+/// A known path: its route index for metrics and the methods it allows.
+enum Route<'a> {
+    Health,
+    Ready,
+    Metrics,
+    Reports,
+    Report(&'a str),
+}
+
+impl Route<'_> {
+    fn parse(path: &str) -> Option<Route<'_>> {
+        match path {
+            "/health" => Some(Route::Health),
+            "/ready" => Some(Route::Ready),
+            "/metrics" => Some(Route::Metrics),
+            "/reports" | "/reports/" => Some(Route::Reports),
+            _ => {
+                let id = path.strip_prefix("/reports/")?;
+                (!id.contains('/')).then_some(Route::Report(id))
+            }
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Health | Route::Ready | Route::Metrics => "GET",
+            Route::Reports => "POST",
+            Route::Report(_) => "PUT, DELETE",
+        }
+    }
+}
+
+/// Dispatches a request; returns the route index (for metrics) and the outcome.
+pub fn dispatch(ctx: &Ctx, req: Incoming) -> (usize, Result<Reply, ApiError>) {
+    let Some(route) = Route::parse(&req.path) else {
+        return (
+            6,
+            Err(ApiError::NotFound(format!("no such path {}", req.path))),
+        );
+    };
+    match (req.method.as_str(), route) {
+        ("GET", Route::Health) => (0, Ok(health(ctx))),
+        ("GET", Route::Ready) => (1, Ok(ready(ctx))),
+        ("GET", Route::Metrics) => (2, Ok(metrics(ctx))),
+        ("POST", Route::Reports) => (3, create(ctx, &req)),
+        ("PUT", Route::Report(id)) => (4, update(ctx, id, &req)),
+        ("DELETE", Route::Report(id)) => (5, delete(ctx, id, &req)),
+        (_, route) => (
+            6,
+            Err(ApiError::MethodNotAllowed {
+                allow: route.allow(),
+            }),
+        ),
+    }
+}
+
+fn health(ctx: &Ctx) -> Reply {
+    Reply::new(200, ctx.health_body.clone())
+}
+
+fn ready(ctx: &Ctx) -> Reply {
+    let db = ctx.schema_ready.load(Ordering::SeqCst) && store::ping(&ctx.pool).is_ok();
+    let redis = ctx.metrics.redis_up.load(Ordering::Relaxed);
+    let data = json!({ "command_db": db, "redis": redis, "schema_ready": ctx.schema_ready.load(Ordering::SeqCst) });
+    if db {
+        let message = if redis {
+            "ready"
+        } else {
+            "ready; redis unreachable: writes are kept in the event log until it returns"
+        };
+        Reply::new(200, ok_body(&ctx.instance, Some(message), data))
+    } else {
+        let body = shared::http::Envelope {
+            success: false,
+            message: None,
+            data: Some(data),
+            error: Some("command database unreachable"),
+            instance: &ctx.instance,
+            meta: None::<()>,
+        }
+        .to_vec();
+        Reply::new(503, body).with_header("Retry-After: 1")
+    }
+}
+
+fn metrics(ctx: &Ctx) -> Reply {
+    let backlog = ctx.pool.get().ok().and_then(|mut c| {
+        c.query_typed(
+            "SELECT count(*) FROM event_log WHERE published_at IS NULL",
+            &[],
+        )
+        .ok()?
+        .first()?
+        .try_get::<_, i64>(0)
+        .ok()
+    });
+    Reply::text(200, ctx.metrics.render(&ctx.instance, backlog))
+}
+
+fn require_schema(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.schema_ready.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(
+            "command database not reachable yet (schema not applied)".into(),
+        ))
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a valid UUID")))
+}
+
+fn create(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
+    let cmd = validate::create(&req.body)?;
+    require_schema(ctx)?;
+    let report = store::create(&ctx.pool, cmd).map_err(store::StoreError::into_api)?;
+    let etag = etag_header(report.version);
+    Ok(Reply::new(201, ok_body(&ctx.instance, Some("report created"), &report)).with_header(etag))
+}
+
+fn update(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
+    let id = parse_id(id)?;
+    let cmd = validate::update(&req.body)?;
+    let if_match = validate::if_match(req.header("if-match"))?;
+    require_schema(ctx)?;
+    let report =
+        store::update(&ctx.pool, id, cmd, if_match).map_err(store::StoreError::into_api)?;
+    let etag = etag_header(report.version);
+    Ok(Reply::new(200, ok_body(&ctx.instance, Some("report updated"), &report)).with_header(etag))
+}
+
+fn delete(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
+    let id = parse_id(id)?;
+    let if_match = validate::if_match(req.header("if-match"))?;
+    require_schema(ctx)?;
+    let tomb = store::delete(&ctx.pool, id, if_match).map_err(store::StoreError::into_api)?;
+    let etag = etag_header(tomb.version);
+    Ok(Reply::new(200, ok_body(&ctx.instance, Some("report deleted"), &tomb)).with_header(etag))
+}

@@ -1,0 +1,154 @@
+//! Wiring: config → pool → migrations (retried in the background) → relay thread → HTTP
+//! server → wait for SIGTERM. `main.rs` calls [`run`]; so do the tests, through the binary.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use may_minihttp::{HttpServer, HttpService, Request, Response};
+use shared::db::{self, Pool, PoolSettings};
+use shared::http::{instance_header, Incoming};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::{Relay, RelayConfig};
+use crate::routes;
+
+/// What every request handler may use.
+pub struct Ctx {
+    pub instance: String,
+    pub instance_header: &'static str,
+    pub health_body: Vec<u8>,
+    pub pool: Pool,
+    /// Set once the migrations are applied; writes answer 503 before that.
+    pub schema_ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+struct Service(Arc<Ctx>);
+
+impl HttpService for Service {
+    fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
+        let ctx = &*self.0;
+        let (route, result) = match Incoming::read(req) {
+            Ok(incoming) => routes::dispatch(ctx, incoming),
+            Err(e) => (routes_other(), Err(e)),
+        };
+        let reply = result.unwrap_or_else(|e| e.into_reply(&ctx.instance));
+        ctx.metrics.record(route, reply.status);
+        reply.write(ctx.instance_header, rsp);
+        Ok(())
+    }
+}
+
+fn routes_other() -> usize {
+    crate::metrics::ROUTES.len() - 1
+}
+
+/// Errors that stop the service from starting at all (bad config, port taken).
+#[derive(Debug)]
+pub enum StartError {
+    Pool(postgres::Error),
+    Bind(io::Error),
+    Thread(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Pool(e) => write!(f, "bad COMMAND_DATABASE_URL: {e}"),
+            StartError::Bind(e) => write!(f, "cannot listen: {e}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs the service until SIGTERM/SIGINT; returns after the relay finished its batch.
+pub fn run(config: Config) -> Result<(), StartError> {
+    shared::log::init(&config.instance);
+    config.log();
+    may::config()
+        .set_workers(config.workers)
+        .set_stack_size(config.stack_size);
+
+    let settings = PoolSettings {
+        size: config.pool_size,
+        statement_timeout: config.statement_timeout,
+        checkout_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        startup_options: true,
+    };
+    let pool = db::pool(&config.database_url, &settings).map_err(StartError::Pool)?;
+    let schema_ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
+
+    spawn_migrator(pool.clone(), schema_ready.clone()).map_err(StartError::Thread)?;
+    let relay = Relay::start(
+        RelayConfig {
+            database_url: config.database_url.clone(),
+            redis_url: config.redis_url.clone(),
+            batch: config.relay_batch,
+        },
+        metrics.clone(),
+        schema_ready.clone(),
+    )
+    .map_err(StartError::Thread)?;
+
+    let ctx = Arc::new(Ctx {
+        health_body: serde_json::to_vec(&serde_json::json!({
+            "status": "healthy",
+            "service": "reporting-command",
+            "instance": config.instance,
+        }))
+        .unwrap_or_default(),
+        instance_header: instance_header(&config.instance),
+        instance: config.instance.clone(),
+        pool,
+        schema_ready,
+        metrics,
+    });
+    let _server = HttpServer(Service(ctx))
+        .start(("0.0.0.0", config.port))
+        .map_err(StartError::Bind)?;
+    shared::info!("listening on 0.0.0.0:{}", config.port);
+
+    wait_for_shutdown_signal();
+    shared::info!("shutting down: finishing the relay batch in flight");
+    relay.stop();
+    shared::info!("stopped");
+    Ok(())
+}
+
+/// Applies the schema, retrying with backoff for as long as it takes: the service answers
+/// /health (and 503 for writes) meanwhile, and recovers by itself when the DB appears.
+fn spawn_migrator(pool: Pool, ready: Arc<AtomicBool>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("migrate".into())
+        .spawn(move || {
+            let applied = shared::retry::with_backoff("apply command-db migrations", None, || {
+                let mut conn = pool.get().map_err(|e| e.to_string())?;
+                shared::migrate::command_db(&mut *conn).map_err(|e| format!("{e:?}"))
+            });
+            if applied.is_ok() {
+                ready.store(true, Ordering::SeqCst);
+                shared::info!("command-db schema ready");
+            }
+        })?;
+    Ok(())
+}
+
+fn wait_for_shutdown_signal() {
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, term.clone()) {
+            shared::warn!("cannot handle signal {sig}: {e}");
+        }
+    }
+    while !term.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

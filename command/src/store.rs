@@ -1,0 +1,276 @@
+//! The command database: every write is ONE transaction holding both the report row and its
+//! event-log row (the outbox), plus a `NOTIFY` that wakes the relay at commit.
+//!
+//! **Invariant:** a 2xx is only answered after `COMMIT` returned; a change is in the report
+//! table exactly when its event is in the event log. Writes to one report serialise on its row
+//! lock, so its versions — and its event-log positions — strictly increase.
+
+use postgres::types::Type;
+use postgres::Transaction;
+use shared::db::{classify, Conn, DbErrorKind, Pool};
+use shared::event::EventType;
+use shared::http::ApiError;
+use shared::model::{now_micros, Category, Report, Status, Tombstone};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::validate::{CreateReport, UpdateReport};
+
+/// The channel the relay LISTENs on.
+pub const NOTIFY_CHANNEL: &str = "report_events";
+
+/// What can go wrong in the store; [`StoreError::into_api`] is the one mapping to HTTP.
+#[derive(Debug)]
+pub enum StoreError {
+    /// 404: no such report, or it was deleted.
+    NotFound(Uuid),
+    /// 409: `If-Match` named another version.
+    Conflict { id: Uuid, current: i64 },
+    /// 503: the database is unreachable, too slow, or the pool is exhausted.
+    Unavailable(String),
+    /// 500: anything else (a bug, a schema problem).
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn into_api(self) -> ApiError {
+        match self {
+            StoreError::NotFound(id) => ApiError::NotFound(format!("report {id} not found")),
+            StoreError::Conflict { current, .. } => ApiError::Conflict { current },
+            StoreError::Unavailable(why) => {
+                ApiError::Unavailable(format!("command database unavailable: {why}"))
+            }
+            StoreError::Internal(why) => ApiError::Internal(why),
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        match classify(&e) {
+            DbErrorKind::Unavailable => StoreError::Unavailable(short(&e)),
+            _ => StoreError::Internal(format!("{e:?}")),
+        }
+    }
+}
+
+fn short(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    }
+}
+
+fn checkout(pool: &Pool) -> Result<Conn, StoreError> {
+    pool.get()
+        .map_err(|e| StoreError::Unavailable(format!("no connection: {e}")))
+}
+
+/// Creates a report at version 1.
+pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
+    let now = now_micros();
+    let report = Report {
+        id: Uuid::new_v4(),
+        title: cmd.title,
+        description: cmd.description,
+        category: cmd.category,
+        status: Status::Pending,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut conn = checkout(pool)?;
+    let mut tx = conn.transaction()?;
+    tx.query_typed(
+        "INSERT INTO reports (id, title, description, category, status, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        &[
+            (&report.id, Type::UUID),
+            (&report.title, Type::TEXT),
+            (&report.description, Type::TEXT),
+            (&report.category.as_str(), Type::TEXT),
+            (&report.status.as_str(), Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )?;
+    append_event(
+        &mut tx,
+        EventType::ReportCreated,
+        report.id,
+        1,
+        &json(&report)?,
+        now,
+    )?;
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Applies a partial update. A change that alters nothing creates no new version.
+pub fn update(
+    pool: &Pool,
+    id: Uuid,
+    cmd: UpdateReport,
+    if_match: Option<i64>,
+) -> Result<Report, StoreError> {
+    let mut conn = checkout(pool)?;
+    let mut tx = conn.transaction()?;
+    let current = lock_live(&mut tx, id, if_match)?;
+    let mut next = current.clone();
+    if let Some(t) = cmd.title {
+        next.title = t;
+    }
+    if let Some(d) = cmd.description {
+        next.description = d;
+    }
+    if let Some(c) = cmd.category {
+        next.category = c;
+    }
+    if let Some(s) = cmd.status {
+        next.status = s;
+    }
+    if next == current {
+        tx.commit()?;
+        return Ok(current);
+    }
+    let now = now_micros();
+    next.version = current.version + 1;
+    next.updated_at = now;
+    tx.query_typed(
+        "UPDATE reports SET title = $2, description = $3, category = $4, status = $5, \
+         version = $6, updated_at = $7 WHERE id = $1",
+        &[
+            (&id, Type::UUID),
+            (&next.title, Type::TEXT),
+            (&next.description, Type::TEXT),
+            (&next.category.as_str(), Type::TEXT),
+            (&next.status.as_str(), Type::TEXT),
+            (&next.version, Type::INT8),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )?;
+    append_event(
+        &mut tx,
+        EventType::ReportUpdated,
+        id,
+        next.version,
+        &json(&next)?,
+        now,
+    )?;
+    tx.commit()?;
+    Ok(next)
+}
+
+/// Deletes a report: the row stays as a tombstone at a new version, so the deletion is ordered
+/// after every earlier change and the id can never come back.
+pub fn delete(pool: &Pool, id: Uuid, if_match: Option<i64>) -> Result<Tombstone, StoreError> {
+    let mut conn = checkout(pool)?;
+    let mut tx = conn.transaction()?;
+    let current = lock_live(&mut tx, id, if_match)?;
+    let now = now_micros();
+    let tomb = Tombstone {
+        id,
+        version: current.version + 1,
+        deleted_at: now,
+    };
+    tx.query_typed(
+        "UPDATE reports SET version = $2, updated_at = $3, deleted_at = $3 WHERE id = $1",
+        &[
+            (&id, Type::UUID),
+            (&tomb.version, Type::INT8),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )?;
+    append_event(
+        &mut tx,
+        EventType::ReportDeleted,
+        id,
+        tomb.version,
+        &json(&tomb)?,
+        now,
+    )?;
+    tx.commit()?;
+    Ok(tomb)
+}
+
+/// Locks the live row and checks `If-Match` under the lock, so two instances racing on one
+/// report are serialised and the loser sees the winner's version.
+fn lock_live(
+    tx: &mut Transaction<'_>,
+    id: Uuid,
+    if_match: Option<i64>,
+) -> Result<Report, StoreError> {
+    let rows = tx.query_typed(
+        "SELECT title, description, category, status, version, created_at, updated_at, deleted_at \
+         FROM reports WHERE id = $1 FOR UPDATE",
+        &[(&id, Type::UUID)],
+    )?;
+    let Some(row) = rows.first() else {
+        return Err(StoreError::NotFound(id));
+    };
+    let deleted_at: Option<OffsetDateTime> = row.try_get(7)?;
+    if deleted_at.is_some() {
+        return Err(StoreError::NotFound(id));
+    }
+    let version: i64 = row.try_get(4)?;
+    if let Some(expected) = if_match {
+        if expected != version {
+            return Err(StoreError::Conflict {
+                id,
+                current: version,
+            });
+        }
+    }
+    let category: &str = row.try_get(2)?;
+    let status: &str = row.try_get(3)?;
+    Ok(Report {
+        id,
+        title: row.try_get(0)?,
+        description: row.try_get(1)?,
+        category: category
+            .parse::<Category>()
+            .map_err(|e| StoreError::Internal(format!("report {id}: {e}")))?,
+        status: status
+            .parse::<Status>()
+            .map_err(|e| StoreError::Internal(format!("report {id}: {e}")))?,
+        version,
+        created_at: row.try_get(5)?,
+        updated_at: row.try_get(6)?,
+    })
+}
+
+fn append_event(
+    tx: &mut Transaction<'_>,
+    kind: EventType,
+    report_id: Uuid,
+    version: i64,
+    payload: &str,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let event_id = Uuid::new_v4();
+    // pg_notify inside the transaction is delivered at COMMIT, never for a rolled-back write.
+    tx.query_typed(
+        "WITH e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING position) \
+         SELECT position, pg_notify('report_events', '')::text FROM e",
+        &[
+            (&event_id, Type::UUID),
+            (&kind.as_str(), Type::TEXT),
+            (&report_id, Type::UUID),
+            (&version, Type::INT8),
+            (&payload, Type::TEXT),
+            (&at, Type::TIMESTAMPTZ),
+        ],
+    )?;
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Internal(format!("serialize payload: {e}")))
+}
+
+/// Readiness: can we run a trivial query right now?
+pub fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let mut conn = checkout(pool)?;
+    conn.query_typed("SELECT 1", &[])?;
+    Ok(())
+}

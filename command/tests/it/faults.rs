@@ -1,0 +1,175 @@
+//! Faults: Redis down while writing (nothing lost, backlog published in order when it
+//! returns), and the command DB killed mid-load (503s, never a 2xx for an uncommitted write,
+//! full service again after restart without restarting the service).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use shared::testkit::wait_until;
+
+use super::*;
+
+#[test]
+fn redis_outage_loses_nothing() {
+    let stack = Stack::new("redis_outage");
+    let port = stack.svc.port;
+    stack.redis.stop();
+
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        // Every write succeeds while Redis is down; a third of them are updates of earlier
+        // reports, so per-report order matters.
+        if i % 3 == 2 {
+            let id: &String = &ids[i / 3];
+            let r = put(port, id, &json!({"title": format!("ubah {i}")}), None);
+            assert_eq!(
+                r.status,
+                200,
+                "write {i} while redis is down: {:?}",
+                r.json()
+            );
+        } else {
+            let r = post(port, &new_report(i));
+            assert_eq!(
+                r.status,
+                201,
+                "write {i} while redis is down: {:?}",
+                r.json()
+            );
+            ids.push(r.json()["data"]["id"].as_str().expect("id").to_owned());
+        }
+    }
+    let ready = http(port, "GET", "/ready", &[], b"").expect("ready");
+    assert_eq!(ready.status, 200, "writes still work, so still ready");
+    assert_eq!(ready.json()["data"]["redis"], false);
+
+    stack.redis.start_again();
+    wait_until(
+        "all 200 events in the stream",
+        Duration::from_secs(20),
+        || stream_events(&stack.redis).len() >= 200,
+    );
+    let events = stream_events(&stack.redis);
+    assert_eq!(events.len(), 200, "none missing, none twice");
+    let mut positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "stream is in position order"
+    );
+    positions.dedup();
+    assert_eq!(positions.len(), 200);
+    let mut last: HashMap<uuid::Uuid, i64> = HashMap::new();
+    for e in &events {
+        let prev = last.insert(e.report_id, e.version).unwrap_or(0);
+        assert_eq!(e.version, prev + 1, "report {} out of order", e.report_id);
+    }
+    let mut db = stack.db();
+    let (rows, log, _) = fingerprint(&mut db);
+    assert_eq!((rows, log), (ids.len() as i64, 200));
+}
+
+#[test]
+fn command_db_killed_mid_load() {
+    let cluster = PgCluster::start();
+    let stack = Stack::on(&cluster, "db_outage");
+    let port = stack.svc.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every id the service acknowledged with a 2xx, and the statuses seen.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let statuses = Arc::new(Mutex::new(HashMap::<u16, usize>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, acked, statuses) = (stop.clone(), acked.clone(), statuses.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    // A connection reset (the DB died mid-request) is not an acknowledgement.
+                    let Ok(r) = http(
+                        port,
+                        "POST",
+                        "/reports",
+                        &[],
+                        new_report(w * 100_000 + i).to_string().as_bytes(),
+                    ) else {
+                        continue;
+                    };
+                    *statuses.lock().expect("lock").entry(r.status).or_default() += 1;
+                    if r.status == 201 {
+                        acked
+                            .lock()
+                            .expect("lock")
+                            .push(r.json()["data"]["id"].as_str().expect("id").to_owned());
+                    } else {
+                        assert_eq!(
+                            r.status,
+                            503,
+                            "only 503 while the DB is down: {:?}",
+                            r.json()
+                        );
+                        assert!(r.header("retry-after").is_some());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = statuses
+        .lock()
+        .expect("lock")
+        .get(&503)
+        .copied()
+        .unwrap_or(0);
+    assert!(during > 0, "writes during the outage answer 503");
+    assert!(stack.svc.is_running(), "the service survives the outage");
+    let health = http(port, "GET", "/health", &[], b"").expect("health while DB down");
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        http(port, "GET", "/ready", &[], b"").expect("ready").status,
+        503
+    );
+
+    cluster.start_again();
+    let before = acked.lock().expect("lock").len();
+    wait_until(
+        "writes succeed again after the DB restart",
+        Duration::from_secs(20),
+        || acked.lock().expect("lock").len() > before + 10,
+    );
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+
+    // Every acknowledged write is in the DB with its event; nothing exists that was not acked
+    // except writes whose answer was lost with the connection (counted, never more than the
+    // writer count per outage).
+    let acked = acked.lock().expect("lock").clone();
+    let mut db = stack.db();
+    let present: i64 = db
+        .query_one(
+            "SELECT count(*) FROM reports r JOIN event_log e ON e.report_id = r.id \
+             WHERE r.id::text = ANY($1)",
+            &[&acked],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        present as usize,
+        acked.len(),
+        "every 2xx write is committed with its event"
+    );
+    let (rows, log, _) = fingerprint(&mut db);
+    assert_eq!(rows, log, "one event per report");
+    assert!(
+        rows as usize - acked.len() <= 4,
+        "at most one in-flight write per writer without an answer"
+    );
+}
