@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use shared::config::{self, ConfigError};
 
+use crate::auth::Tokens;
+
 pub const INSTANCE_ID: &str = "INSTANCE_ID";
 pub const INSTANCE_ID_DEFAULT: &str = "command-1";
 pub const PORT: &str = "PORT";
@@ -42,8 +44,12 @@ pub const RELAY_BATCH_DEFAULT: i64 = 500;
 pub const STATEMENT_TIMEOUT_MS: &str = "STATEMENT_TIMEOUT_MS";
 pub const STATEMENT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
+/// Comma-separated bearer tokens for writes; unset = writes open (local development only).
+pub const COMMAND_API_TOKENS: &str = "COMMAND_API_TOKENS";
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub tokens: Tokens,
     pub instance: String,
     pub port: u16,
     pub database_url: String,
@@ -59,6 +65,7 @@ impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let workers = config::parse(MAY_WORKERS, MAY_WORKERS_DEFAULT)?.max(1);
         Ok(Config {
+            tokens: Tokens::parse(&config::string(COMMAND_API_TOKENS, "")),
             instance: config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT),
             port: config::parse(PORT, PORT_DEFAULT)?,
             database_url: config::string(COMMAND_DATABASE_URL, COMMAND_DATABASE_URL_DEFAULT),
@@ -77,8 +84,13 @@ impl Config {
     /// One log line with the effective configuration, secrets redacted.
     pub fn log(&self) {
         shared::info!(
-            "config: port={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
+            "config: port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
             self.port,
+            if self.tokens.enabled() {
+                format!("on ({} tokens)", self.tokens.len())
+            } else {
+                "OFF (writes open: set COMMAND_API_TOKENS)".to_owned()
+            },
             config::redact_url(&self.database_url),
             config::redact_url(&self.redis_url),
             self.workers,

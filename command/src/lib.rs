@@ -4,6 +4,7 @@
 //! Data flow: request → [`routes`] → [`validate`] → [`store`] (transaction + event log) →
 //! [`relay`] → Redis stream `report-events`.
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod relay;

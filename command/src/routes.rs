@@ -125,6 +125,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 fn create(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
+    ctx.tokens.check(req.header("authorization"))?;
     let cmd = validate::create(&req.body)?;
     require_schema(ctx)?;
     let report = store::create(&ctx.pool, cmd).map_err(store::StoreError::into_api)?;
@@ -133,6 +134,7 @@ fn create(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
 }
 
 fn update(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
+    ctx.tokens.check(req.header("authorization"))?;
     let id = parse_id(id)?;
     let cmd = validate::update(&req.body)?;
     let if_match = validate::if_match(req.header("if-match"))?;
@@ -144,6 +146,7 @@ fn update(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
 }
 
 fn delete(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
+    ctx.tokens.check(req.header("authorization"))?;
     let id = parse_id(id)?;
     let if_match = validate::if_match(req.header("if-match"))?;
     require_schema(ctx)?;

@@ -24,6 +24,7 @@ pub struct Ctx {
     /// Set once the migrations are applied; writes answer 503 before that.
     pub schema_ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    pub tokens: crate::auth::Tokens,
 }
 
 #[derive(Clone)]
@@ -110,6 +111,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         pool,
         schema_ready,
         metrics,
+        tokens: config.tokens.clone(),
     });
     let _server = HttpServer(Service(ctx))
         .start(("0.0.0.0", config.port))

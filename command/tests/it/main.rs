@@ -1,6 +1,7 @@
 //! Integration tests of the command service against real PostgreSQL and Redis: the binary is
 //! started as a child process on a free port, exactly as in production.
 
+mod auth;
 mod bad_input;
 mod concurrency;
 mod faults;
@@ -44,15 +45,23 @@ impl Stack {
 }
 
 fn start_command(db_url: &str, redis_url: &str, instance: &str) -> Service {
-    let svc = Service::start(
-        env!("CARGO_BIN_EXE_command"),
-        &[
-            ("COMMAND_DATABASE_URL", db_url.to_owned()),
-            ("REDIS_URL", redis_url.to_owned()),
-            ("INSTANCE_ID", instance.to_owned()),
-            ("MAY_WORKERS", "4".to_owned()),
-        ],
-    );
+    start_command_with(db_url, redis_url, instance, &[])
+}
+
+fn start_command_with(
+    db_url: &str,
+    redis_url: &str,
+    instance: &str,
+    extra: &[(&str, String)],
+) -> Service {
+    let mut env = vec![
+        ("COMMAND_DATABASE_URL", db_url.to_owned()),
+        ("REDIS_URL", redis_url.to_owned()),
+        ("INSTANCE_ID", instance.to_owned()),
+        ("MAY_WORKERS", "4".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    let svc = Service::start(env!("CARGO_BIN_EXE_command"), &env);
     // Writes need the schema: wait for readiness, not just liveness.
     shared::testkit::wait_until("command /ready", Duration::from_secs(20), || {
         http(svc.port, "GET", "/ready", &[], b"").is_ok_and(|r| r.status == 200)
