@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod faults;
+mod fuzz;
 mod roundtrip;
 
 use std::sync::OnceLock;

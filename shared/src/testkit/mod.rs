@@ -5,6 +5,7 @@
 //! No mocks: a test that kills the database kills a real `postgres`.
 
 pub mod client;
+pub mod fuzz;
 mod postgres;
 mod redis;
 mod service;
