@@ -76,6 +76,8 @@ pub fn raw(port: u16, bytes: &[u8], timeout: Duration) -> std::io::Result<Vec<u8
                     break;
                 }
             }
+            // A signal (a child exiting) may interrupt the read: just read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if out.is_empty() => return Err(e),
             Err(_) => break,
         }
