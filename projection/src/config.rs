@@ -1,0 +1,100 @@
+//! The projection's configuration (SPEC §5): environment variables with their defaults, and
+//! the hard limits of the pipeline as named constants with the reason for each value.
+//!
+//! Guarantees: a bad value is an error naming the variable, never a panic; the effective
+//! configuration is logged once with every URL's password redacted.
+
+use std::time::Duration;
+
+use shared::config::{self, ConfigError, NamedDb};
+
+pub const INSTANCE_ID: &str = "INSTANCE_ID";
+pub const INSTANCE_ID_DEFAULT: &str = "projection";
+/// The small HTTP port: /health and /metrics only.
+pub const PORT: &str = "PORT";
+pub const PORT_DEFAULT: u16 = 8070;
+pub const REDIS_URL: &str = "REDIS_URL";
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/";
+/// Comma-separated `name=postgres://…` entries, one per query DB (each gets one writer).
+pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
+pub const QUERY_DATABASE_URLS_DEFAULT: &str =
+    "query-db-primary=postgres://postgres@127.0.0.1:5441/reports_read";
+
+/// Entries per XREADGROUP. Large enough that one round trip carries a burst of writes, small
+/// enough that one batch is a short transaction on every DB.
+pub const READ_COUNT: usize = 256;
+/// How long one XREADGROUP blocks waiting for new entries. It bounds how late the reader
+/// notices writer reports (acks, rejoins) and a shutdown signal, so it stays well under a
+/// second; an idle reader then costs ten round trips a second.
+pub const READ_BLOCK: Duration = Duration::from_millis(100);
+/// Batches a writer's channel holds before the reader detaches it. A healthy writer empties
+/// its channel within a transaction or two; 64 × [`READ_COUNT`] entries (~16k) rides out a
+/// slow commit, and beyond that a writer catches up from its checkpoint instead of the reader
+/// buffering without bound or waiting for it.
+pub const WRITER_QUEUE_BATCHES: usize = 64;
+/// Most entries one writer transaction applies when it merges queued batches: big enough to
+/// amortise the commit, small enough to keep row locks and a rollback short.
+pub const MAX_TX_ENTRIES: usize = 1024;
+/// Entries per XRANGE page while a writer catches up from its checkpoint (one transaction each).
+pub const CATCHUP_PAGE: usize = 1000;
+/// A pending entry of another consumer idle this long is presumed orphaned (its consumer
+/// died) and reclaimed. Far above any transaction time, so a live consumer is never robbed.
+pub const CLAIM_MIN_IDLE: Duration = Duration::from_secs(60);
+/// How often the reader looks for orphaned entries with XAUTOCLAIM.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(10);
+/// How often the stream is trimmed below the lowest checkpoint: trimming is housekeeping,
+/// not on the latency path.
+pub const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// Longest wait between reconnect attempts to a query DB or Redis: a returning dependency is
+/// used again within this time, and a dead one is not hammered.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Server-side limit per statement of a writer transaction; a hung DB turns into an error
+/// (and a detached writer) instead of a writer stuck forever.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connect timeout for query DBs and Redis.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for writers to commit their batch in flight before exiting anyway
+/// (an unfinished transaction rolls back; its entries stay pending and are re-read).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub instance_id: String,
+    pub port: u16,
+    pub redis_url: String,
+    pub query_dbs: Vec<NamedDb>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let instance_id = config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT);
+        let port = config::parse(PORT, PORT_DEFAULT)?;
+        let redis_url = config::string(REDIS_URL, REDIS_URL_DEFAULT);
+        let urls = config::string(QUERY_DATABASE_URLS, QUERY_DATABASE_URLS_DEFAULT);
+        let query_dbs = config::named_dbs(QUERY_DATABASE_URLS, &urls)?;
+        Ok(Config {
+            instance_id,
+            port,
+            redis_url,
+            query_dbs,
+        })
+    }
+
+    /// Logs the effective configuration once, URLs redacted.
+    pub fn log(&self) {
+        let dbs: Vec<String> = self
+            .query_dbs
+            .iter()
+            .map(|d| format!("{}={}", d.name, config::redact_url(&d.url)))
+            .collect();
+        shared::info!(
+            "config: port={} redis={} query_dbs=[{}] read_count={READ_COUNT} \
+             read_block={READ_BLOCK:?} writer_queue_batches={WRITER_QUEUE_BATCHES} \
+             max_tx_entries={MAX_TX_ENTRIES} catchup_page={CATCHUP_PAGE}",
+            self.port,
+            config::redact_url(&self.redis_url),
+            dbs.join(", ")
+        );
+    }
+}

@@ -1,0 +1,403 @@
+//! The reader thread: consumes `report-events` as consumer group `projection-service`, parks
+//! poison entries in the DLQ, fans every batch out to the writers, and acknowledges and trims
+//! only what every query DB has committed.
+//!
+//! Guarantees (SPEC §4.2, §4.7):
+//! - nothing is acked before every writer reports it applied (ack up to the minimum of the
+//!   writers' committed watermarks); an unacked entry stays in the group's pending list and
+//!   is re-read after a restart (XREADGROUP from `0` first, then `>`);
+//! - the stream is trimmed only below the lowest checkpoint (XTRIM MINID);
+//! - a poison entry is copied to the DLQ with its reason and then acked; the rest goes on;
+//! - the reader never waits for a writer (see `fanout.rs`), so one slow or dead query DB
+//!   never delays the others;
+//! - orphaned pending entries of other consumers (a projection that died under another name)
+//!   are reclaimed with XAUTOCLAIM.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use redis::Value;
+use shared::event::{GROUP, STREAM};
+
+use crate::config::{
+    CLAIM_EVERY, CLAIM_MIN_IDLE, MAX_BACKOFF, READ_BLOCK, READ_COUNT, SHUTDOWN_GRACE, TRIM_EVERY,
+};
+use crate::dlq;
+use crate::fanout::{decode, Batch, Fanout, FromWriter};
+use crate::metrics::Metrics;
+use crate::stream::{self, EntryId, RawEntry};
+use crate::Error;
+
+/// Most ids per XACK command.
+const ACK_CHUNK: usize = 500;
+/// How often per-DB lag is recomputed for `/metrics` (it walks the unacked ids).
+const LAG_EVERY: Duration = Duration::from_millis(200);
+
+/// Everything the reader thread needs.
+#[derive(Debug)]
+pub struct Reader {
+    pub redis_url: String,
+    /// Consumer name in the group: the instance id, stable across restarts so that the
+    /// pending entries of the previous run are ours to re-read.
+    pub consumer: String,
+    pub fanout: Fanout,
+    pub reports: Receiver<FromWriter>,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+}
+
+struct State {
+    r: Reader,
+    conn: Option<redis::Connection>,
+    /// Per writer: every entry up to this id is committed in its DB (None: not known yet).
+    watermarks: Vec<Option<EntryId>>,
+    /// Entries read and dispatched, not yet acked.
+    unacked: BTreeSet<EntryId>,
+    /// While re-reading our own pending entries after a (re)connect: where to go on from.
+    pending_cursor: Option<EntryId>,
+    last_dispatched: EntryId,
+    claim_cursor: EntryId,
+    last_claim: Instant,
+    last_trim: Instant,
+    trimmed_below: EntryId,
+    last_lag: Instant,
+    backoff: Duration,
+    outage_logged: bool,
+}
+
+impl Reader {
+    pub fn spawn(self) -> Result<JoinHandle<()>, Error> {
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                let n = self.fanout.len();
+                State {
+                    r: self,
+                    conn: None,
+                    watermarks: vec![None; n],
+                    unacked: BTreeSet::new(),
+                    pending_cursor: None,
+                    last_dispatched: EntryId::ZERO,
+                    claim_cursor: EntryId::ZERO,
+                    last_claim: Instant::now(),
+                    last_trim: Instant::now(),
+                    trimmed_below: EntryId::ZERO,
+                    last_lag: Instant::now(),
+                    backoff: Duration::from_millis(100),
+                    outage_logged: false,
+                }
+                .run()
+            })
+            .map_err(|source| Error::Spawn {
+                thread: "reader".into(),
+                source,
+            })
+    }
+}
+
+impl State {
+    fn stopping(&self) -> bool {
+        self.r.stop.load(SeqCst)
+    }
+
+    fn run(mut self) {
+        while !self.stopping() {
+            self.handle_reports();
+            let result = self.step();
+            if let Err(e) = result {
+                self.conn = None;
+                if !self.outage_logged {
+                    shared::warn!("reader: {e}; retrying with backoff");
+                    self.outage_logged = true;
+                }
+                self.sleep_backoff();
+                continue;
+            }
+            self.handle_reports();
+            if let Err(e) = self.ack() {
+                self.conn = None;
+                shared::warn!("reader: {e}");
+                continue;
+            }
+            if self.last_trim.elapsed() >= TRIM_EVERY {
+                self.last_trim = Instant::now();
+                if let Err(e) = self.trim() {
+                    self.conn = None;
+                    shared::warn!("reader: {e}");
+                    continue;
+                }
+            }
+            if self.last_lag.elapsed() >= LAG_EVERY {
+                self.last_lag = Instant::now();
+                self.publish_lag();
+            }
+        }
+        shared::info!("reader: stopping; writers finish their batch in flight");
+        let State { r, .. } = &mut self;
+        let fanout = std::mem::replace(&mut r.fanout, Fanout::new(Vec::new()));
+        fanout.shutdown(SHUTDOWN_GRACE);
+        self.handle_reports();
+        if let Err(e) = self.ack() {
+            shared::warn!("reader: final ack: {e}; the entries stay pending and are re-read");
+        }
+        shared::info!("reader: stopped");
+    }
+
+    /// One read (pending entries first after a connect, then new ones) and, now and then, one
+    /// reclaim of orphaned entries.
+    fn step(&mut self) -> Result<(), Error> {
+        if self.conn.is_none() {
+            let mut conn = stream::connect(&self.r.redis_url, READ_BLOCK + Duration::from_secs(5))?;
+            create_group(&mut conn)?;
+            self.conn = Some(conn);
+            self.pending_cursor = Some(EntryId::ZERO);
+            if self.outage_logged {
+                shared::info!("reader: redis is back");
+            }
+            self.outage_logged = false;
+            self.backoff = Duration::from_millis(100);
+            shared::info!(
+                "reader: consuming {STREAM} as {}/{}",
+                GROUP,
+                self.r.consumer
+            );
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or(Error::Reply("no connection".into()))?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.r.consumer)
+            .arg("COUNT")
+            .arg(READ_COUNT);
+        match self.pending_cursor {
+            Some(cursor) => {
+                cmd.arg("STREAMS").arg(STREAM).arg(cursor.to_string());
+            }
+            None => {
+                cmd.arg("BLOCK")
+                    .arg(READ_BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(STREAM)
+                    .arg(">");
+            }
+        }
+        let reply: Value = cmd.query(conn).map_err(|e| Error::redis("xreadgroup", e))?;
+        let entries = stream::parse_read_reply(&reply)?;
+        if self.pending_cursor.is_some() {
+            self.pending_cursor = entries.last().map(|e| e.id);
+            if let Some(c) = self.pending_cursor {
+                shared::info!(
+                    "reader: re-reading {} pending entries up to {c}",
+                    entries.len()
+                );
+            }
+        }
+        self.process(entries)?;
+        if self.last_claim.elapsed() >= CLAIM_EVERY {
+            self.last_claim = Instant::now();
+            self.claim()?;
+        }
+        Ok(())
+    }
+
+    /// DLQs poison, acks what needs no applying, dispatches the rest.
+    fn process(&mut self, entries: Vec<RawEntry>) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or(Error::Reply("no connection".into()))?;
+        let mut good = Vec::with_capacity(entries.len());
+        let mut ack_now = Vec::new();
+        for raw in entries {
+            if self.unacked.contains(&raw.id) {
+                continue; // ours and in flight already (returned again by XAUTOCLAIM)
+            }
+            if raw.fields.is_none() {
+                // Trimmed while pending: we trim only below every checkpoint, so every DB has it.
+                ack_now.push(raw.id);
+                continue;
+            }
+            match decode(&raw) {
+                Ok(d) => good.push(d),
+                Err(reason) => {
+                    dlq::park(conn, &raw, &reason)?;
+                    self.r.metrics.dlq_total.fetch_add(1, Relaxed);
+                    ack_now.push(raw.id);
+                }
+            }
+        }
+        xack(conn, &ack_now)?;
+        if !good.is_empty() {
+            for d in &good {
+                self.unacked.insert(d.id);
+                self.last_dispatched = self.last_dispatched.max(d.id);
+            }
+            self.r.fanout.dispatch(&Arc::new(Batch { entries: good }));
+        }
+        Ok(())
+    }
+
+    /// Takes over pending entries of other consumers idle longer than [`CLAIM_MIN_IDLE`].
+    fn claim(&mut self) -> Result<(), Error> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or(Error::Reply("no connection".into()))?;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(STREAM)
+            .arg(GROUP)
+            .arg(&self.r.consumer)
+            .arg(CLAIM_MIN_IDLE.as_millis() as u64)
+            .arg(self.claim_cursor.to_string())
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .query(conn)
+            .map_err(|e| Error::redis("xautoclaim", e))?;
+        let (next, entries) = stream::parse_autoclaim_reply(&reply)?;
+        self.claim_cursor = next;
+        let foreign = entries
+            .iter()
+            .filter(|e| !self.unacked.contains(&e.id))
+            .count();
+        if foreign > 0 {
+            shared::info!("reader: reclaimed {foreign} orphaned pending entries");
+        }
+        self.process(entries)
+    }
+
+    fn handle_reports(&mut self) {
+        while let Ok(report) = self.r.reports.try_recv() {
+            match report {
+                FromWriter::Applied { db, upto } => {
+                    if let Some(w) = self.watermarks.get_mut(db) {
+                        *w = Some(upto);
+                    }
+                }
+                FromWriter::Rejoin { db, at } => {
+                    self.r.fanout.rejoin(db, at, self.last_dispatched);
+                }
+            }
+        }
+    }
+
+    /// The lowest watermark over all writers, once every writer has reported one.
+    fn lowest_watermark(&self) -> Option<EntryId> {
+        self.watermarks
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .min()
+    }
+
+    /// XACKs every unacked entry that every DB has committed.
+    fn ack(&mut self) -> Result<(), Error> {
+        let Some(low) = self.lowest_watermark() else {
+            return Ok(());
+        };
+        let done: Vec<EntryId> = self.unacked.range(..=low).copied().collect();
+        if done.is_empty() {
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        for chunk in done.chunks(ACK_CHUNK) {
+            xack(conn, chunk)?;
+            for id in chunk {
+                self.unacked.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// XTRIM MINID at the lowest checkpoint: every entry below it is in every DB.
+    fn trim(&mut self) -> Result<(), Error> {
+        let Some(low) = self.lowest_watermark() else {
+            return Ok(());
+        };
+        if low <= self.trimmed_below {
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let _: Value = redis::cmd("XTRIM")
+            .arg(STREAM)
+            .arg("MINID")
+            .arg(low.to_string())
+            .query(conn)
+            .map_err(|e| Error::redis("xtrim", e))?;
+        self.trimmed_below = low;
+        Ok(())
+    }
+
+    fn publish_lag(&self) {
+        for (i, status) in self.r.metrics.dbs.iter().enumerate() {
+            let w = self
+                .watermarks
+                .get(i)
+                .copied()
+                .flatten()
+                .unwrap_or(EntryId::ZERO);
+            let mut behind = self.unacked.range((Bound::Excluded(w), Bound::Unbounded));
+            let oldest = behind.next().map_or(0, |id| id.ms.max(1));
+            let count = if oldest == 0 {
+                0
+            } else {
+                1 + behind.count() as u64
+            };
+            status.lag_entries.store(count, Relaxed);
+            status.oldest_unapplied_ms.store(oldest, Relaxed);
+        }
+    }
+
+    fn sleep_backoff(&mut self) {
+        let until = Instant::now() + self.backoff;
+        while Instant::now() < until && !self.stopping() {
+            self.handle_reports();
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// XGROUP CREATE … 0 MKSTREAM; an existing group is fine.
+fn create_group(conn: &mut redis::Connection) -> Result<(), Error> {
+    let result: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(conn);
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(Error::redis("xgroup create", e)),
+    }
+}
+
+fn xack(conn: &mut redis::Connection, ids: &[EntryId]) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("XACK");
+    cmd.arg(STREAM).arg(GROUP);
+    for id in ids {
+        cmd.arg(id.to_string());
+    }
+    let _: Value = cmd.query(conn).map_err(|e| Error::redis("xack", e))?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Redis Streams access shared by the reader and the writers: entry ids, connecting with
+//! timeouts, and parsing raw replies of XREADGROUP / XRANGE / XAUTOCLAIM into [`RawEntry`].
+//!
+//! Replies are parsed from `redis::Value` by hand so that nothing from Redis is trusted: a
+//! trimmed entry (fields nil), a non-UTF-8 field name or an unexpected shape becomes data the
+//! caller handles (DLQ, ack, error), never a panic.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::config::CONNECT_TIMEOUT;
+use crate::Error;
+
+/// A stream entry id `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// `0-0`: before every entry (Redis never assigns it).
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    pub fn parse(s: &str) -> Option<EntryId> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// The smallest id after this one.
+    pub fn next(self) -> EntryId {
+        match self.seq.checked_add(1) {
+            Some(seq) => EntryId { ms: self.ms, seq },
+            None => EntryId {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// One entry as Redis returned it. `fields` is `None` for an entry that was trimmed while it
+/// was still pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    pub id: EntryId,
+    pub fields: Option<Vec<(String, Vec<u8>)>>,
+}
+
+/// Opens a connection with connect and read timeouts; the read timeout must exceed any
+/// BLOCK we use.
+pub fn connect(url: &str, read_timeout: Duration) -> Result<redis::Connection, Error> {
+    let client = redis::Client::open(url).map_err(|e| Error::redis("open redis url", e))?;
+    let conn = client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .map_err(|e| Error::redis("connect to redis", e))?;
+    conn.set_read_timeout(Some(read_timeout))
+        .map_err(|e| Error::redis("set redis read timeout", e))?;
+    conn.set_write_timeout(Some(read_timeout))
+        .map_err(|e| Error::redis("set redis write timeout", e))?;
+    Ok(conn)
+}
+
+/// XRANGE `(after` .. `upto` (inclusive; `None` = the end) COUNT `count`.
+pub fn xrange(
+    conn: &mut redis::Connection,
+    stream: &str,
+    after: EntryId,
+    upto: Option<EntryId>,
+    count: usize,
+) -> Result<Vec<RawEntry>, Error> {
+    let end = upto.map_or_else(|| "+".to_owned(), |u| u.to_string());
+    let v: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({after}"))
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query(conn)
+        .map_err(|e| Error::redis("xrange", e))?;
+    parse_entries(&v)
+}
+
+/// The entries of an XREADGROUP reply for one stream (nil on timeout = none).
+pub fn parse_read_reply(v: &Value) -> Result<Vec<RawEntry>, Error> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        // RESP2: [[stream, entries], ...]
+        Value::Array(streams) => {
+            let mut out = Vec::new();
+            for s in streams {
+                match s {
+                    Value::Array(pair) if pair.len() == 2 => out.extend(parse_entries(&pair[1])?),
+                    other => return Err(Error::Reply(format!("xreadgroup stream: {other:?}"))),
+                }
+            }
+            Ok(out)
+        }
+        // RESP3: {stream: entries}
+        Value::Map(pairs) => {
+            let mut out = Vec::new();
+            for (_, entries) in pairs {
+                out.extend(parse_entries(entries)?);
+            }
+            Ok(out)
+        }
+        other => Err(Error::Reply(format!("xreadgroup: {other:?}"))),
+    }
+}
+
+/// XAUTOCLAIM reply (Redis ≥ 7): `[next cursor, entries, deleted ids]`.
+pub fn parse_autoclaim_reply(v: &Value) -> Result<(EntryId, Vec<RawEntry>), Error> {
+    match v {
+        Value::Array(parts) if parts.len() >= 2 => {
+            let cursor = text(&parts[0])
+                .and_then(|t| EntryId::parse(&t))
+                .ok_or_else(|| Error::Reply(format!("xautoclaim cursor: {:?}", parts[0])))?;
+            Ok((cursor, parse_entries(&parts[1])?))
+        }
+        other => Err(Error::Reply(format!("xautoclaim: {other:?}"))),
+    }
+}
+
+/// `[[id, [field, value, ...] | nil], ...]`
+pub fn parse_entries(v: &Value) -> Result<Vec<RawEntry>, Error> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Nil => return Ok(Vec::new()),
+        other => return Err(Error::Reply(format!("entries: {other:?}"))),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(pair) = item else {
+            return Err(Error::Reply(format!("entry: {item:?}")));
+        };
+        let id = pair
+            .first()
+            .and_then(text)
+            .and_then(|t| EntryId::parse(&t))
+            .ok_or_else(|| Error::Reply(format!("entry id: {item:?}")))?;
+        let fields = match pair.get(1) {
+            Some(Value::Array(kv)) => Some(
+                kv.chunks(2)
+                    .map(|c| {
+                        let name = c.first().and_then(text).unwrap_or_default();
+                        let value = c.get(1).and_then(bytes).unwrap_or_default();
+                        (name, value)
+                    })
+                    .collect(),
+            ),
+            Some(Value::Map(kv)) => Some(
+                kv.iter()
+                    .map(|(k, v)| (text(k).unwrap_or_default(), bytes(v).unwrap_or_default()))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        out.push(RawEntry { id, fields });
+    }
+    Ok(out)
+}
+
+fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_order_and_parse() {
+        let check = |s: &str, expect: Option<(u64, u64)>| {
+            assert_eq!(
+                EntryId::parse(s),
+                expect.map(|(ms, seq)| EntryId { ms, seq }),
+                "{s:?}"
+            );
+        };
+        check("1-2", Some((1, 2)));
+        check("1700000000000-0", Some((1_700_000_000_000, 0)));
+        check("1", None);
+        check("a-1", None);
+        check("-1-1", None);
+        assert!(EntryId::parse("9-0") < EntryId::parse("10-0"));
+        assert_eq!(EntryId { ms: 1, seq: 2 }.next().to_string(), "1-3");
+    }
+
+    #[test]
+    fn trimmed_pending_entries_have_no_fields() {
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                Value::BulkString(b"1-1".to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"k".to_vec()),
+                    Value::BulkString(b"v".to_vec()),
+                ]),
+            ]),
+            Value::Array(vec![Value::BulkString(b"1-2".to_vec()), Value::Nil]),
+        ]);
+        let got = parse_entries(&v).unwrap();
+        assert_eq!(got[0].fields, Some(vec![("k".into(), b"v".to_vec())]));
+        assert_eq!(got[1].fields, None);
+        assert!(parse_entries(&Value::Int(3)).is_err());
+    }
+}

@@ -1,0 +1,531 @@
+//! One writer thread per query DB: applies entries to its read model, one transaction per
+//! batch, and catches up from its own checkpoint whenever it is detached from the live
+//! fan-out (at start, after a DB outage, or after falling behind).
+//!
+//! Guarantees (SPEC §4.2–4.4):
+//! - rows, statistics and the checkpoint of a batch commit in ONE transaction, so the
+//!   checkpoint never runs ahead of the data and statistics equal `GROUP BY` over the live
+//!   rows at every committed state;
+//! - rows change only through the pure rules of `apply.rs` (newer version wins, tombstones are
+//!   final) and the upsert repeats the version guard, so duplicates and replays are no-ops;
+//! - the writer reports to the reader only what is committed, so the reader acks no entry
+//!   before every DB holds it;
+//! - a DB that is down at start or fails later never stops the others: this writer retries
+//!   with backoff on its own and catches up with XRANGE from its checkpoint when it returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use postgres::{Client, NoTls};
+use shared::event::{Payload, STREAM};
+use uuid::Uuid;
+
+use crate::apply::{self, Change, Outcome, Row, RowState};
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{
+    CATCHUP_PAGE, CONNECT_TIMEOUT, MAX_BACKOFF, MAX_TX_ENTRIES, STATEMENT_TIMEOUT,
+};
+use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
+use crate::metrics::{DbStatus, Metrics};
+use crate::stream::{self, EntryId};
+use crate::Error;
+
+/// Serialises writers of one query DB (a second projection, a rebuild) so that the old rows a
+/// transaction read are still the rows it overwrites. Arbitrary but fixed.
+pub const WRITE_LOCK: i64 = 0x7072_6f6a_6563;
+
+/// How long a catching-up writer waits for the reader to answer its rejoin before it catches
+/// up again and asks anew.
+const REJOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// How often an idle attached writer checks that its DB still answers.
+const IDLE_PING: Duration = Duration::from_secs(1);
+
+/// Everything a writer thread needs.
+#[derive(Debug)]
+pub struct Writer {
+    pub db: usize,
+    pub name: String,
+    pub url: String,
+    pub redis_url: String,
+    pub rx: Receiver<ToWriter>,
+    pub reports: Sender<FromWriter>,
+    pub status: Arc<DbStatus>,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What to do after a catch-up round.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct State {
+    w: Writer,
+    pg: Option<Client>,
+    redis: Option<redis::Connection>,
+    /// The committed checkpoint; every entry up to it is applied.
+    cp: Checkpoint,
+    backoff: Duration,
+    /// An outage is logged once, not on every retry.
+    outage_logged: bool,
+    last_ping: Instant,
+}
+
+impl Writer {
+    pub fn spawn(self) -> Result<JoinHandle<()>, Error> {
+        let name = format!("writer-{}", self.name);
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                State {
+                    w: self,
+                    pg: None,
+                    redis: None,
+                    cp: Checkpoint::default(),
+                    backoff: Duration::from_millis(100),
+                    outage_logged: false,
+                    last_ping: Instant::now(),
+                }
+                .run()
+            })
+            .map_err(|source| Error::Spawn {
+                thread: name,
+                source,
+            })
+    }
+}
+
+impl State {
+    fn stopping(&self) -> bool {
+        self.w.stop.load(SeqCst)
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.stopping() {
+                break;
+            }
+            if !self.w.status.is_attached() {
+                match self.catch_up() {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => break,
+                    Err(e) => {
+                        self.w.status.set_attached(false);
+                        self.failed(&e);
+                        self.sleep_backoff();
+                    }
+                }
+                continue;
+            }
+            match self.w.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(ToWriter::Batch(first)) => {
+                    let mut batches = vec![first];
+                    let mut n = batches[0].entries.len();
+                    let mut gap = None;
+                    while n < MAX_TX_ENTRIES {
+                        match self.w.rx.try_recv() {
+                            Ok(ToWriter::Batch(b)) => {
+                                n += b.entries.len();
+                                batches.push(b);
+                            }
+                            Ok(ToWriter::Rejoined { upto }) => {
+                                gap = Some(upto);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let entries: Vec<&Decoded> =
+                        batches.iter().flat_map(|b| b.entries.iter()).collect();
+                    let result = self.apply(&entries, 0).and_then(|()| match gap {
+                        Some(upto) => self.fill_gap(upto),
+                        None => Ok(()),
+                    });
+                    if let Err(e) = result {
+                        self.w.status.set_attached(false);
+                        self.failed(&e);
+                    }
+                }
+                // A late answer to an earlier rejoin: cover up to it ourselves.
+                Ok(ToWriter::Rejoined { upto }) => {
+                    if let Err(e) = self.fill_gap(upto) {
+                        self.w.status.set_attached(false);
+                        self.failed(&e);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.ping_when_idle(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        shared::info!("writer {}: stopped at {}", self.w.name, self.cp.entry_id);
+    }
+
+    /// Detached: reconnect, apply everything after the checkpoint with XRANGE, then ask the
+    /// reader to attach us and cover the gap up to the last entry it dispatched meanwhile.
+    fn catch_up(&mut self) -> Result<Flow, Error> {
+        // Live batches still queued are covered by the XRANGE below.
+        while self.w.rx.try_recv().is_ok() {}
+        self.ensure_pg()?;
+        let at = self.range_apply(None)?;
+        if self.stopping() {
+            return Ok(Flow::Stop);
+        }
+        if self
+            .w
+            .reports
+            .send(FromWriter::Rejoin { db: self.w.db, at })
+            .is_err()
+        {
+            return Ok(Flow::Stop);
+        }
+        let deadline = Instant::now() + REJOIN_WAIT;
+        loop {
+            if self.stopping() {
+                return Ok(Flow::Stop);
+            }
+            match self.w.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(ToWriter::Rejoined { upto }) => {
+                    self.fill_gap(upto)?;
+                    self.backoff = Duration::from_millis(100);
+                    return Ok(Flow::Continue);
+                }
+                // Dispatched before we were detached: already covered by the XRANGE.
+                Ok(ToWriter::Batch(_)) => {}
+                Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                    return Ok(Flow::Continue)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(Flow::Stop),
+            }
+        }
+    }
+
+    /// Applies the stream from the checkpoint up to `upto` (inclusive), or to its end.
+    fn range_apply(&mut self, upto: Option<EntryId>) -> Result<EntryId, Error> {
+        loop {
+            if self.stopping() {
+                return Ok(self.cp.entry_id);
+            }
+            let redis = match self.redis.as_mut() {
+                Some(c) => c,
+                None => self
+                    .redis
+                    .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?),
+            };
+            let page = match stream::xrange(redis, STREAM, self.cp.entry_id, upto, CATCHUP_PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.redis = None;
+                    return Err(e);
+                }
+            };
+            let Some(last) = page.last().map(|e| e.id) else {
+                return Ok(self.cp.entry_id);
+            };
+            // Poison entries are the reader's to park in the DLQ; here they only move the
+            // checkpoint past them.
+            let decoded: Vec<Decoded> = page.iter().filter_map(|r| decode(r).ok()).collect();
+            let refs: Vec<&Decoded> = decoded.iter().collect();
+            let skipped = (page.len() - decoded.len()) as i64;
+            self.apply_up_to(&refs, skipped, last)?;
+            if page.len() < CATCHUP_PAGE || upto.is_some_and(|u| last >= u) {
+                return Ok(self.cp.entry_id);
+            }
+        }
+    }
+
+    fn fill_gap(&mut self, upto: EntryId) -> Result<(), Error> {
+        if upto > self.cp.entry_id {
+            self.range_apply(Some(upto))?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: &[&Decoded], skipped: i64) -> Result<(), Error> {
+        let last = entries
+            .iter()
+            .map(|e| e.id)
+            .max()
+            .unwrap_or(self.cp.entry_id);
+        self.apply_up_to(entries, skipped, last)
+    }
+
+    /// One transaction: rows, statistics, checkpoint (moved to `last` when that is newer).
+    fn apply_up_to(
+        &mut self,
+        entries: &[&Decoded],
+        skipped: i64,
+        last: EntryId,
+    ) -> Result<(), Error> {
+        let mut new_cp = self.cp;
+        if last > self.cp.entry_id {
+            new_cp.entry_id = last;
+            if let Some(e) = entries.iter().find(|e| e.id == last) {
+                new_cp.position = e.event.position;
+            }
+        }
+        self.ensure_pg()?;
+        let Some(client) = self.pg.as_mut() else {
+            return Err(Error::Inconsistent(format!(
+                "{}: no connection",
+                self.w.name
+            )));
+        };
+        let applied = entries.len() as i64 + skipped;
+        if let Err(e) = transact(&self.w.name, client, entries, new_cp, applied) {
+            // Rolled back; reconnect and retry from the checkpoint.
+            self.pg = None;
+            return Err(e);
+        }
+        self.cp = new_cp;
+        let st = &self.w.status;
+        st.up.store(true, Relaxed);
+        st.position.store(new_cp.position, Relaxed);
+        st.applied_total
+            .fetch_add(entries.len() as u64 + skipped as u64, Relaxed);
+        if !entries.is_empty() {
+            self.w.metrics.record_batch(entries.len());
+        }
+        let _ = self.w.reports.send(FromWriter::Applied {
+            db: self.w.db,
+            upto: self.cp.entry_id,
+        });
+        Ok(())
+    }
+
+    /// Connects, migrates and reads the checkpoint when there is no connection.
+    fn ensure_pg(&mut self) -> Result<(), Error> {
+        if self.pg.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.pg = None;
+        let db_err = |source| Error::Db {
+            db: self.w.name.clone(),
+            source,
+        };
+        let mut config: postgres::Config = self.w.url.parse().map_err(db_err)?;
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_user_timeout(STATEMENT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .options(&format!(
+                "-c statement_timeout={}",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
+        let mut client = config.connect(NoTls).map_err(db_err)?;
+        shared::migrate::query_db(&mut client).map_err(db_err)?;
+        self.cp = checkpoint::read(&mut client).map_err(db_err)?;
+        self.pg = Some(client);
+        self.w.status.up.store(true, Relaxed);
+        self.w.status.position.store(self.cp.position, Relaxed);
+        if self.outage_logged {
+            shared::info!("writer {}: database is back", self.w.name);
+        }
+        self.outage_logged = false;
+        shared::info!(
+            "writer {}: connected, schema applied, checkpoint at {} (position {})",
+            self.w.name,
+            self.cp.entry_id,
+            self.cp.position
+        );
+        let _ = self.w.reports.send(FromWriter::Applied {
+            db: self.w.db,
+            upto: self.cp.entry_id,
+        });
+        Ok(())
+    }
+
+    /// An idle writer checks its DB now and then, so `projection_db_up` tells the truth and an
+    /// outage detaches the writer before the next batch finds it.
+    fn ping_when_idle(&mut self) {
+        if self.last_ping.elapsed() < IDLE_PING {
+            return;
+        }
+        self.last_ping = Instant::now();
+        let alive = self
+            .pg
+            .as_mut()
+            .is_some_and(|c| c.is_valid(CONNECT_TIMEOUT).is_ok());
+        if !alive {
+            self.pg = None;
+            self.w.status.set_attached(false);
+            let e = Error::DbLost {
+                db: self.w.name.clone(),
+            };
+            self.failed(&e);
+        }
+    }
+
+    fn failed(&mut self, e: &Error) {
+        if matches!(
+            e,
+            Error::Db { .. } | Error::DbLost { .. } | Error::Inconsistent(_)
+        ) {
+            self.w.status.up.store(false, Relaxed);
+        }
+        if !self.outage_logged {
+            shared::warn!(
+                "writer {}: {e}; detached, retrying with backoff and catching up from the checkpoint",
+                self.w.name
+            );
+            self.outage_logged = true;
+        }
+    }
+
+    /// Sleeps the current backoff in small steps (a stop signal cuts it short), then doubles it.
+    fn sleep_backoff(&mut self) {
+        let until = Instant::now() + self.backoff;
+        while Instant::now() < until && !self.stopping() {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Applies `entries` in order and records `cp`, all in one transaction.
+fn transact(
+    db: &str,
+    client: &mut Client,
+    entries: &[&Decoded],
+    cp: Checkpoint,
+    applied: i64,
+) -> Result<(), Error> {
+    let db_err = |source| Error::Db {
+        db: db.to_owned(),
+        source,
+    };
+    let lost = |why: String| Error::Inconsistent(format!("{db}: {why}"));
+    let mut tx = client.transaction().map_err(db_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .map_err(db_err)?;
+    let mut ids: Vec<Uuid> = entries.iter().map(|e| e.payload.id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut rows: HashMap<Uuid, Row> = HashMap::with_capacity(ids.len());
+    if !ids.is_empty() {
+        for r in tx
+            .query(
+                "SELECT id, version, category, status, deleted_at IS NOT NULL \
+             FROM read_reports WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .map_err(db_err)?
+        {
+            let id: Uuid = r.try_get(0).map_err(db_err)?;
+            let deleted: bool = r.try_get(4).map_err(db_err)?;
+            let state = if deleted {
+                RowState::Tombstone
+            } else {
+                RowState::Live {
+                    category: r.try_get(2).map_err(db_err)?,
+                    status: r.try_get(3).map_err(db_err)?,
+                }
+            };
+            rows.insert(
+                id,
+                Row {
+                    version: r.try_get(1).map_err(db_err)?,
+                    state,
+                },
+            );
+        }
+    }
+    // Fold the batch through the pure rules; keep each report's last written event.
+    let mut finals: BTreeMap<Uuid, &Decoded> = BTreeMap::new();
+    let mut stats: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for e in entries {
+        let id = e.payload.id();
+        match apply::apply(rows.get(&id), &Change::from_payload(&e.payload)) {
+            Outcome::Skip(_) => {}
+            Outcome::Write { row, stats: delta } => {
+                for (k, d) in delta {
+                    *stats.entry(k).or_default() += d;
+                }
+                rows.insert(id, row);
+                finals.insert(id, e);
+            }
+        }
+    }
+    for e in finals.values() {
+        let n = match &e.payload {
+            Payload::Snapshot(r) => tx
+                .execute(
+                    "INSERT INTO read_reports (id, title, description, category, status, version, \
+                   created_at, updated_at, deleted_at, doc) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9) \
+                 ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
+                   description = EXCLUDED.description, category = EXCLUDED.category, \
+                   status = EXCLUDED.status, version = EXCLUDED.version, \
+                   created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+                   deleted_at = NULL, doc = EXCLUDED.doc \
+                 WHERE read_reports.version < EXCLUDED.version \
+                   AND read_reports.deleted_at IS NULL",
+                    &[
+                        &r.id,
+                        &r.title,
+                        &r.description,
+                        &r.category.as_str(),
+                        &r.status.as_str(),
+                        &r.version,
+                        &r.created_at,
+                        &r.updated_at,
+                        &e.event.payload,
+                    ],
+                )
+                .map_err(db_err)?,
+            // A tombstone keeps the row (its last live fields) so that no older event can
+            // bring the report back; one for a report never seen gets empty fields.
+            Payload::Deleted(t) => tx
+                .execute(
+                    "INSERT INTO read_reports (id, title, description, category, status, version, \
+                   created_at, updated_at, deleted_at, doc) \
+                 VALUES ($1, '', '', '', '', $2, $3, $3, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
+                   updated_at = EXCLUDED.deleted_at, deleted_at = EXCLUDED.deleted_at \
+                 WHERE read_reports.version < EXCLUDED.version",
+                    &[&t.id, &t.version, &t.deleted_at, &e.event.payload],
+                )
+                .map_err(db_err)?,
+        };
+        if n != 1 {
+            return Err(lost(format!(
+                "report {} changed concurrently",
+                e.payload.id()
+            )));
+        }
+    }
+    for ((category, status), delta) in stats.into_iter().filter(|(_, d)| *d != 0) {
+        if delta > 0 {
+            tx.execute(
+                "INSERT INTO statistics (category, status, count, last_updated) \
+                 VALUES ($1, $2, $3, now()) \
+                 ON CONFLICT (category, status) DO UPDATE \
+                 SET count = statistics.count + EXCLUDED.count, last_updated = EXCLUDED.last_updated",
+                &[&category, &status, &delta],
+            ).map_err(db_err)?;
+        } else {
+            let n = tx
+                .execute(
+                    "UPDATE statistics SET count = count + $3, last_updated = now() \
+                 WHERE category = $1 AND status = $2",
+                    &[&category, &status, &delta],
+                )
+                .map_err(db_err)?;
+            if n != 1 {
+                return Err(lost(format!(
+                    "statistics row ({category}, {status}) missing"
+                )));
+            }
+        }
+    }
+    checkpoint::write(&mut tx, cp, applied).map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(())
+}

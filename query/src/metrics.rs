@@ -1,0 +1,214 @@
+//! `GET /metrics` in the Prometheus text format: requests by route and status with their
+//! total duration, which query DB serves, failovers, and the checkpoint of the DB this
+//! instance reads (its projection lag).
+//!
+//! Counting is lock-free: one atomic per (route, status) pair, so recording costs the request
+//! path two relaxed atomic additions.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::failover::DbState;
+use crate::routes::Route;
+
+/// Statuses counted under their own label; anything else is counted as `other`.
+const STATUSES: [u16; 9] = [200, 400, 404, 405, 411, 413, 500, 503, 0];
+const OTHER: usize = STATUSES.len() - 1;
+
+/// Request counters.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Vec<[AtomicU64; STATUSES.len()]>,
+    micros: Vec<AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Route::ALL
+                .iter()
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            micros: Route::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// What `/metrics` shows about the query DBs, gathered by the caller.
+#[derive(Debug, Clone)]
+pub struct DbReport {
+    pub states: Vec<DbState>,
+    pub failovers: u64,
+    pub failbacks: u64,
+    /// The serving DB's name and its checkpoint `(position, age seconds)`, when it answered.
+    pub checkpoint: Option<(String, Option<(i64, f64)>)>,
+}
+
+impl Metrics {
+    pub fn record(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = route as usize;
+        let s = STATUSES[..OTHER]
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(OTHER);
+        if let (Some(row), Some(m)) = (self.requests.get(r), self.micros.get(r)) {
+            row[s].fetch_add(1, Ordering::Relaxed);
+            m.fetch_add(
+                u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The whole exposition text.
+    pub fn render(&self, instance: &str, dbs: &DbReport) -> String {
+        let mut out = String::with_capacity(4096);
+        let inst = escape(instance);
+        out.push_str("# HELP query_requests_total HTTP requests answered, by route and status.\n");
+        out.push_str("# TYPE query_requests_total counter\n");
+        for (r, route) in Route::ALL.iter().enumerate() {
+            for (s, status) in STATUSES.iter().enumerate() {
+                let n = self.requests[r][s].load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let status = if s == OTHER {
+                    "other".to_owned()
+                } else {
+                    status.to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "query_requests_total{{instance=\"{inst}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    route.label()
+                );
+            }
+        }
+        out.push_str("# HELP query_request_duration_seconds_sum Time spent answering, by route.\n");
+        out.push_str("# TYPE query_request_duration_seconds_sum counter\n");
+        for (r, route) in Route::ALL.iter().enumerate() {
+            let us = self.micros[r].load(Ordering::Relaxed);
+            if us > 0 {
+                let _ = writeln!(
+                    out,
+                    "query_request_duration_seconds_sum{{instance=\"{inst}\",route=\"{}\"}} {:.6}",
+                    route.label(),
+                    us as f64 / 1e6
+                );
+            }
+        }
+        out.push_str("# HELP query_db_up Whether the query DB answers its health probe.\n");
+        out.push_str("# TYPE query_db_up gauge\n");
+        for s in &dbs.states {
+            let _ = writeln!(
+                out,
+                "query_db_up{{instance=\"{inst}\",db=\"{}\"}} {}",
+                escape(&s.name),
+                u8::from(s.up)
+            );
+        }
+        out.push_str("# HELP query_db_serving 1 for the query DB that serves reads now.\n");
+        out.push_str("# TYPE query_db_serving gauge\n");
+        for s in &dbs.states {
+            let _ = writeln!(
+                out,
+                "query_db_serving{{instance=\"{inst}\",db=\"{}\"}} {}",
+                escape(&s.name),
+                u8::from(s.serving)
+            );
+        }
+        out.push_str(
+            "# HELP query_failovers_total Switches from a query DB to a less preferred one.\n",
+        );
+        out.push_str("# TYPE query_failovers_total counter\n");
+        let _ = writeln!(
+            out,
+            "query_failovers_total{{instance=\"{inst}\"}} {}",
+            dbs.failovers
+        );
+        out.push_str("# HELP query_failbacks_total Returns to the preferred query DB.\n");
+        out.push_str("# TYPE query_failbacks_total counter\n");
+        let _ = writeln!(
+            out,
+            "query_failbacks_total{{instance=\"{inst}\"}} {}",
+            dbs.failbacks
+        );
+        if let Some((db, Some((position, age)))) = &dbs.checkpoint {
+            let db = escape(db);
+            out.push_str(
+                "# HELP query_checkpoint_position Event-log position the serving DB has applied.\n",
+            );
+            out.push_str("# TYPE query_checkpoint_position gauge\n");
+            let _ = writeln!(
+                out,
+                "query_checkpoint_position{{instance=\"{inst}\",db=\"{db}\"}} {position}"
+            );
+            out.push_str(
+                "# HELP query_checkpoint_age_seconds Seconds since the serving DB last applied an \
+                 event (grows while idle too).\n",
+            );
+            out.push_str("# TYPE query_checkpoint_age_seconds gauge\n");
+            let _ = writeln!(
+                out,
+                "query_checkpoint_age_seconds{{instance=\"{inst}\",db=\"{db}\"}} {age:.3}"
+            );
+        }
+        out
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::DbState;
+
+    #[test]
+    fn exposition() {
+        let m = Metrics::default();
+        m.record(Route::Reports, 200, Duration::from_millis(2));
+        m.record(Route::Reports, 200, Duration::from_millis(1));
+        m.record(Route::Unmatched, 404, Duration::from_millis(1));
+        m.record(Route::Report, 418, Duration::from_millis(1));
+        let text = m.render(
+            "query-1",
+            &DbReport {
+                states: vec![
+                    DbState {
+                        name: "primary".into(),
+                        up: false,
+                        serving: false,
+                    },
+                    DbState {
+                        name: "replica1".into(),
+                        up: true,
+                        serving: true,
+                    },
+                ],
+                failovers: 1,
+                failbacks: 0,
+                checkpoint: Some(("replica1".into(), Some((42, 1.5)))),
+            },
+        );
+        for expect in [
+            "query_requests_total{instance=\"query-1\",route=\"/reports\",status=\"200\"} 2\n",
+            "route=\"unmatched\",status=\"404\"} 1\n",
+            "route=\"/reports/{id}\",status=\"other\"} 1\n",
+            "query_request_duration_seconds_sum{instance=\"query-1\",route=\"/reports\"} 0.003000\n",
+            "query_db_serving{instance=\"query-1\",db=\"replica1\"} 1\n",
+            "query_db_up{instance=\"query-1\",db=\"primary\"} 0\n",
+            "query_failovers_total{instance=\"query-1\"} 1\n",
+            "query_checkpoint_position{instance=\"query-1\",db=\"replica1\"} 42\n",
+            "query_checkpoint_age_seconds{instance=\"query-1\",db=\"replica1\"} 1.500\n",
+        ] {
+            assert!(text.contains(expect), "missing {expect:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The read API (SPEC §2 "Query service"): one `match (method, route)`, one handler per arm.
+//!
+//! Every handler is `fn(&Ctx, &Incoming, …) -> Result<Reply, ApiError>`; errors become
+//! answers only in `ApiError::into_reply`. A known path with another method is a 405 whose
+//! `Allow` comes from [`Route::allow`], next to the match, so the two cannot disagree.
+//! `/health` never touches a database; every DB-backed answer names the DB that served it in
+//! `X-Query-DB`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shared::http::{etag_header, ok_body, ApiError, Incoming, Reply};
+use shared::model::{Category, Status};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::metrics::DbReport;
+use crate::paging::{self, ListParams};
+use crate::render::{Frame, Meta};
+use crate::store::{self, Lookup};
+use crate::Ctx;
+
+/// How often a `min_version` read looks again. 15 ms: a version that lands is served within
+/// about one projection commit plus 15 ms, for at most ~130 cheap pk lookups per waiting
+/// request over the default 2 s bound. The DB connection is released between polls.
+pub const MIN_VERSION_POLL: Duration = Duration::from_millis(15);
+
+/// Which endpoint a request is for; also the `route` label of the request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Reports,
+    Report,
+    Statistics,
+    Metrics,
+    /// No such path (404).
+    Unmatched,
+    /// The request was rejected before routing (bad framing, 400/411/413).
+    Malformed,
+}
+
+impl Route {
+    /// Every route, in metrics order (the index is `route as usize`).
+    pub const ALL: [Route; 8] = [
+        Route::Health,
+        Route::Ready,
+        Route::Reports,
+        Route::Report,
+        Route::Statistics,
+        Route::Metrics,
+        Route::Unmatched,
+        Route::Malformed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Health => "/health",
+            Route::Ready => "/ready",
+            Route::Reports => "/reports",
+            Route::Report => "/reports/{id}",
+            Route::Statistics => "/statistics",
+            Route::Metrics => "/metrics",
+            Route::Unmatched => "unmatched",
+            Route::Malformed => "malformed",
+        }
+    }
+
+    /// The methods a route answers: the `Allow` of its 405. The read API is GET only.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Route::Health
+            | Route::Ready
+            | Route::Reports
+            | Route::Report
+            | Route::Statistics
+            | Route::Metrics => "GET",
+            Route::Unmatched | Route::Malformed => "",
+        }
+    }
+
+    /// The route of a path (without query string) and, for `/reports/{id}`, the id segment.
+    pub fn of(path: &str) -> (Route, &str) {
+        let route = match path {
+            "/health" => Route::Health,
+            "/ready" => Route::Ready,
+            "/reports" => Route::Reports,
+            "/statistics" => Route::Statistics,
+            "/metrics" => Route::Metrics,
+            _ => match path.strip_prefix("/reports/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => return (Route::Report, id),
+                _ => Route::Unmatched,
+            },
+        };
+        (route, "")
+    }
+}
+
+/// Routes and answers one request.
+pub fn handle(ctx: &Ctx, req: &Incoming) -> (Route, Result<Reply, ApiError>) {
+    let (route, id) = Route::of(&req.path);
+    let result = match (req.method.as_str(), route) {
+        (_, Route::Unmatched | Route::Malformed) => {
+            Err(ApiError::NotFound(format!("no such path {:?}", req.path)))
+        }
+        ("GET", Route::Health) => Ok(health(ctx)),
+        ("GET", Route::Ready) => ready(ctx),
+        ("GET", Route::Reports) => list_reports(ctx, req),
+        ("GET", Route::Report) => get_report(ctx, req, id),
+        ("GET", Route::Statistics) => statistics(ctx, req),
+        ("GET", Route::Metrics) => Ok(metrics(ctx)),
+        (_, route) => Err(ApiError::MethodNotAllowed {
+            allow: route.allow(),
+        }),
+    };
+    (route, result)
+}
+
+/// Liveness: no dependency calls. The body is built once at start-up.
+fn health(ctx: &Ctx) -> Reply {
+    Reply::new(200, ctx.health_body.clone())
+}
+
+/// The `/health` body for an instance.
+pub fn health_body(instance: &str) -> Vec<u8> {
+    ok_body(
+        instance,
+        None,
+        serde_json::json!({
+            "status": "healthy",
+            "service": "reporting-query",
+            "instance": instance,
+        }),
+    )
+}
+
+/// Readiness: at least one query DB answers its probe.
+fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let states = ctx.dbs.states();
+    if !states.iter().any(|s| s.up) {
+        let names: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+        return Err(ApiError::Unavailable(format!(
+            "no query database is reachable (tried {})",
+            names.join(", ")
+        )));
+    }
+    #[derive(Serialize)]
+    struct Db<'a> {
+        name: &'a str,
+        up: bool,
+        serving: bool,
+    }
+    let dbs: Vec<Db<'_>> = states
+        .iter()
+        .map(|s| Db {
+            name: &s.name,
+            up: s.up,
+            serving: s.serving,
+        })
+        .collect();
+    Ok(Reply::new(
+        200,
+        ok_body(
+            &ctx.instance,
+            None,
+            serde_json::json!({ "status": "ready", "databases": dbs }),
+        ),
+    ))
+}
+
+/// `GET /reports`: one page, newest first, with the total from the exact statistics.
+fn list_reports(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
+    let params = ListParams::parse(&req.params()?)?;
+    let ((total, mut body), db) = ctx.dbs.run(|conn| {
+        // A typical document is ~300-600 bytes.
+        let mut body = Frame::open(256 + 512 * params.per_page as usize);
+        body.push(b'[');
+        let total = store::list(&mut **conn, &params, &mut body)?;
+        Ok((total, body))
+    })?;
+    body.push(b']');
+    let meta = Meta {
+        total,
+        page: params.page,
+        per_page: params.per_page,
+        total_pages: paging::total_pages(total, params.per_page),
+    };
+    ctx.frame.close(&mut body, Some(&meta));
+    Ok(Reply::new(200, body).with_header(db.header))
+}
+
+/// `GET /reports/{id}`, optionally waiting (bounded) for `min_version`.
+fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiError> {
+    let id = Uuid::try_parse(id_text)
+        .map_err(|_| ApiError::BadRequest(format!("report id {id_text:?} is not a UUID")))?;
+    let min_version = paging::min_version(&req.params()?, req.header("x-min-version"))?;
+    let deadline = Instant::now() + ctx.min_version_wait;
+    let not_found = || ApiError::NotFound(format!("report {id} not found"));
+    loop {
+        let ((lookup, mut body), db) = ctx.dbs.run(|conn| {
+            let mut body = Frame::open(1024);
+            let lookup = store::report(&mut **conn, &id, &mut body)?;
+            Ok((lookup, body))
+        })?;
+        // The pooled connection is back in the pool here: sleeping below holds none.
+        match lookup {
+            Lookup::Live { version } if version >= min_version.unwrap_or(0) => {
+                ctx.frame.close(&mut body, None);
+                return Ok(Reply::new(200, body)
+                    .with_header(db.header)
+                    .with_header(etag_header(version)));
+            }
+            // Deleted is final: no later version of this report can ever exist.
+            Lookup::Deleted { .. } => return Err(not_found()),
+            Lookup::Missing if min_version.is_none() => return Err(not_found()),
+            Lookup::Live { .. } | Lookup::Missing => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ApiError::Unavailable(format!(
+                "report {id} has not reached version {} in query db {} within {} ms; retry",
+                min_version.unwrap_or(0),
+                db.name,
+                ctx.min_version_wait.as_millis()
+            )));
+        }
+        // Yields the coroutine, not the worker thread.
+        may::coroutine::sleep(MIN_VERSION_POLL.min(deadline - now));
+    }
+}
+
+/// One entry of `GET /statistics` (SPEC §2).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct CategoryStats {
+    category: &'static str,
+    total_count: i64,
+    pending_count: i64,
+    in_progress_count: i64,
+    resolved_count: i64,
+    rejected_count: i64,
+    /// The latest change to this category's counts; `null` if it never had a report.
+    last_updated: Option<String>,
+}
+
+/// `GET /statistics`: one entry per category, zero counts included, in the documented
+/// category order, so clients always see the same shape; with `category`, just that one.
+fn statistics(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
+    let filter = paging::category(&req.params()?)?;
+    let (rows, db) = ctx
+        .dbs
+        .run(|conn| store::statistics(&mut **conn, filter.map(Category::as_str)))?;
+    let entries: Vec<CategoryStats> = Category::ALL
+        .iter()
+        .filter(|c| filter.is_none() || filter == Some(**c))
+        .map(|c| category_stats(*c, &rows))
+        .collect();
+    Ok(Reply::new(200, ok_body(&ctx.instance, None, entries)).with_header(db.header))
+}
+
+fn category_stats(category: Category, rows: &[store::StatRow]) -> CategoryStats {
+    let mut entry = CategoryStats {
+        category: category.as_str(),
+        total_count: 0,
+        pending_count: 0,
+        in_progress_count: 0,
+        resolved_count: 0,
+        rejected_count: 0,
+        last_updated: None,
+    };
+    let mut last: Option<OffsetDateTime> = None;
+    for row in rows.iter().filter(|r| r.category == category.as_str()) {
+        // A status this build does not know is still counted in the total.
+        entry.total_count += row.count;
+        match row.status.parse::<Status>() {
+            Ok(Status::Pending) => entry.pending_count += row.count,
+            Ok(Status::InProgress) => entry.in_progress_count += row.count,
+            Ok(Status::Resolved) => entry.resolved_count += row.count,
+            Ok(Status::Rejected) => entry.rejected_count += row.count,
+            Err(_) => {}
+        }
+        last = last.max(Some(row.last_updated));
+    }
+    entry.last_updated = last.and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).ok());
+    entry
+}
+
+/// `GET /metrics`: Prometheus text (see `server` for its content type).
+fn metrics(ctx: &Ctx) -> Reply {
+    let checkpoint = ctx
+        .dbs
+        .run(|conn| store::checkpoint(&mut **conn))
+        .ok()
+        .map(|(cp, db)| (db.name.clone(), cp));
+    let report = DbReport {
+        states: ctx.dbs.states(),
+        failovers: ctx.dbs.failovers(),
+        failbacks: ctx.dbs.failbacks(),
+        checkpoint,
+    };
+    Reply::new(200, ctx.metrics.render(&ctx.instance, &report).into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let check = |path: &str, expect: &str| {
+            let (route, id) = Route::of(path);
+            let got = format!("{} {id}", route.label());
+            assert_eq!(got.trim(), expect, "path {path:?}");
+        };
+        check("/health", "/health");
+        check("/reports", "/reports");
+        check("/reports/abc", "/reports/{id} abc");
+        check("/reports/", "unmatched");
+        check("/reports/a/b", "unmatched");
+        check("/reports/a/", "unmatched");
+        check("/statistics", "/statistics");
+        check("/statistics/", "unmatched");
+        check("/", "unmatched");
+        check("/metrics", "/metrics");
+        for r in Route::ALL {
+            assert_eq!(Route::ALL[r as usize], r);
+        }
+    }
+
+    #[test]
+    fn statistics_fold() {
+        let at = |s: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + s).unwrap();
+        let row = |c: &str, s: &str, n, t| store::StatRow {
+            category: c.into(),
+            status: s.into(),
+            count: n,
+            last_updated: at(t),
+        };
+        let rows = vec![
+            row("kebersihan", "pending", 3, 5),
+            row("kebersihan", "resolved", 2, 9),
+            row("kebersihan", "rejected", 0, 1),
+            row("keamanan", "in_progress", 4, 2),
+        ];
+        let k = category_stats(Category::Kebersihan, &rows);
+        assert_eq!(
+            (
+                k.total_count,
+                k.pending_count,
+                k.resolved_count,
+                k.rejected_count
+            ),
+            (5, 3, 2, 0)
+        );
+        assert_eq!(k.last_updated.as_deref(), Some("2023-11-14T22:13:29Z"));
+        let l = category_stats(Category::Lainnya, &rows);
+        assert_eq!((l.total_count, l.last_updated), (0, None));
+    }
+}

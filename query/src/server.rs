@@ -1,0 +1,109 @@
+//! The `may_minihttp` edge: configures the may scheduler, starts the probes and the server,
+//! and for each request reads it safely (`Incoming::read`: body limits, bad framing), routes
+//! it, counts it and writes the answer with `X-Instance-ID`.
+//!
+//! `call` returns `Err` only for socket I/O, never for bad input: may_minihttp would turn an
+//! `Err` into a 500 with raw error text.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
+use shared::http::{instance_header, Incoming, Reply};
+
+use crate::failover::{Dbs, Prober};
+use crate::metrics::Metrics;
+use crate::render::Frame;
+use crate::routes::{self, Route};
+use crate::{Config, Ctx, Running};
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A database URL that cannot be used.
+    Db(crate::store::StoreError),
+    /// Threads or the listening socket.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Db(e) => write!(f, "query databases: {e}"),
+            StartError::Io(e) => write!(f, "start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Configures may, builds the pools, probes every DB once (bounded), then serves on
+/// `0.0.0.0:<port>`. Databases that are down do not stop the start: requests answer 503 until
+/// one is back.
+pub fn run(config: &Config) -> Result<Running, StartError> {
+    // may counts stack size in 8-byte words.
+    may::config()
+        .set_workers(config.workers)
+        .set_stack_size(config.stack_size / std::mem::size_of::<usize>());
+    let dbs = Arc::new(Dbs::new(config).map_err(StartError::Db)?);
+    let prober = Prober::start(&dbs).map_err(StartError::Io)?;
+    let ctx = Arc::new(Ctx {
+        instance: config.instance_id.clone(),
+        instance_header: instance_header(&config.instance_id),
+        frame: Frame::new(&config.instance_id),
+        health_body: routes::health_body(&config.instance_id),
+        dbs,
+        metrics: Metrics::default(),
+        min_version_wait: config.min_version_wait,
+    });
+    let server = Factory(Arc::clone(&ctx))
+        .start(("0.0.0.0", config.port))
+        .map_err(StartError::Io)?;
+    shared::info!("listening on 0.0.0.0:{}", config.port);
+    Ok(Running {
+        server,
+        ctx,
+        _prober: prober,
+    })
+}
+
+struct Factory(Arc<Ctx>);
+
+impl HttpServiceFactory for Factory {
+    type Service = Service;
+
+    fn new_service(&self, _id: usize) -> Service {
+        Service(Arc::clone(&self.0))
+    }
+}
+
+/// One connection's service.
+pub struct Service(Arc<Ctx>);
+
+impl HttpService for Service {
+    fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
+        let ctx = &*self.0;
+        let started = Instant::now();
+        let (route, result) = match Incoming::read(req) {
+            Ok(incoming) => routes::handle(ctx, &incoming),
+            Err(e) => (Route::Malformed, Err(e)),
+        };
+        let reply = result.unwrap_or_else(|e| e.into_reply(&ctx.instance));
+        ctx.metrics.record(route, reply.status, started.elapsed());
+        if route == Route::Metrics && reply.status == 200 {
+            write_text(reply, ctx.instance_header, rsp);
+        } else {
+            reply.write(ctx.instance_header, rsp);
+        }
+        Ok(())
+    }
+}
+
+/// `/metrics` is the one answer that is not JSON: Prometheus needs its text content type.
+fn write_text(reply: Reply, instance_header: &'static str, rsp: &mut Response) {
+    rsp.status_code(200, "OK");
+    rsp.header("Content-Type: text/plain; version=0.0.4; charset=utf-8");
+    rsp.header(instance_header);
+    rsp.body_vec(reply.body);
+}

@@ -1,0 +1,12 @@
+//! The query service's integration tests: one binary, one module per area. Every test runs
+//! the real `query` binary against real PostgreSQL (and PgBouncer) started by the `shared`
+//! testkit; the read model is seeded with SQL the way the projection writes it.
+
+mod bad_input;
+mod explain;
+mod failover;
+mod listing;
+mod min_version;
+mod pgbouncer;
+mod statistics;
+mod support;
