@@ -1,0 +1,198 @@
+//! The local cluster's state directory `.cluster/` (gitignored) and its state file, shared by
+//! `up`, the supervisor, `down`, `status`, `logs` and `stop|start|restart`.
+//!
+//! Layout: `data/<service>` (PostgreSQL clusters, Redis AOF), `run/` (unix sockets), `logs/`,
+//! `nginx/`, `pgbouncer/`, `redis/redis.conf`, `control/` (requests to the supervisor) and
+//! `state.json` (what runs where; rewritten by the supervisor on every change).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::topology::{Kind, Topology};
+
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(sh: &Shell) -> Layout {
+        Layout {
+            dir: sh.current_dir().join(".cluster"),
+        }
+    }
+    pub fn data(&self, service: &str) -> PathBuf {
+        self.dir.join("data").join(service)
+    }
+    pub fn run(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    pub fn log(&self, service: &str) -> PathBuf {
+        self.logs().join(format!("{service}.log"))
+    }
+    pub fn nginx(&self) -> PathBuf {
+        self.dir.join("nginx")
+    }
+    pub fn pgbouncer(&self) -> PathBuf {
+        self.dir.join("pgbouncer")
+    }
+    pub fn redis_conf(&self) -> PathBuf {
+        self.dir.join("redis").join("redis.conf")
+    }
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("control")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn topology_file(&self) -> PathBuf {
+        self.dir.join("topology.json")
+    }
+
+    pub fn read_state(&self) -> Result<State> {
+        let path = self.state_file();
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no cluster state at {} (run `cargo xtask up` first)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+
+    /// Atomic replace, so readers never see a half-written file.
+    pub fn write_state(&self, state: &State) -> Result<()> {
+        let path = self.state_file();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(state)?;
+        std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The running supervisor's state, or an error saying the cluster is not up.
+    pub fn running_state(&self) -> Result<State> {
+        let state = self.read_state()?;
+        if !state.supervisor_pid.is_some_and(alive) {
+            bail!(
+                "the cluster is not running (no live supervisor); start it with `cargo xtask up`"
+            );
+        }
+        Ok(state)
+    }
+}
+
+/// `.cluster/state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub topology: Topology,
+    pub supervisor_pid: Option<u32>,
+    /// `foreground` or `detached`.
+    pub mode: String,
+    /// `starting`, `ready`, `stopping`, `stopped` or `failed: <reason>`.
+    pub phase: String,
+    pub services: Vec<ServiceState>,
+    /// User-facing endpoints.
+    pub endpoints: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub kind: Kind,
+    pub pid: Option<u32>,
+    pub ports: Vec<u16>,
+    pub address: String,
+    pub log: PathBuf,
+    /// `running`, `stopped` (on request), `restarting` (after a crash, in backoff).
+    pub status: String,
+    pub restarts: u32,
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; treat it as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal by name (`TERM`, `INT`, `KILL`) with `kill(1)`: this crate forbids unsafe.
+pub fn signal(sh: &Shell, pid: u32, sig: &str) {
+    let pid = pid.to_string();
+    let _ = cmd!(sh, "kill -{sig} {pid}").quiet().ignore_stderr().run();
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cargo xtask down [--volumes]`.
+pub struct Down {
+    pub volumes: bool,
+}
+
+impl Down {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let layout = Layout::new(sh);
+        if let Ok(state) = layout.read_state() {
+            if let Some(pid) = state.supervisor_pid.filter(|p| alive(*p)) {
+                println!("stopping the cluster (supervisor pid {pid})");
+                signal(sh, pid, "TERM");
+                if !wait_until(Duration::from_secs(90), || !alive(pid)) {
+                    bail!("supervisor {pid} did not stop within 90 s");
+                }
+            }
+            // Anything left behind by a supervisor that died (kill -9, machine trouble).
+            let mut left = Vec::new();
+            for svc in state.services.iter().rev() {
+                if let Some(pid) = svc.pid.filter(|p| alive(*p)) {
+                    println!("stopping leftover {} (pid {pid})", svc.name);
+                    signal(sh, pid, stop_signal(svc.kind));
+                    left.push(pid);
+                }
+            }
+            if !wait_until(Duration::from_secs(20), || left.iter().all(|p| !alive(*p))) {
+                for pid in left.iter().filter(|p| alive(**p)) {
+                    signal(sh, *pid, "KILL");
+                }
+            }
+            println!("cluster stopped");
+        } else {
+            println!("no cluster state found; nothing to stop");
+        }
+        if self.volumes && layout.dir.exists() {
+            std::fs::remove_dir_all(&layout.dir)
+                .with_context(|| format!("remove {}", layout.dir.display()))?;
+            println!("removed {}", layout.dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// The signal that shuts a service down quickly and cleanly: PostgreSQL's SIGTERM is "smart"
+/// shutdown (waits for every client to leave), SIGINT is "fast"; the rest stop on SIGTERM.
+pub fn stop_signal(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => "INT",
+        _ => "TERM",
+    }
+}

@@ -1,0 +1,207 @@
+//! Health probes for every kind of service of the local cluster: `GET /health` for HTTP
+//! services (a tiny HTTP/1.1 client on `TcpStream`, no HTTP crate), `pg_isready` for
+//! PostgreSQL, `redis-cli ping` for Redis, a TCP connect for PgBouncer; plus a reader for the
+//! projection's Prometheus `/metrics`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::packages::pg_tool;
+use crate::topology::{Kind, Service};
+
+/// How long one probe may take; a stuck service must not stall the supervisor's loop.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes one service on its local port(s); `Ok` carries a short description.
+pub fn check(sh: &Shell, svc: &Service) -> Result<String> {
+    let port = svc.port();
+    match svc.kind {
+        Kind::Postgres => {
+            let port = port.to_string();
+            let pg_isready = pg_tool("pg_isready");
+            cmd!(sh, "{pg_isready} -q -h 127.0.0.1 -p {port} -t 2")
+                .quiet()
+                .ignore_stdout()
+                .ignore_stderr()
+                .run()
+                .with_context(|| format!("{} not accepting connections on {port}", svc.name))?;
+            Ok("accepting connections".into())
+        }
+        Kind::Redis => {
+            let port = port.to_string();
+            let out = cmd!(sh, "redis-cli -h 127.0.0.1 -p {port} ping")
+                .quiet()
+                .ignore_stderr()
+                .read()
+                .with_context(|| format!("redis-cli ping on {port} failed"))?;
+            if out.trim() != "PONG" {
+                bail!("redis answered `{}` to PING", out.trim());
+            }
+            Ok("PONG".into())
+        }
+        Kind::Pgbouncer => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+                .with_context(|| format!("pgbouncer not listening on {port}"))?;
+            Ok("listening".into())
+        }
+        Kind::Nginx => {
+            let mut parts = Vec::new();
+            for (p, _) in &svc.ports {
+                let (status, body) = http_get(*p, "/health")?;
+                if status != 200 {
+                    bail!("nginx :{p} /health answered {status}");
+                }
+                parts.push(format!(":{p} -> {}", instance_of(&body).unwrap_or("?")));
+            }
+            Ok(parts.join(", "))
+        }
+        Kind::Command | Kind::Query | Kind::Projection => {
+            let (status, body) = http_get(port, "/health")?;
+            if status != 200 {
+                bail!("/health answered {status}");
+            }
+            Ok(format!("healthy ({})", instance_of(&body).unwrap_or("?")))
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:port; returns status code and body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+        .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    // Servers that ignore `Connection: close` keep the socket open: stop at the timeout or
+    // once the announced body has arrived.
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => {
+                return Err(e).with_context(|| format!("read from 127.0.0.1:{port}"))
+            }
+            Err(_) => break,
+        }
+        if response_complete(&raw) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status line from 127.0.0.1:{port}{path}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+fn response_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    matches!(len, Some(n) if body.len() >= n)
+}
+
+/// The `instance` field of a JSON health body, if any.
+fn instance_of(body: &str) -> Option<&str> {
+    let rest = &body[body.find("\"instance\"")? + "\"instance\"".len()..];
+    let rest = rest
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    rest.split('"').next()
+}
+
+/// One query DB's progress as the projection reports it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DbProgress {
+    pub db: String,
+    pub checkpoint: Option<f64>,
+    pub lag: Option<f64>,
+}
+
+/// Reads `projection_checkpoint_position{db=..}` and `projection_lag_entries{db=..}`.
+pub fn parse_projection_metrics(text: &str) -> Vec<DbProgress> {
+    let mut out: Vec<DbProgress> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let Some(db) = labels
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix("db="))
+            .map(|v| v.trim_matches('"').to_string())
+        else {
+            continue;
+        };
+        let Ok(value) = value.split_whitespace().next().unwrap_or("").parse::<f64>() else {
+            continue;
+        };
+        let idx = match out.iter().position(|p| p.db == db) {
+            Some(i) => i,
+            None => {
+                out.push(DbProgress {
+                    db,
+                    ..DbProgress::default()
+                });
+                out.len() - 1
+            }
+        };
+        match name.trim() {
+            "projection_checkpoint_position" => out[idx].checkpoint = Some(value),
+            "projection_lag_entries" => out[idx].lag = Some(value),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_read_per_db() {
+        let text = "# HELP x\nprojection_checkpoint_position{db=\"query-db-primary\"} 123\n\
+                    projection_lag_entries{db=\"query-db-primary\"} 0\n\
+                    projection_checkpoint_position{db=\"query-db-replica1\"} 120\n\
+                    projection_lag_entries{db=\"query-db-replica1\"} 3\nother 1\n";
+        let got = parse_projection_metrics(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].checkpoint, Some(123.0));
+        assert_eq!(got[1].lag, Some(3.0));
+    }
+
+    #[test]
+    fn instance_is_found() {
+        let body = r#"{"status":"healthy","instance": "command-2"}"#;
+        assert_eq!(instance_of(body), Some("command-2"));
+    }
+}

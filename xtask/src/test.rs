@@ -1,0 +1,41 @@
+//! `cargo xtask test`: the whole gate, as CI runs it.
+//!
+//! Installs missing system packages first (the integration tests start real PostgreSQL, Redis,
+//! nginx and PgBouncer), then formatting, clippy with warnings denied, and every test of the
+//! workspace. Each step prints a header so a failure in CI output is easy to find.
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::packages;
+
+pub struct Test;
+
+impl Test {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        header("system packages");
+        packages::ensure_installed(sh)?;
+
+        header("cargo fmt --all -- --check");
+        cmd!(sh, "cargo fmt --all -- --check")
+            .run()
+            .context("formatting differs; run `cargo fmt --all`")?;
+
+        header("cargo clippy --workspace --all-targets -- -D warnings");
+        cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings")
+            .run()
+            .context("clippy found problems")?;
+
+        header("cargo test --workspace");
+        cmd!(sh, "cargo test --workspace")
+            .run()
+            .context("tests failed")?;
+
+        header("all checks passed");
+        Ok(())
+    }
+}
+
+fn header(title: &str) {
+    println!("\n==== {title} ====");
+}
