@@ -14,4 +14,4 @@ pub mod store;
 pub mod validate;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, start, Running};

@@ -70,6 +70,31 @@ impl std::error::Error for StartError {}
 
 /// Runs the service until SIGTERM/SIGINT; returns after the relay finished its batch.
 pub fn run(config: Config) -> Result<(), StartError> {
+    let running = start(config)?;
+    wait_for_shutdown_signal();
+    shared::info!("shutting down: finishing the relay batch in flight");
+    running.stop();
+    shared::info!("stopped");
+    Ok(())
+}
+
+/// A started service: the HTTP listener and the relay thread.
+pub struct Running {
+    relay: Relay,
+    pub port: u16,
+}
+
+impl Running {
+    /// Stops the relay after its batch in flight. The HTTP listener lives until the process
+    /// exits (may_minihttp has no graceful stop); the binary exits right after this.
+    pub fn stop(self) {
+        self.relay.stop();
+    }
+}
+
+/// Starts the pool, the migrator, the relay and the HTTP server, and returns at once. Tests
+/// that need the command side inside their own process use this.
+pub fn start(config: Config) -> Result<Running, StartError> {
     shared::log::init(&config.instance);
     config.log();
     may::config()
@@ -113,16 +138,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics,
         tokens: config.tokens.clone(),
     });
-    let _server = HttpServer(Service(ctx))
-        .start(("0.0.0.0", config.port))
-        .map_err(StartError::Bind)?;
+    // The listener coroutine runs until the process exits; its handle is not needed.
+    drop(
+        HttpServer(Service(ctx))
+            .start(("0.0.0.0", config.port))
+            .map_err(StartError::Bind)?,
+    );
     shared::info!("listening on 0.0.0.0:{}", config.port);
-
-    wait_for_shutdown_signal();
-    shared::info!("shutting down: finishing the relay batch in flight");
-    relay.stop();
-    shared::info!("stopped");
-    Ok(())
+    Ok(Running {
+        relay,
+        port: config.port,
+    })
 }
 
 /// Applies the schema, retrying with backoff for as long as it takes: the service answers

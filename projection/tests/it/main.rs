@@ -8,5 +8,6 @@ mod support;
 mod converge;
 mod crash;
 mod dlq;
+mod e2e;
 mod outage;
 mod shutdown;
