@@ -11,6 +11,9 @@ use crate::packages;
 
 pub struct Test;
 
+/// Seconds each time-boxed fuzz target runs (read by `shared::testkit::fuzz::budget`).
+const FUZZ_SECONDS: &str = "FUZZ_SECONDS";
+
 impl Test {
     pub fn run(self, sh: &Shell) -> Result<()> {
         header("system packages");
@@ -26,8 +29,13 @@ impl Test {
             .run()
             .context("clippy found problems")?;
 
-        header("cargo test --workspace");
-        cmd!(sh, "cargo test --workspace")
+        // The fuzz targets run FUZZ_SECONDS each (CI's short form: 60 s); a caller may lower it.
+        let fuzz_seconds = std::env::var(FUZZ_SECONDS).unwrap_or_else(|_| "60".to_owned());
+        header(&format!(
+            "cargo test --workspace (fuzz targets {fuzz_seconds} s each)"
+        ));
+        cmd!(sh, "cargo test --workspace --no-fail-fast")
+            .env(FUZZ_SECONDS, &fuzz_seconds)
             .run()
             .context("tests failed")?;
 
