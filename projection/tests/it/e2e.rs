@@ -156,7 +156,7 @@ fn command_state(url: &str) -> Vec<RowView> {
                 id: report.id,
                 version: report.version,
                 deleted,
-                live: (!deleted).then(|| (category, status, report)),
+                live: (!deleted).then_some((category, status, report)),
             }
         })
         .collect()
