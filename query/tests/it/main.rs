@@ -8,5 +8,6 @@ mod failover;
 mod listing;
 mod min_version;
 mod pgbouncer;
+mod read_your_writes;
 mod statistics;
 mod support;
