@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod faults;
 mod fuzz;
+mod hostile;
 mod roundtrip;
 
 use std::sync::OnceLock;

@@ -5,6 +5,7 @@
 mod bad_input;
 mod explain;
 mod failover;
+mod hostile;
 mod listing;
 mod min_version;
 mod pgbouncer;

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod fuzz;
+pub mod hostile;
 mod postgres;
 mod redis;
 mod service;

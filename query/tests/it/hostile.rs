@@ -1,0 +1,32 @@
+//! Hostile HTTP against every query endpoint: an answer below 500 each time (a 4xx wherever
+//! the input is wrong) and no worker stuck afterwards.
+
+use shared::testkit::hostile::{self, Endpoint};
+
+use crate::support::{fresh_db, start_query};
+
+#[test]
+fn hostile_http_on_every_endpoint() {
+    let url = fresh_db("hostile");
+    let svc = start_query(&format!("query-db-primary={url}"), &[]);
+    let report_path: &'static str =
+        Box::leak(format!("/reports/{}", uuid::Uuid::new_v4()).into_boxed_str());
+    let get = |path: &'static str| Endpoint {
+        method: "GET",
+        path,
+        takes_body: false,
+    };
+    hostile::run(
+        svc.port,
+        &[
+            get("/health"),
+            get("/ready"),
+            get("/metrics"),
+            get("/reports"),
+            get("/reports?category=kebersihan&page=2"),
+            get(report_path),
+            get("/statistics"),
+        ],
+    );
+    assert!(svc.is_running());
+}
