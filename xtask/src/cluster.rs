@@ -3,7 +3,12 @@
 //!
 //! Layout: `data/<service>` (PostgreSQL clusters, Redis AOF), `run/` (unix sockets), `logs/`,
 //! `nginx/`, `pgbouncer/`, `redis/redis.conf`, `control/` (requests to the supervisor) and
-//! `state.json` (what runs where; rewritten by the supervisor on every change).
+//! `state.json` (what runs where; rewritten by the supervisor on every change), and
+//! `auth-token` (mode 0600, only with `up --auth`).
+//!
+//! `$XTASK_STATE_DIR` moves the whole directory elsewhere (tests run a second cluster in a
+//! temp dir without touching a developer's); every command and the detached supervisor read
+//! the same variable, so they agree on it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,15 +19,20 @@ use xshell::{cmd, Shell};
 
 use crate::topology::{Kind, Topology};
 
+/// Overrides the state directory (default `<root>/.cluster`).
+pub const STATE_DIR_ENV: &str = "XTASK_STATE_DIR";
+
 pub struct Layout {
     pub dir: PathBuf,
 }
 
 impl Layout {
     pub fn new(sh: &Shell) -> Layout {
-        Layout {
-            dir: sh.current_dir().join(".cluster"),
-        }
+        let dir = match std::env::var_os(STATE_DIR_ENV) {
+            Some(dir) if !dir.is_empty() => sh.current_dir().join(dir),
+            _ => sh.current_dir().join(".cluster"),
+        };
+        Layout { dir }
     }
     pub fn data(&self, service: &str) -> PathBuf {
         self.dir.join("data").join(service)
@@ -53,6 +63,10 @@ impl Layout {
     }
     pub fn topology_file(&self) -> PathBuf {
         self.dir.join("topology.json")
+    }
+    /// The bearer token of `up --auth`; absent when writes are open.
+    pub fn auth_token_file(&self) -> PathBuf {
+        self.dir.join("auth-token")
     }
 
     pub fn read_state(&self) -> Result<State> {
@@ -100,6 +114,9 @@ pub struct State {
     pub services: Vec<ServiceState>,
     /// User-facing endpoints.
     pub endpoints: Vec<(String, String)>,
+    /// Whether writes need a bearer token (`up --auth`); the token itself is never here.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -25,12 +25,22 @@ impl Images {
     }
 }
 
-pub fn compose_up(sh: &Shell, topo: &Topology, detach: bool) -> Result<()> {
+pub fn compose_up(sh: &Shell, topo: &Topology, detach: bool, auth: bool) -> Result<()> {
     require_engine(sh)?;
     let root = sh.current_dir();
     let out = root.join(COMPOSE_DIR);
     for (path, text) in render::render_all(topo, &out, &root)? {
         render::ensure_file_contents(&path, &text, false)?;
+    }
+    // The rendered env file holds a placeholder; here it gets a real token, or none.
+    let env_file = out.join(render::COMMAND_ENV_FILE);
+    if auth {
+        let token = crate::up::random_token()?;
+        crate::up::write_private(&env_file, &render::command_env(&token))?;
+        println!("writes need: Authorization: Bearer {token}");
+    } else {
+        crate::up::write_private(&env_file, &render::command_env(""))?;
+        println!("writes are open: no auth — use --auth");
     }
     let file = out.join("docker-compose.yml");
     let detach: &[&str] = if detach { &["--detach"] } else { &[] };

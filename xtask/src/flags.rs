@@ -17,9 +17,11 @@ cargo xtask <COMMAND>
 
 Commands:
   test                                   install what is missing, fmt + clippy + cargo test
-  up --commands N --queries M [--replicas R] [--detach] [--docker]
+  up --commands N --queries M [--replicas R] [--detach] [--docker] [--auth]
      [--base-port P] [--no-build] [--no-install] [port flags]
                                          run the whole topology as local processes
+                                         (--auth: writes need a generated bearer token;
+                                         $XTASK_STATE_DIR moves .cluster elsewhere)
   down [--volumes]                       stop everything (--volumes deletes .cluster data)
   status [--json]                        pid, address, health, checkpoints and lag
   logs [SERVICE]                         follow the log file(s)
@@ -28,6 +30,21 @@ Commands:
                                          docker-compose.yml, nginx.conf, pgbouncer.ini, k8s/
                                          (default 3/3/2 into deploy/generated, committed)
   images                                 docker build of the service image
+  drill [--short] [--keep] [--base-port P]
+                                         fault drills under load on a separate cluster:
+                                         kills, hangs, restarts; 0 writes lost or it fails
+  rebuild --db NAME                      rebuild one query DB's read model from command-db while
+                                         the system serves (NAME: query-db-primary, query-db-replicaK)
+  seed [N] [--write-url URL] [--token T] create N reports (default 100), all categories/statuses
+  check-sync [--command-db URL] [--query-db name=URL ...] [--wait S]
+                                         compare command DB with every query DB (default: local)
+  bench [--level light|medium|heavy|extreme|stress|max] [--write-rps W --read-rps R]
+        [--duration S] [--mix list=40,id=20,category=25,stats=10,health=5]
+        [--write-url URL] [--read-url URL] [--query-db name=URL ...] [--no-lag]
+        [--out FILE] [--compare OLD.json] [--token T] [--max-workers N]
+                                         open-loop load, latency from intended send time,
+                                         JSON to target/bench/<time>-<level>.json
+                                         (--token defaults to $XTASK_TOKEN)
 
 Port flags (defaults; --base-port P shifts all of them by P-8080):
   --write-port 8080 --read-port 8090 --command-port-base 8100 (command-k = base+k)
@@ -47,6 +64,11 @@ pub enum Task {
     Service(ServiceOp),
     Render(crate::render::Render),
     Images(crate::docker::Images),
+    Rebuild(crate::rebuild::Rebuild),
+    Drill(crate::drill::Drill),
+    Bench(crate::bench::Bench),
+    Seed(crate::seed::Seed),
+    CheckSync(crate::check_sync::CheckSync),
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
@@ -130,6 +152,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
             }
             Task::Render(crate::render::Render { topo, out, check })
         }
+        "bench" => Task::Bench(crate::bench::Bench::parse(&mut p)?),
+        "seed" => Task::Seed(crate::seed::Seed::parse(&mut p)?),
+        "check-sync" => Task::CheckSync(crate::check_sync::CheckSync::parse(&mut p)?),
+        "rebuild" => Task::Rebuild(crate::rebuild::Rebuild::parse(&mut p)?),
+        "drill" => Task::Drill(crate::drill::Drill::parse(&mut p)?),
         "images" => {
             no_more(&mut p)?;
             Task::Images(crate::docker::Images)
@@ -155,6 +182,7 @@ fn parse_up(p: &mut lexopt::Parser) -> Result<crate::up::Up> {
             Long("docker") => up.docker = true,
             Long("no-build") => up.no_build = true,
             Long("no-install") => up.no_install = true,
+            Long("auth") => up.auth = true,
             Long("base-port") => base_port = Some(number(p, "--base-port")?),
             Long(flag) => {
                 let Some(flag) = Ports::FLAGS.iter().copied().find(|f| *f == flag) else {

@@ -5,16 +5,21 @@
 //! dispatches to one module per command. Errors are `anyhow` chains printed with `{:#}` and a
 //! non-zero exit code; nothing here panics on user input.
 
+mod bench;
+mod check_sync;
 mod cluster;
 mod docker;
+mod drill;
 mod flags;
 mod health;
 mod logs;
 mod ops;
 mod packages;
+mod rebuild;
 mod render;
 #[cfg(test)]
 mod render_tests;
+mod seed;
 mod status;
 mod supervise;
 mod test;
@@ -58,6 +63,11 @@ fn try_main() -> Result<()> {
         Task::Service(t) => t.run(&sh),
         Task::Render(t) => t.run(&sh),
         Task::Images(t) => t.run(&sh),
+        Task::Rebuild(t) => t.run(&sh),
+        Task::Drill(t) => t.run(&sh),
+        Task::Bench(t) => t.run(&sh),
+        Task::Seed(t) => t.run(&sh),
+        Task::CheckSync(t) => t.run(&sh),
     }
 }
 

@@ -85,9 +85,9 @@ impl ServiceOp {
                 }
                 if !wait_until(OP_TIMEOUT, || health::check(sh, &svc).is_ok()) {
                     bail!(
-                        "{} started but is not healthy; see .cluster/logs/{}.log",
+                        "{} started but is not healthy; see {}",
                         svc.name,
-                        svc.name
+                        layout.log(&svc.name).display()
                     );
                 }
                 println!("{} {}ed (pid {})", svc.name, action, pid_now().unwrap_or(0));

@@ -1,6 +1,11 @@
 //! `cargo xtask render`: deployment files for N/M/R generated from the one topology
 //! description in [`crate::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
-//! `userlist.txt` and Kubernetes manifests under `k8s/`.
+//! `userlist.txt`, `command.env` and Kubernetes manifests under `k8s/`.
+//!
+//! Access control is on by default in what is rendered: the command instances read
+//! `COMMAND_API_TOKENS` from `command.env` (Compose) or the Secret `command-api-tokens`
+//! (Kubernetes). Both hold a placeholder, never a real secret, with a comment saying to replace
+//! it; the real token lives only where the deployment runs.
 //!
 //! Every file goes through [`ensure_file_contents`], so `--check` fails when a committed copy
 //! is stale. YAML is produced from `serde_json` values by a small emitter ([`to_yaml`]); keys
@@ -12,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use xshell::Shell;
 
-use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, QUERY_DB};
+use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB};
 
 /// The image the Dockerfile builds; holds all three service binaries.
 pub const IMAGE: &str = "reporting:latest";
@@ -23,6 +28,33 @@ const NGINX_IMAGE: &str = "nginx:1.25";
 
 /// Where `render` writes by default; the committed copy is kept fresh by a test.
 pub const DEFAULT_OUT: &str = "deploy/generated";
+
+/// The Compose `env_file` of the command instances (their secret environment).
+pub const COMMAND_ENV_FILE: &str = "command.env";
+
+/// What the rendered files hold instead of a token: obviously not one, so a deployment that
+/// forgets to replace it is easy to spot (`grep REPLACE`).
+pub const TOKEN_PLACEHOLDER: &str = "REPLACE-ME-with-the-output-of-openssl-rand-hex-16";
+
+/// How to replace the placeholder, for the comments of both files.
+const SECRET_NOTE: &str = "\
+# COMMAND_API_TOKENS: comma-separated bearer tokens; POST/PUT/DELETE need
+# `Authorization: Bearer <one of them>` (401 without, 403 with a wrong one).
+# The value below is a PLACEHOLDER, not a secret: replace it before deploying,
+# e.g. with the output of `openssl rand -hex 16`, and keep the real file out of git.
+# An empty value turns access control off (the command log then says auth=OFF).
+";
+
+/// `command.env` with `tokens` (the placeholder when rendering, a real token for `up --docker`).
+pub fn command_env(tokens: &str) -> String {
+    let mut text =
+        String::from("# Secret environment of the command instances (Compose env_file).\n");
+    text.push_str(SECRET_NOTE);
+    for name in Topology::secret_env(Kind::Command) {
+        text.push_str(&format!("{name}={tokens}\n"));
+    }
+    text
+}
 
 /// The topology `render` uses without flags: the original deployment's 3 command instances,
 /// 3 query instances and 2 query-DB replicas.
@@ -99,9 +131,13 @@ pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathB
             topo.pgbouncer_ini(Target::Compose, None),
         ),
         (out.join("userlist.txt"), topo.pgbouncer_userlist()),
+        (out.join(COMMAND_ENV_FILE), command_env(TOKEN_PLACEHOLDER)),
     ];
     for (name, docs) in kube(topo) {
-        let text = docs.iter().map(to_yaml).collect::<Vec<_>>().join("---\n");
+        let mut text = docs.iter().map(to_yaml).collect::<Vec<_>>().join("---\n");
+        if name == "command.yaml" {
+            text = format!("# The Secret `{COMMAND_SECRET}` below:\n{SECRET_NOTE}{text}");
+        }
         files.push((out.join("k8s").join(name), text));
     }
     Ok(files)
@@ -203,7 +239,7 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                         }
                     }
                 }
-                json!({
+                let mut value = json!({
                     "image": IMAGE,
                     "build": {"context": context, "dockerfile": "deploy/Dockerfile"},
                     "command": [crate::supervise::bin_name(svc.kind)],
@@ -211,7 +247,11 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                     "depends_on": deps,
                     "restart": "unless-stopped",
                     "stop_grace_period": "20s",
-                })
+                });
+                if !Topology::secret_env(svc.kind).is_empty() {
+                    value["env_file"] = json!([COMMAND_ENV_FILE]);
+                }
+                value
             }
             Kind::Nginx => {
                 let deps: Map<String, Value> = names(Kind::Command)
@@ -252,6 +292,12 @@ fn http_probe(port: u16) -> Value {
 /// A Deployment of our image running one binary; INSTANCE_ID is the pod name.
 fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str) -> Value {
     let port = kind.container_port();
+    let mut env = vec![
+        json!({"name": "INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    ];
+    for secret in Topology::secret_env(kind) {
+        env.push(json!({"name": secret, "valueFrom": {"secretKeyRef": {"name": COMMAND_SECRET, "key": secret}}}));
+    }
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -270,7 +316,7 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                         "command": [crate::supervise::bin_name(kind)],
                         "ports": [{"containerPort": port}],
                         "envFrom": [{"configMapRef": {"name": config}}],
-                        "env": [{"name": "INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "env": env,
                         "readinessProbe": http_probe(port),
                         "livenessProbe": http_probe(port),
                     }],
@@ -394,6 +440,17 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
     let first = |kind: Kind| all.iter().find(|s| s.kind == kind).cloned();
     let mut command = Vec::new();
     if let Some(svc) = first(Kind::Command) {
+        let data: Map<String, Value> = Topology::secret_env(Kind::Command)
+            .iter()
+            .map(|k| (k.to_string(), json!(TOKEN_PLACEHOLDER)))
+            .collect();
+        command.push(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": meta(COMMAND_SECRET, "command"),
+            "type": "Opaque",
+            "stringData": data,
+        }));
         command.push(config_map(
             "command-config",
             "command",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::render::render_all;
-use crate::topology::{Ports, Target, Topology};
+use crate::topology::{Kind, Ports, Target, Topology};
 
 const SHAPES: [(u32, u32, u32); 3] = [(1, 1, 0), (3, 3, 2), (8, 6, 4)];
 
@@ -105,6 +105,27 @@ fn compose_has_every_service_with_its_env() {
             }
             assert_eq!(urls.split(',').count() as u32, r + 1, "{urls}");
         }
+        // Access control on by default: command instances read the token from command.env,
+        // which holds a placeholder and says so.
+        for svc in &all {
+            let env_file = &services[&svc.name]["env_file"];
+            if svc.kind == Kind::Command {
+                assert_eq!(
+                    env_file,
+                    &serde_json::json!(["command.env"]),
+                    "{}",
+                    svc.name
+                );
+            } else {
+                assert!(env_file.is_null(), "{} has an env_file", svc.name);
+            }
+        }
+        let env = file(&files, "command.env");
+        assert!(
+            env.contains("\nCOMMAND_API_TOKENS=REPLACE-ME-"),
+            "command.env: {env}"
+        );
+        assert!(env.contains("# The value below is a PLACEHOLDER"), "{env}");
         let volumes = docs[0]["volumes"].as_object().expect("volumes");
         assert_eq!(
             volumes.len() as u32,
@@ -145,6 +166,27 @@ fn nginx_and_pgbouncer_list_every_backend() {
         assert!(nginx.contains("keepalive 64;"));
         assert!(nginx.contains("proxy_next_upstream error timeout http_502 http_503;"));
         assert!(!nginx.contains("non_idempotent"));
+        // Hardening: rate limits on both ports, body limit, timeouts, errors as JSON.
+        for needle in [
+            "server_tokens off;",
+            "client_max_body_size 64k;",
+            "limit_req_zone $binary_remote_addr zone=writes:10m rate=1000r/s;",
+            "limit_req_zone $binary_remote_addr zone=reads:10m rate=2000r/s;",
+            "limit_req zone=writes burst=1000 nodelay;",
+            "limit_req zone=reads burst=2000 nodelay;",
+            "limit_req_status 429;",
+            "proxy_intercept_errors off;",
+            "proxy_connect_timeout 1s;",
+            "proxy_read_timeout 10s;",
+            "proxy_send_timeout 10s;",
+            "error_page 502 504 = @upstream_unavailable;",
+            r#"return 429 '{"success":false,"error":"rate limit exceeded","instance":"nginx"}';"#,
+            r#"return 503 '{"success":false,"error":"upstream unavailable","instance":"nginx"}';"#,
+        ] {
+            assert!(nginx.contains(needle), "nginx.conf lacks {needle}");
+        }
+        assert_eq!(nginx.matches("error_page 429 = @rate_limited;").count(), 2);
+        assert_eq!(nginx.matches("error_page 413 = @too_large;").count(), 2);
         assert_eq!(
             nginx.matches("max_fails=3 fail_timeout=10s").count() as u32,
             n + m
@@ -207,9 +249,25 @@ fn kubernetes_manifests_are_consistent() {
         assert_eq!(replicas("projection"), 1);
 
         let maps: BTreeSet<String> = of("ConfigMap").into_iter().map(name).collect();
+        let secrets = of("Secret");
+        let mut secret_refs = 0;
         for d in &deployments {
             let spec = &d["spec"]["template"]["spec"];
             for c in spec["containers"].as_array().into_iter().flatten() {
+                for e in c["env"].as_array().into_iter().flatten() {
+                    let r = &e["valueFrom"]["secretKeyRef"];
+                    if r.is_null() {
+                        continue;
+                    }
+                    secret_refs += 1;
+                    let key = r["key"].as_str().unwrap_or("");
+                    assert!(
+                        secrets.iter().any(|s| s["metadata"]["name"] == r["name"]
+                            && s["stringData"][key].is_string()),
+                        "{} uses missing Secret key {r}",
+                        name(d)
+                    );
+                }
                 for e in c["envFrom"].as_array().into_iter().flatten() {
                     let cm = e["configMapRef"]["name"].as_str().unwrap_or("");
                     assert!(maps.contains(cm), "{} uses missing ConfigMap {cm}", name(d));
@@ -224,6 +282,16 @@ fn kubernetes_manifests_are_consistent() {
                 );
             }
         }
+        assert_eq!(
+            secret_refs, 1,
+            "the command Deployment reads COMMAND_API_TOKENS"
+        );
+        let command_env = deployments
+            .iter()
+            .find(|d| name(d) == "command")
+            .map(|d| d["spec"]["template"]["spec"]["containers"][0]["env"].to_string())
+            .unwrap_or_default();
+        assert!(command_env.contains("COMMAND_API_TOKENS"), "{command_env}");
         // Replica-reading query Deployments point at their replica first.
         for k in 1..=r.min(m) {
             let cm = of("ConfigMap")
@@ -421,4 +489,119 @@ fn committed_render_is_fresh() {
         stale.is_empty(),
         "stale: {stale:?}; run `cargo xtask render`"
     );
+}
+
+/// The real nginx with the local config, every instance down: nginx's own answers are JSON in
+/// the services' envelope (503 for no instance, 413 for a big body, 429 past the rate limit),
+/// and its `Server` header names no version.
+#[test]
+fn nginx_answers_its_own_errors_as_json() {
+    if !have("nginx") {
+        println!("note: nginx not installed; skipping the nginx error-page test");
+        return;
+    }
+    // Nothing listens on the instance ports: command-1 = command_base + 1, and so on.
+    let ports = Ports {
+        write: free_port(),
+        read: free_port(),
+        command_base: free_port() - 1,
+        query_base: free_port() - 1,
+        ..Ports::default()
+    };
+    let t = Topology::new(1, 1, 0, ports.clone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, t.nginx_conf(Target::Local, Some(dir.path()))).expect("write");
+    let mut child = Command::new("nginx")
+        .arg("-e")
+        .arg("stderr")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start nginx");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // The master takes its workers with it on SIGTERM (kill() is SIGKILL: not enough).
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", ports.read)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        assert!(child.try_wait().ok().flatten().is_none(), "nginx exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _stop = Stop(child);
+
+    let json = |r: &shared::testkit::HttpResponse| r.json();
+    for port in [ports.write, ports.read] {
+        let r = shared::testkit::http(port, "GET", "/reports", &[], b"").expect("GET");
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            json(&r),
+            serde_json::json!({"success": false, "error": "upstream unavailable", "instance": "nginx"})
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("x-instance-id"), Some("nginx"));
+        assert_eq!(r.header("server"), Some("nginx"), "no version");
+    }
+    let big = vec![b'x'; 100 * 1024];
+    let r = shared::testkit::http(ports.write, "POST", "/reports", &[], &big).expect("POST");
+    assert_eq!(r.status, 413);
+    assert_eq!(json(&r)["instance"], "nginx");
+
+    // Past burst + rate: pipelined requests on keep-alive connections (nginx closes one
+    // after 1000 requests), fast enough that the 1000 r/s refill cannot keep up.
+    let one = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        ports.write
+    );
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..4 {
+        let text = pipelined(ports.write, &one.repeat(1000));
+        ok += text.matches("HTTP/1.1 503 ").count();
+        limited += text.matches("HTTP/1.1 429 ").count();
+        if limited > 0 {
+            assert!(
+                text.contains(
+                    r#"{"success":false,"error":"rate limit exceeded","instance":"nginx"}"#
+                ),
+                "429 body"
+            );
+            break;
+        }
+    }
+    println!("{ok} requests passed the limit, then {limited} were refused");
+    assert!(
+        limited > 0,
+        "no 429 after {ok} requests within the burst of 1000"
+    );
+    assert!(ok >= 1000, "the burst of 1000 passes: {ok}");
+}
+
+/// Writes `requests` on one connection (from a second thread, so neither side blocks the
+/// other) and reads every answer until nginx closes the connection.
+fn pipelined(port: u16, requests: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let bytes = requests.as_bytes().to_vec();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    });
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let _ = sender.join();
+    String::from_utf8_lossy(&answer).into_owned()
 }

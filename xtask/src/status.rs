@@ -1,6 +1,7 @@
 //! `cargo xtask status [--json]`: every service of the local cluster with its pid, address and
 //! health (probed now, not remembered), and each query DB's checkpoint and lag behind the
-//! stream as the projection's `/metrics` reports them.
+//! stream as the projection's `/metrics` reports them, and whether writes need a token (never
+//! the token itself).
 
 use anyhow::Result;
 use serde::Serialize;
@@ -30,6 +31,8 @@ struct Report {
     mode: String,
     supervisor_pid: Option<u32>,
     supervisor_alive: bool,
+    /// Writes need a bearer token (`up --auth`); the token is never shown here.
+    auth: bool,
     services: Vec<Row>,
     query_dbs: Vec<DbProgress>,
     query_dbs_error: Option<String>,
@@ -86,6 +89,7 @@ impl Status {
             mode: state.mode.clone(),
             supervisor_pid: state.supervisor_pid,
             supervisor_alive,
+            auth: state.auth,
             services: rows,
             query_dbs,
             query_dbs_error,
@@ -100,6 +104,14 @@ impl Status {
             report.mode,
             report.supervisor_pid.map_or("-".into(), |p| p.to_string())
         );
+        if report.auth {
+            println!(
+                "auth: on (writes need `Authorization: Bearer <token>`; token in {})",
+                layout.auth_token_file().display()
+            );
+        } else {
+            println!("auth: off (writes are open: no auth — use `up --auth`)");
+        }
         println!(
             "{:<20} {:>8} {:<30} {:<11} {:>8}  health",
             "SERVICE", "PID", "ADDRESS", "STATUS", "RESTARTS"

@@ -76,6 +76,8 @@ pub struct Supervisor<'a> {
     root: PathBuf,
     /// uid/gid of `postgres` when we are root: PostgreSQL and PgBouncer refuse to run as root.
     pg_ids: Option<(u32, u32)>,
+    /// The bearer token of `up --auth` (from the state dir's 0600 file); never logged.
+    auth_token: Option<String>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -90,6 +92,7 @@ impl<'a> Supervisor<'a> {
         } else {
             None
         };
+        let auth_token = read_token(&layout.auth_token_file())?;
         let procs = topo
             .services()
             .into_iter()
@@ -113,6 +116,7 @@ impl<'a> Supervisor<'a> {
             term: Arc::new(AtomicBool::new(false)),
             phase: "starting".into(),
             pg_ids,
+            auth_token,
         })
     }
 
@@ -142,6 +146,18 @@ impl<'a> Supervisor<'a> {
         self.event("ready");
         for (what, url) in self.endpoints() {
             self.event(&format!("  {what:<22} {url}"));
+        }
+        match (&self.auth_token, self.foreground) {
+            // Foreground output is the user's terminal, not a log file: the token may show.
+            (Some(token), true) => self.event(&format!(
+                "  {:<22} Authorization: Bearer {token}",
+                "writes need"
+            )),
+            (Some(_), false) => self.event(&format!(
+                "  auth: on (token in {})",
+                self.layout.auth_token_file().display()
+            )),
+            (None, _) => self.event("  writes are open: no auth — use --auth"),
         }
         if self.foreground {
             self.event("Ctrl-C stops everything");
@@ -425,6 +441,12 @@ impl<'a> Supervisor<'a> {
                 for (k, v) in self.topo.env(svc, Target::Local) {
                     c = c.env(k, v);
                 }
+                for name in Topology::secret_env(svc.kind) {
+                    // The only secret so far is the token list; absent = writes open.
+                    if let (&"COMMAND_API_TOKENS", Some(token)) = (name, &self.auth_token) {
+                        c = c.env(name, token);
+                    }
+                }
                 c
             }
         };
@@ -560,6 +582,7 @@ impl<'a> Supervisor<'a> {
             phase: self.phase.clone(),
             services,
             endpoints: self.endpoints(),
+            auth: self.auth_token.is_some(),
         };
         if let Err(err) = self.layout.write_state(&state) {
             self.event(&format!("cannot write state: {err:#}"));
@@ -569,6 +592,19 @@ impl<'a> Supervisor<'a> {
     fn event(&self, msg: &str) {
         println!("{} [xtask] {msg}", clock());
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// The token in `path`, `None` when the file does not exist (writes open).
+pub fn read_token(path: &std::path::Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        Ok(_) => bail!(
+            "{} is empty; `cargo xtask up --auth` writes it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }
 

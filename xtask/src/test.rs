@@ -1,8 +1,10 @@
 //! `cargo xtask test`: the whole gate, as CI runs it.
 //!
 //! Installs missing system packages first (the integration tests start real PostgreSQL, Redis,
-//! nginx and PgBouncer), then formatting, clippy with warnings denied, and every test of the
-//! workspace. Each step prints a header so a failure in CI output is easy to find.
+//! nginx and PgBouncer), then formatting, clippy with warnings denied, the debug service
+//! binaries (the cluster test runs them), every test of the workspace and the short fault
+//! drills (`cargo xtask drill --short`). Each step prints a
+//! header so a failure in CI output is easy to find.
 
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
@@ -29,6 +31,13 @@ impl Test {
             .run()
             .context("clippy found problems")?;
 
+        // The cluster test in xtask/tests runs these debug binaries (`XTASK_BIN_DIR`); `cargo
+        // test` alone builds a package's binaries only for that package's own tests.
+        header("cargo build --workspace --bins");
+        cmd!(sh, "cargo build --workspace --bins")
+            .run()
+            .context("build of the service binaries failed")?;
+
         // The fuzz targets run FUZZ_SECONDS each (CI's short form: 60 s); a caller may lower it.
         let fuzz_seconds = std::env::var(FUZZ_SECONDS).unwrap_or_else(|_| "60".to_owned());
         header(&format!(
@@ -38,6 +47,14 @@ impl Test {
             .env(FUZZ_SECONDS, &fuzz_seconds)
             .run()
             .context("tests failed")?;
+
+        // The fault drills in their short form: a separate cluster of the debug binaries
+        // under load, every fault once, 0 writes lost or the gate fails.
+        header("cargo xtask drill --short");
+        let xtask = std::env::current_exe().context("path of the xtask binary")?;
+        cmd!(sh, "{xtask} drill --short")
+            .run()
+            .context("fault drills failed")?;
 
         header("all checks passed");
         Ok(())

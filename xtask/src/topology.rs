@@ -21,6 +21,8 @@ pub const COMMAND_DB: &str = "reports";
 pub const QUERY_DB: &str = "reports_read";
 /// Names of the query DBs as the projection and the query service see them (`name=url`).
 pub const QUERY_PRIMARY: &str = "query-db-primary";
+/// The Kubernetes Secret (and Compose env file stem) holding [`Topology::secret_env`].
+pub const COMMAND_SECRET: &str = "command-api-tokens";
 
 /// Where the generated files are used; decides how one service addresses another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,6 +385,17 @@ impl Topology {
         env
     }
 
+    /// Secret environment of a kind of service: names only, never in `env` nor in any
+    /// generated file. The local supervisor fills them from the state directory (`up --auth`),
+    /// Compose from `command.env`, Kubernetes from the Secret [`COMMAND_SECRET`].
+    pub fn secret_env(kind: Kind) -> &'static [&'static str] {
+        match kind {
+            // Comma-separated bearer tokens; when set, POST/PUT/DELETE need one of them.
+            Kind::Command => &["COMMAND_API_TOKENS"],
+            _ => &[],
+        }
+    }
+
     /// Kubernetes groups of query instances that share one `QUERY_DATABASE_URLS`: one
     /// Deployment per replica-reading instance, and one for all primary readers.
     /// Returns (deployment name, replicas, instance number whose env the group uses).
@@ -405,6 +418,9 @@ impl Topology {
     /// reads on the read port to the query instances; passive health checks, keep-alive
     /// upstream connections, and a retry on another instance only for idempotent requests
     /// (nginx never retries POST/PATCH unless `non_idempotent` is set, which it is not).
+    /// Hardened: per-client rate limits ([`WRITE_LIMIT`], [`READ_LIMIT`]), a 64 KiB body
+    /// limit, upstream timeouts, no version in `Server`, and nginx's own errors (429, 413,
+    /// 502/504 → 503) as JSON in the services' envelope.
     ///
     /// `local_dir` is the state directory for pid and temp paths of a local run; containers
     /// keep nginx's defaults.
@@ -459,14 +475,33 @@ impl Topology {
             }
         }
         c.push_str(
-            "    # The services answer 413 above 64 KiB themselves; nginx only stops abuse.\n",
+            "    # No version in the Server header or in error pages.\n    server_tokens off;\n",
         );
-        c.push_str("    client_max_body_size 1m;\n\n");
+        c.push_str(
+            "    # The services' own limit: a bigger body is refused here (413, JSON) before it\n    \
+             # reaches an instance.\n    client_max_body_size 64k;\n",
+        );
+        let _ = write!(
+            c,
+            "    # Per-client rate limits, far above one client's `bench --level stress`\n    \
+             # ({STRESS_WRITES} writes/s + {STRESS_READS} reads/s), so that only abuse is refused \
+             (429, JSON).\n    \
+             limit_req_zone $binary_remote_addr zone=writes:10m rate={}r/s;\n    \
+             limit_req_zone $binary_remote_addr zone=reads:10m rate={}r/s;\n    \
+             limit_req_status 429;\n\n",
+            WRITE_LIMIT.rate, READ_LIMIT.rate
+        );
         upstream(&mut c, "command_upstream", Some("least_conn"), &commands);
         // Reads spread round-robin so every query instance (and its DB) takes its share.
         upstream(&mut c, "query_upstream", None, &queries);
-        server(&mut c, &write_listen, "command_upstream");
-        server(&mut c, &read_listen, "query_upstream");
+        server(
+            &mut c,
+            &write_listen,
+            "command_upstream",
+            "writes",
+            WRITE_LIMIT,
+        );
+        server(&mut c, &read_listen, "query_upstream", "reads", READ_LIMIT);
         c.push_str("}\n");
         c
     }
@@ -550,26 +585,78 @@ fn upstream(c: &mut String, name: &str, balance: Option<&str>, servers: &[String
     c.push_str("        keepalive 64;\n    }\n\n");
 }
 
-fn server(c: &mut String, listen: &str, upstream: &str) {
+/// One client's rate limit on one port: `rate` requests/s sustained, `burst` more at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// `bench --level stress` from one client, which the limits must never refuse.
+pub const STRESS_WRITES: u32 = 200;
+pub const STRESS_READS: u32 = 800;
+/// Writes per client: 5x the stress level, so a bench or a busy integration never sees a 429.
+pub const WRITE_LIMIT: RateLimit = RateLimit {
+    rate: 1000,
+    burst: 1000,
+};
+/// Reads per client: 2.5x the stress level; reads are cheap and come in bursts (page loads).
+pub const READ_LIMIT: RateLimit = RateLimit {
+    rate: 2000,
+    burst: 2000,
+};
+
+/// The JSON bodies nginx answers with itself, in the services' envelope.
+const NGINX_ERRORS: [(&str, u16, &str); 3] = [
+    ("rate_limited", 429, "rate limit exceeded"),
+    ("too_large", 413, "request body too large (limit 64 KiB)"),
+    ("upstream_unavailable", 503, "upstream unavailable"),
+];
+
+fn server(c: &mut String, listen: &str, upstream: &str, zone: &str, limit: RateLimit) {
+    let burst = limit.burst;
     let _ = write!(
         c,
         "    server {{
         listen {listen};
+        limit_req zone={zone} burst={burst} nodelay;
+        # nginx's own errors in the services' JSON envelope. An instance's own 4xx/5xx JSON
+        # passes through untouched (proxy_intercept_errors off): only what nginx itself
+        # answers (429, 413, 502/504 when no instance answers) is replaced.
+        proxy_intercept_errors off;
+        error_page 429 = @rate_limited;
+        error_page 413 = @too_large;
+        error_page 502 504 = @upstream_unavailable;
         location / {{
             proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_hide_header X-Powered-By;
+            # Another instance on errors and timeouts, but never a POST/PATCH already sent
+            # (nginx's default): a retried create could create twice.
             proxy_next_upstream error timeout http_502 http_503;
             proxy_next_upstream_tries 3;
-            proxy_connect_timeout 2s;
-            proxy_read_timeout 30s;
+            # A dead instance is skipped after 1 s; a slow one is cut off after 10 s.
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 10s;
+            proxy_send_timeout 10s;
         }}
-    }}
-
 "
     );
+    for (name, status, error) in NGINX_ERRORS {
+        let _ = write!(
+            c,
+            "        location @{name} {{
+            default_type application/json;
+            add_header X-Instance-ID nginx always;
+            return {status} '{{\"success\":false,\"error\":\"{error}\",\"instance\":\"nginx\"}}';
+        }}
+"
+        );
+    }
+    c.push_str("    }\n\n");
 }
 
 #[cfg(test)]

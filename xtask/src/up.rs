@@ -28,12 +28,15 @@ pub struct Up {
     pub docker: bool,
     pub no_build: bool,
     pub no_install: bool,
+    /// Writes need a bearer token: a random one is generated and given to every command
+    /// instance as `COMMAND_API_TOKENS`.
+    pub auth: bool,
 }
 
 impl Up {
     pub fn run(self, sh: &Shell) -> Result<()> {
         if self.docker {
-            return crate::docker::compose_up(sh, &self.topo, self.detach);
+            return crate::docker::compose_up(sh, &self.topo, self.detach, self.auth);
         }
         let layout = Layout::new(sh);
         if let Ok(state) = layout.read_state() {
@@ -61,6 +64,17 @@ impl Up {
         }
         check_ports_free(&self.topo)?;
         prepare(sh, &layout, &self.topo)?;
+        let token = if self.auth {
+            Some(write_token(&layout.auth_token_file())?)
+        } else {
+            // A token file of an earlier `up --auth` would otherwise turn auth on silently.
+            match std::fs::remove_file(layout.auth_token_file()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("remove the old auth token"),
+            }
+            None
+        };
 
         if !self.detach {
             return Supervisor::new(sh, layout, self.topo, true)?.run();
@@ -82,7 +96,7 @@ impl Up {
             .spawn()
             .context("start the detached supervisor")?;
         let pid = child.id();
-        println!("supervisor started (pid {pid}); log: .cluster/logs/supervisor.log");
+        println!("supervisor started (pid {pid}); log: {}", sup_log.display());
         // The supervisor outlives us; dropping `child` does not kill it.
         drop(child);
         let start = Instant::now();
@@ -94,7 +108,20 @@ impl Up {
                         for (what, url) in &state.endpoints {
                             println!("  {what:<22} {url}");
                         }
-                        println!("logs: .cluster/logs/<service>.log; `cargo xtask status`, `cargo xtask down`");
+                        match &token {
+                            Some(token) => {
+                                println!("  {:<22} Authorization: Bearer {token}", "writes need");
+                                println!(
+                                    "  (token also in {}, mode 0600)",
+                                    layout.auth_token_file().display()
+                                );
+                            }
+                            None => println!("  writes are open: no auth — use --auth"),
+                        }
+                        println!(
+                            "logs: {}/<service>.log; `cargo xtask status`, `cargo xtask down`",
+                            layout.logs().display()
+                        );
                         return Ok(());
                     }
                     if state.phase.starts_with("failed") {
@@ -110,13 +137,51 @@ impl Up {
             }
             if start.elapsed() > READY_TIMEOUT {
                 bail!(
-                    "cluster not ready after {}s; see .cluster/logs/",
-                    READY_TIMEOUT.as_secs()
+                    "cluster not ready after {}s; see {}",
+                    READY_TIMEOUT.as_secs(),
+                    layout.logs().display()
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// Writes a fresh random token to `path`, readable by the owner only, and returns it.
+fn write_token(path: &std::path::Path) -> Result<String> {
+    let token = random_token()?;
+    write_private(path, &format!("{token}\n"))?;
+    Ok(token)
+}
+
+/// 16 bytes from /dev/urandom as 32 hex digits.
+pub fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to a file only its owner can read (mode 0600).
+pub fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Removed first so that `mode` applies: it only takes effect when the file is created.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// A clear error naming the port, its service and the flag that moves it.

@@ -1,0 +1,453 @@
+//! `cargo xtask bench`: open-loop load against the write (nginx :8080) and read (nginx :8090)
+//! endpoints at fixed rates, latency measured from each request's intended send time, with
+//! per-endpoint tables, instance distribution, propagation lag to every query DB, a JSON file
+//! and a comparison with an earlier JSON.
+//!
+//! Layout: [`schedule`] (intended times, mixes), [`client`] (keep-alive HTTP/1.1), [`engine`]
+//! (scheduler, workers, collector), [`lag`] (query-DB pollers), [`report`] (figures, table,
+//! JSON, compare). [`run`] is the library entry point: tests and other tasks call it with a
+//! [`BenchConfig`] and get a [`BenchReport`] back.
+
+pub mod client;
+mod engine;
+mod lag;
+pub mod report;
+pub mod schedule;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use lexopt::prelude::*;
+use xshell::Shell;
+
+pub use report::BenchReport;
+use report::Step;
+pub use schedule::Mix;
+
+use crate::topology::{Target as Where, Topology};
+
+/// Default run length of a level (SPEC §6: 10 s).
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// A request without a complete answer after this long is a timeout error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on worker threads (= concurrent requests). Each blocks on one request; 2000
+/// covers 1000 req/s against a server answering in 2 s, beyond which the report says the
+/// generator was the limit.
+const MAX_WORKERS: usize = 2000;
+/// Every Nth successful create/update is followed to the query DBs (SPEC: "sampling").
+const LAG_EVERY: u64 = 10;
+
+/// `--level max`: length of a step, unless `--duration` says otherwise.
+const MAX_STEP: Duration = Duration::from_secs(5);
+
+/// How `--level max` searches; [`MaxSearch::DEFAULT`] is what the command uses.
+#[derive(Clone, Debug)]
+pub struct MaxSearch {
+    /// First total rate (stress: 200 + 800).
+    pub start_rps: f64,
+    /// Each step multiplies the total rate by this.
+    pub factor: f64,
+    /// A step holds while p99 of writes and of reads stays at or under this.
+    pub p99_bound_ms: f64,
+    /// Stop after this many steps even if everything held (1000 × 1.5⁹ ≈ 38 000 req/s).
+    pub max_steps: usize,
+}
+
+impl MaxSearch {
+    pub const DEFAULT: MaxSearch = MaxSearch {
+        start_rps: 1000.0,
+        factor: 1.5,
+        p99_bound_ms: 50.0,
+        max_steps: 10,
+    };
+}
+
+/// Seed load levels (SPEC §6): (name, write req/s, read req/s).
+pub const LEVELS: [(&str, f64, f64); 5] = [
+    ("light", 10.0, 40.0),
+    ("medium", 20.0, 80.0),
+    ("heavy", 50.0, 200.0),
+    ("extreme", 100.0, 400.0),
+    ("stress", 200.0, 800.0),
+];
+
+/// Everything one bench run needs; [`BenchConfig::new`] fills the defaults.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// A level name, `max`, or `custom`.
+    pub level: String,
+    pub write_url: String,
+    pub read_url: String,
+    pub write_rps: f64,
+    pub read_rps: f64,
+    /// Run length; for `max`, the length of each step.
+    pub duration: Duration,
+    pub mix: Mix,
+    /// Sent as `Authorization: Bearer` with writes.
+    pub token: Option<String>,
+    /// Query DBs (`name`, `postgres://…`) to measure propagation lag on; empty = no lag.
+    pub query_dbs: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_workers: usize,
+    pub lag_every: u64,
+    /// A progress line on stderr once per second.
+    pub progress: bool,
+}
+
+impl BenchConfig {
+    pub fn new(write_url: &str, read_url: &str, write_rps: f64, read_rps: f64) -> BenchConfig {
+        BenchConfig {
+            level: "custom".into(),
+            write_url: write_url.into(),
+            read_url: read_url.into(),
+            write_rps,
+            read_rps,
+            duration: DEFAULT_DURATION,
+            mix: Mix::default(),
+            token: None,
+            query_dbs: Vec::new(),
+            timeout: REQUEST_TIMEOUT,
+            max_workers: MAX_WORKERS,
+            lag_every: LAG_EVERY,
+            progress: false,
+        }
+    }
+
+    /// The same endpoints at a named level's rates.
+    pub fn level(mut self, name: &str) -> Result<BenchConfig> {
+        if name == "max" {
+            self.level = "max".into();
+            return Ok(self);
+        }
+        let Some((n, w, r)) = LEVELS.iter().find(|l| l.0 == name) else {
+            bail!(
+                "unknown level `{name}`; valid levels: light, medium, heavy, extreme, stress, max"
+            );
+        };
+        self.level = (*n).to_string();
+        self.write_rps = *w;
+        self.read_rps = *r;
+        Ok(self)
+    }
+}
+
+/// Runs the bench `cfg` describes: one fixed-rate run, or the step search of `max`.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    if cfg.level == "max" {
+        run_max(cfg, &MaxSearch::DEFAULT)
+    } else {
+        engine::run_fixed(cfg)
+    }
+}
+
+/// Steps the total rate up from `search.start_rps` by `search.factor` (reads:writes 4:1)
+/// until p99 exceeds the bound, errors appear, or the generator cannot keep up. The report is
+/// the last step that held (or the first step, if none did), with every step listed.
+pub fn run_max(cfg: &BenchConfig, search: &MaxSearch) -> Result<BenchReport> {
+    let mut steps = Vec::new();
+    let mut best: Option<BenchReport> = None;
+    let mut first: Option<BenchReport> = None;
+    let mut total = search.start_rps;
+    for _ in 0..search.max_steps {
+        let mut step_cfg = cfg.clone();
+        step_cfg.write_rps = total / 5.0;
+        step_cfg.read_rps = total * 4.0 / 5.0;
+        eprintln!(
+            "max: step at {total:.0} req/s ({:.0} writes + {:.0} reads) for {} s",
+            step_cfg.write_rps,
+            step_cfg.read_rps,
+            step_cfg.duration.as_secs_f64()
+        );
+        let report = engine::run_fixed(&step_cfg)?;
+        let p99 = report
+            .writes
+            .latency
+            .p99_ms
+            .max(report.reads.latency.p99_ms);
+        let errors = report.total_errors();
+        let why_not = if report.generator.bottleneck {
+            Some("the generator could not keep the schedule (see warning)".to_string())
+        } else if errors > 0 {
+            Some(format!("{errors} errors"))
+        } else if p99 > search.p99_bound_ms {
+            Some(format!("p99 {p99:.1} ms > {} ms", search.p99_bound_ms))
+        } else {
+            None
+        };
+        let held = why_not.is_none();
+        eprintln!(
+            "max: {total:.0} req/s → p99 {p99:.2} ms, {errors} errors: {}",
+            why_not.as_deref().unwrap_or("held")
+        );
+        steps.push(Step {
+            total_rps: total,
+            write_rps: step_cfg.write_rps,
+            read_rps: step_cfg.read_rps,
+            p99_ms: p99,
+            errors,
+            achieved_rps: report.writes.achieved_rps + report.reads.achieved_rps,
+            held,
+            why_not,
+        });
+        if first.is_none() {
+            first = Some(report.clone());
+        }
+        if !held {
+            break;
+        }
+        best = Some(report);
+        total *= search.factor;
+    }
+    let max_sustained = steps.iter().rev().find(|s| s.held).map(|s| s.total_rps);
+    let mut report = best.or(first).context("--level max ran no step")?;
+    report.level = "max".into();
+    report.steps = steps;
+    report.max_sustained_rps = max_sustained;
+    Ok(report)
+}
+
+/// Where the local cluster (`cargo xtask up`) listens: from `.cluster/state.json` when there
+/// is one, else the default ports.
+#[derive(Clone, Debug)]
+pub struct LocalCluster {
+    pub write_url: String,
+    pub read_url: String,
+    pub command_db: String,
+    /// Every query DB by its service name, reached directly (not through PgBouncer).
+    pub query_dbs: Vec<(String, String)>,
+}
+
+impl LocalCluster {
+    pub fn discover(sh: &Shell) -> LocalCluster {
+        let topo = match crate::cluster::Layout::new(sh).read_state() {
+            Ok(state) => state.topology,
+            Err(err) => {
+                eprintln!("note: {err:#}; assuming the default local ports");
+                Topology::default()
+            }
+        };
+        LocalCluster::of(&topo)
+    }
+
+    pub fn of(topo: &Topology) -> LocalCluster {
+        LocalCluster {
+            write_url: format!("http://127.0.0.1:{}", topo.ports.write),
+            read_url: format!("http://127.0.0.1:{}", topo.ports.read),
+            command_db: topo.command_db_url(Where::Local),
+            query_dbs: topo
+                .query_db_names()
+                .into_iter()
+                .map(|name| {
+                    let url = topo.query_db_url(&name, Where::Local);
+                    (name, url)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Parses `name=URL` of `--query-db`.
+pub fn parse_named_url(flag: &str, raw: &str) -> Result<(String, String)> {
+    match raw.split_once('=') {
+        Some((name, url)) if !name.is_empty() && url.starts_with("postgres") => {
+            Ok((name.to_string(), url.to_string()))
+        }
+        _ => bail!("{flag} expects name=postgres://…, got `{raw}`"),
+    }
+}
+
+/// `cargo xtask bench …` as parsed from the command line.
+#[derive(Debug, Default)]
+pub struct Bench {
+    level: Option<String>,
+    write_rps: Option<f64>,
+    read_rps: Option<f64>,
+    duration: Option<f64>,
+    mix: Option<Mix>,
+    write_url: Option<String>,
+    read_url: Option<String>,
+    out: Option<PathBuf>,
+    compare: Option<PathBuf>,
+    token: Option<String>,
+    query_dbs: Vec<(String, String)>,
+    no_lag: bool,
+    max_workers: Option<usize>,
+}
+
+fn value<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T> {
+    let raw = p.value()?.string()?;
+    raw.parse::<T>()
+        .map_err(|_| anyhow::anyhow!("{flag} expects a number, got `{raw}`"))
+}
+
+impl Bench {
+    /// Flags after `bench`.
+    pub fn parse(p: &mut lexopt::Parser) -> Result<Bench> {
+        let mut b = Bench::default();
+        while let Some(arg) = p.next()? {
+            match arg {
+                Long("level") => b.level = Some(p.value()?.string()?),
+                Long("write-rps") => b.write_rps = Some(value(p, "--write-rps")?),
+                Long("read-rps") => b.read_rps = Some(value(p, "--read-rps")?),
+                Long("duration") => b.duration = Some(value(p, "--duration")?),
+                Long("mix") => b.mix = Some(Mix::parse(&p.value()?.string()?)?),
+                Long("write-url") => b.write_url = Some(p.value()?.string()?),
+                Long("read-url") => b.read_url = Some(p.value()?.string()?),
+                Long("out") => b.out = Some(PathBuf::from(p.value()?)),
+                Long("compare") => b.compare = Some(PathBuf::from(p.value()?)),
+                Long("token") => b.token = Some(p.value()?.string()?),
+                Long("query-db") => {
+                    let raw = p.value()?.string()?;
+                    b.query_dbs.push(parse_named_url("--query-db", &raw)?);
+                }
+                Long("no-lag") => b.no_lag = true,
+                Long("max-workers") => b.max_workers = Some(value(p, "--max-workers")?),
+                _ => bail!("{}", arg.unexpected()),
+            }
+        }
+        if let Some(level) = &b.level {
+            // Validates the name now, before anything looks for a cluster.
+            BenchConfig::new("", "", 0.0, 0.0).level(level)?;
+        }
+        if b.level.is_some() && (b.write_rps.is_some() || b.read_rps.is_some()) {
+            bail!("give either --level or --write-rps/--read-rps, not both");
+        }
+        for (flag, v) in [("--write-rps", b.write_rps), ("--read-rps", b.read_rps)] {
+            if v.is_some_and(|v| !(0.0..=1_000_000.0).contains(&v)) {
+                bail!("{flag} must be between 0 and 1000000");
+            }
+        }
+        if b.duration.is_some_and(|d| !(d > 0.0 && d <= 86_400.0)) {
+            bail!("--duration must be between 0 and 86400 seconds");
+        }
+        if b.max_workers == Some(0) {
+            bail!("--max-workers must be at least 1");
+        }
+        Ok(b)
+    }
+
+    /// The run's configuration, with the local cluster filling what the flags leave open.
+    fn config(&self, local: Option<&LocalCluster>) -> Result<BenchConfig> {
+        let default_local;
+        let local = match local {
+            Some(l) => l,
+            None => {
+                default_local = LocalCluster::of(&Topology::default());
+                &default_local
+            }
+        };
+        let write_url = self.write_url.clone().unwrap_or(local.write_url.clone());
+        let read_url = self.read_url.clone().unwrap_or(local.read_url.clone());
+        let mut cfg = BenchConfig::new(&write_url, &read_url, 0.0, 0.0);
+        cfg = match (&self.level, self.write_rps, self.read_rps) {
+            (Some(level), _, _) => cfg.level(level)?,
+            (None, None, None) => cfg.level("light")?,
+            (None, w, r) => {
+                cfg.write_rps = w.unwrap_or(0.0);
+                cfg.read_rps = r.unwrap_or(0.0);
+                if cfg.write_rps + cfg.read_rps <= 0.0 {
+                    bail!("--write-rps and --read-rps are both 0: nothing to send");
+                }
+                cfg
+            }
+        };
+        cfg.duration = match self.duration {
+            Some(s) => Duration::from_secs_f64(s),
+            None if cfg.level == "max" => MAX_STEP,
+            None => DEFAULT_DURATION,
+        };
+        if let Some(m) = &self.mix {
+            cfg.mix = m.clone();
+        }
+        cfg.token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("XTASK_TOKEN").ok());
+        // The local cluster's query DBs only make sense when we bench the local cluster.
+        cfg.query_dbs = if self.no_lag {
+            Vec::new()
+        } else if !self.query_dbs.is_empty() {
+            self.query_dbs.clone()
+        } else if self.write_url.is_none() && self.read_url.is_none() {
+            local.query_dbs.clone()
+        } else {
+            Vec::new()
+        };
+        if let Some(n) = self.max_workers {
+            cfg.max_workers = n;
+        }
+        cfg.progress = true;
+        Ok(cfg)
+    }
+
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let local = (self.write_url.is_none() || self.read_url.is_none())
+            .then(|| LocalCluster::discover(sh));
+        let cfg = self.config(local.as_ref())?;
+        let old = match &self.compare {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?;
+                Some(v)
+            }
+            None => None,
+        };
+        eprintln!(
+            "bench {}: {} writes/s → {}, {} reads/s → {}, {} s{}",
+            cfg.level,
+            cfg.write_rps,
+            cfg.write_url,
+            cfg.read_rps,
+            cfg.read_url,
+            cfg.duration.as_secs_f64(),
+            if cfg.query_dbs.is_empty() {
+                ", no propagation lag (no query DBs)".to_string()
+            } else {
+                format!(
+                    ", lag on {}",
+                    cfg.query_dbs
+                        .iter()
+                        .map(|d| d.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        let report = run(&cfg)?;
+        print!("{}", report.table());
+        let out = match &self.out {
+            Some(p) => p.clone(),
+            None => {
+                let stamp = time::OffsetDateTime::now_utc()
+                    .format(time::macros::format_description!(
+                        "[year][month][day]-[hour][minute][second]"
+                    ))
+                    .unwrap_or_else(|_| "run".into());
+                sh.current_dir()
+                    .join("target")
+                    .join("bench")
+                    .join(format!("{stamp}-{}.json", report.level))
+            }
+        };
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&out, json + "\n").with_context(|| format!("write {}", out.display()))?;
+        println!("\nresults: {}", out.display());
+        if let Some(old) = old {
+            let new = serde_json::to_value(&report)?;
+            println!(
+                "\ncompared with {}:",
+                self.compare.as_deref().unwrap_or(out.as_path()).display()
+            );
+            print!("{}", report::compare(&old, &new));
+        }
+        Ok(())
+    }
+}

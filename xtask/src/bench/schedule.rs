@@ -1,0 +1,338 @@
+//! The open-loop schedule of `bench`: every request has an intended send time fixed before the
+//! run starts (`start + i / rate`, one stream for writes and one for reads), and which endpoint
+//! it hits follows the configured mix exactly (smooth weighted round-robin, not dice, so a
+//! 3-second run still has the documented proportions).
+//!
+//! Latency is measured from these intended times, so a stalled server cannot hide the requests
+//! that should have been sent while it stalled (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The two independent request streams, each with its own fixed rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    Write,
+    Read,
+}
+
+/// What one request does. Writes go to the write URL, reads to the read URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    Create,
+    Update,
+    Delete,
+    List,
+    ById,
+    ByCategory,
+    Stats,
+    Health,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 8] = [
+        Endpoint::Create,
+        Endpoint::Update,
+        Endpoint::Delete,
+        Endpoint::List,
+        Endpoint::ById,
+        Endpoint::ByCategory,
+        Endpoint::Stats,
+        Endpoint::Health,
+    ];
+
+    /// The row label in the table and the `name` in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Create => "POST /reports",
+            Endpoint::Update => "PUT /reports/{id}",
+            Endpoint::Delete => "DELETE /reports/{id}",
+            Endpoint::List => "GET /reports?page=N",
+            Endpoint::ById => "GET /reports/{id}",
+            Endpoint::ByCategory => "GET /reports?category=X",
+            Endpoint::Stats => "GET /statistics",
+            Endpoint::Health => "GET /health",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            Endpoint::Create | Endpoint::Update | Endpoint::Delete => Side::Write,
+            _ => Side::Read,
+        }
+    }
+}
+
+/// Writes: create 60 %, status/category change 30 %, delete 10 %. Updates and deletes only
+/// touch reports this run created, so the bench never damages data it did not make.
+pub const WRITE_MIX: [(Endpoint, u32); 3] = [
+    (Endpoint::Create, 60),
+    (Endpoint::Update, 30),
+    (Endpoint::Delete, 10),
+];
+
+/// The read mix in percent (SPEC §6: list 40, by id 20, by category 25, statistics 10,
+/// health 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mix {
+    pub list: u32,
+    pub id: u32,
+    pub category: u32,
+    pub stats: u32,
+    pub health: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix {
+            list: 40,
+            id: 20,
+            category: 25,
+            stats: 10,
+            health: 5,
+        }
+    }
+}
+
+impl Mix {
+    /// Parses `list=40,id=20,category=25,stats=10,health=5`; keys left out weigh 0.
+    pub fn parse(text: &str) -> Result<Mix> {
+        let mut mix = Mix {
+            list: 0,
+            id: 0,
+            category: 0,
+            stats: 0,
+            health: 0,
+        };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .with_context(|| format!("--mix: `{part}` is not key=weight"))?;
+            let value: u32 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("--mix: weight of `{key}` is not a number"))?;
+            let slot = match key.trim() {
+                "list" => &mut mix.list,
+                "id" => &mut mix.id,
+                "category" => &mut mix.category,
+                "stats" | "statistics" => &mut mix.stats,
+                "health" => &mut mix.health,
+                other => {
+                    bail!("--mix: unknown key `{other}`; valid keys: list, id, category, stats, health")
+                }
+            };
+            *slot = value;
+        }
+        if mix.weights().iter().all(|(_, w)| *w == 0) {
+            bail!("--mix: all weights are 0");
+        }
+        Ok(mix)
+    }
+
+    pub fn weights(&self) -> [(Endpoint, u32); 5] {
+        [
+            (Endpoint::List, self.list),
+            (Endpoint::ById, self.id),
+            (Endpoint::ByCategory, self.category),
+            (Endpoint::Stats, self.stats),
+            (Endpoint::Health, self.health),
+        ]
+    }
+
+    pub fn to_map(&self) -> BTreeMap<String, u32> {
+        [
+            ("list", self.list),
+            ("id", self.id),
+            ("category", self.category),
+            ("stats", self.stats),
+            ("health", self.health),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Smooth weighted round-robin (as nginx balances upstreams): over any window of `sum(weights)`
+/// picks each endpoint exactly its weight times, evenly interleaved.
+#[derive(Clone, Debug)]
+pub struct Wrr {
+    items: Vec<(Endpoint, i64, i64)>,
+    total: i64,
+}
+
+impl Wrr {
+    pub fn new(weights: &[(Endpoint, u32)]) -> Wrr {
+        let items: Vec<_> = weights
+            .iter()
+            .filter(|(_, w)| *w > 0)
+            .map(|(e, w)| (*e, i64::from(*w), 0))
+            .collect();
+        let total = items.iter().map(|i| i.1).sum();
+        Wrr { items, total }
+    }
+
+    pub fn next(&mut self) -> Option<Endpoint> {
+        let mut best: Option<usize> = None;
+        for i in 0..self.items.len() {
+            self.items[i].2 += self.items[i].1;
+            if best.is_none_or(|b| self.items[i].2 > self.items[b].2) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        self.items[b].2 -= self.total;
+        Some(self.items[b].0)
+    }
+}
+
+/// A small, fast PRNG (xorshift64*) for picking pages, ids and categories; no dependency and
+/// good enough for load shapes.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Seeded from the clock and a salt (e.g. the worker number).
+    pub fn from_time(salt: u64) -> Rng {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Rng::new(nanos ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`; 0 gives 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            return None;
+        }
+        items.get(self.below(items.len()))
+    }
+}
+
+/// The intended send times of both streams, merged in time order.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    start: Instant,
+    duration: Duration,
+    write_rps: f64,
+    read_rps: f64,
+    next_write: u64,
+    next_read: u64,
+}
+
+impl Schedule {
+    pub fn new(start: Instant, duration: Duration, write_rps: f64, read_rps: f64) -> Schedule {
+        Schedule {
+            start,
+            duration,
+            write_rps,
+            read_rps,
+            next_write: 0,
+            next_read: 0,
+        }
+    }
+
+    fn offset(i: u64, rps: f64) -> Option<Duration> {
+        (rps > 0.0).then(|| Duration::from_secs_f64(i as f64 / rps))
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = (Side, Instant);
+
+    fn next(&mut self) -> Option<(Side, Instant)> {
+        let w = Schedule::offset(self.next_write, self.write_rps).filter(|d| *d < self.duration);
+        let r = Schedule::offset(self.next_read, self.read_rps).filter(|d| *d < self.duration);
+        let (side, at) = match (w, r) {
+            (Some(w), Some(r)) if w <= r => (Side::Write, w),
+            (Some(_), Some(r)) => (Side::Read, r),
+            (Some(w), None) => (Side::Write, w),
+            (None, Some(r)) => (Side::Read, r),
+            (None, None) => return None,
+        };
+        match side {
+            Side::Write => self.next_write += 1,
+            Side::Read => self.next_read += 1,
+        }
+        Some((side, self.start + at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_fixed_and_merged() {
+        let t0 = Instant::now();
+        let s: Vec<_> = Schedule::new(t0, Duration::from_secs(1), 2.0, 4.0).collect();
+        assert_eq!(s.len(), 6);
+        assert_eq!(s.iter().filter(|(side, _)| *side == Side::Write).count(), 2);
+        assert!(s.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert_eq!(s[s.len() - 1].1 - t0, Duration::from_millis(750));
+        assert_eq!(
+            Schedule::new(t0, Duration::from_secs(1), 0.0, 0.0).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn wrr_keeps_exact_proportions() {
+        let check = |weights: &[(Endpoint, u32)], n: usize| {
+            let mut wrr = Wrr::new(weights);
+            let mut counts = BTreeMap::new();
+            for _ in 0..n {
+                *counts.entry(wrr.next().unwrap()).or_insert(0u32) += 1;
+            }
+            for (e, w) in weights.iter().filter(|(_, w)| *w > 0) {
+                assert_eq!(counts[e] as usize, *w as usize * n / 100, "{e:?}");
+            }
+        };
+        check(&Mix::default().weights(), 100);
+        check(&Mix::default().weights(), 1000);
+        check(&WRITE_MIX, 100);
+        check(&Mix::parse("list=100").unwrap().weights(), 100);
+    }
+
+    #[test]
+    fn mix_parses_and_names_bad_keys() {
+        assert_eq!(
+            Mix::parse("list=40,id=20,category=25,stats=10,health=5").unwrap(),
+            Mix::default()
+        );
+        let err = format!("{:#}", Mix::parse("lists=3").unwrap_err());
+        assert!(err.contains("unknown key `lists`"), "{err}");
+        assert!(Mix::parse("list=x").is_err());
+        assert!(Mix::parse("list=0").is_err());
+    }
+
+    #[test]
+    fn rng_stays_in_range() {
+        let mut rng = Rng::new(7);
+        assert!((0..1000).all(|_| rng.below(5) < 5));
+        assert_eq!(rng.pick::<u8>(&[]), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! `cargo xtask drill [--short] [--keep] [--base-port P]`: fault drills. Starts its own local
+//! cluster (2 command, 2 query, 1 replica) in a separate state dir on its own ports, runs load
+//! at the `medium` level (20 writes/s + 80 reads/s through nginx), and injects one fault at a
+//! time: SIGKILL of a command instance, a query instance, the projection, a query replica,
+//! Redis (AOF) and the command DB; SIGSTOP/SIGCONT of a replica (hung, not dead); a PgBouncer
+//! restart. After each it checks that every acknowledged write is in the command DB with its
+//! last version and in every query DB (check-sync, statistics included), that nothing exists
+//! that nobody was told about, and how long the system took to serve again — without any
+//! manual step. Prints a table, writes JSON to `target/drill/`, exits non-zero on any loss.
+//!
+//! `--short` (what `cargo xtask test` runs) uses the debug binaries and shorter phases.
+
+mod load;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lexopt::prelude::*;
+use xshell::{cmd, Shell};
+
+use crate::bench::LocalCluster;
+use crate::cluster::{State, STATE_DIR_ENV};
+use crate::health;
+use load::Load;
+use verify::Verdict;
+
+/// The faults, in the order they run.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Kill(&'static str),
+    KillPostgres(&'static str),
+    Hang(&'static str),
+    Restart(&'static str),
+}
+
+const FAULTS: [Fault; 8] = [
+    Fault::Kill("command-1"),
+    Fault::Kill("query-1"),
+    Fault::Kill("projection"),
+    Fault::KillPostgres("query-db-replica1"),
+    Fault::Kill("redis"),
+    Fault::KillPostgres("command-db"),
+    Fault::Hang("query-db-replica1"),
+    Fault::Restart("pgbouncer"),
+];
+
+impl Fault {
+    fn service(self) -> &'static str {
+        match self {
+            Fault::Kill(s) | Fault::KillPostgres(s) | Fault::Hang(s) | Fault::Restart(s) => s,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Fault::Kill(s) | Fault::KillPostgres(s) => format!("SIGKILL {s}"),
+            Fault::Hang(s) => format!("SIGSTOP/SIGCONT {s}"),
+            Fault::Restart(s) => format!("restart {s}"),
+        }
+    }
+}
+
+/// One line of the result table.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    fault: String,
+    writes_acknowledged: u64,
+    writes_lost: u64,
+    phantom_writes: u64,
+    unanswered_writes: u64,
+    recovery_ms: u64,
+    client_errors_writes: u64,
+    client_errors_reads: u64,
+    reads_ok: u64,
+    converged: bool,
+    problems: Vec<String>,
+    ok: bool,
+}
+
+pub struct Drill {
+    short: bool,
+    keep: bool,
+    base_port: u16,
+}
+
+/// Default base port: far from the default cluster (8080) so a drill never touches it.
+const DRILL_BASE_PORT: u16 = 28080;
+
+impl Drill {
+    pub fn parse(p: &mut lexopt::Parser) -> Result<Drill> {
+        let mut d = Drill {
+            short: false,
+            keep: false,
+            base_port: DRILL_BASE_PORT,
+        };
+        while let Some(arg) = p.next()? {
+            match arg {
+                Long("short") => d.short = true,
+                Long("keep") => d.keep = true,
+                Long("base-port") => {
+                    d.base_port = p
+                        .value()?
+                        .string()?
+                        .parse()
+                        .context("--base-port expects a port number")?;
+                }
+                other => return Err(other.unexpected().into()),
+            }
+        }
+        Ok(d)
+    }
+
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let root = sh.current_dir();
+        let exe = std::env::current_exe().context("path of the xtask binary")?;
+        let bins = if self.short {
+            root.join("target/debug")
+        } else {
+            println!("building release binaries (cargo build --release --bins)");
+            cmd!(sh, "cargo build --release --bins").run()?;
+            root.join("target/release")
+        };
+        let state_dir = root.join("target/drill/cluster");
+        let cluster = DrillCluster {
+            exe,
+            root: root.clone(),
+            state_dir: state_dir.clone(),
+            bins,
+        };
+        cluster.xtask(&["down", "--volumes"]).ok();
+        let base = self.base_port.to_string();
+        cluster
+            .xtask(&[
+                "up",
+                "--commands",
+                "2",
+                "--queries",
+                "2",
+                "--replicas",
+                "1",
+                "--detach",
+                "--no-build",
+                "--no-install",
+                "--base-port",
+                &base,
+            ])
+            .context("start the drill cluster")?;
+        let result = self.drill(&cluster);
+        if self.keep {
+            println!(
+                "cluster kept running (XTASK_STATE_DIR={})",
+                state_dir.display()
+            );
+        } else {
+            cluster.xtask(&["down", "--volumes"]).ok();
+        }
+        result
+    }
+
+    fn drill(&self, cluster: &DrillCluster) -> Result<()> {
+        let state = cluster.state()?;
+        let local = LocalCluster::of(&state.topology);
+        let (pre, post) = if self.short {
+            (Duration::from_secs(2), Duration::from_secs(2))
+        } else {
+            (Duration::from_secs(5), Duration::from_secs(5))
+        };
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut rows = Vec::new();
+        for fault in FAULTS {
+            println!("\n== drill: {} ==", fault.describe());
+            let tag = format!("{}-{}-{stamp}", fault.service(), rows.len());
+            let load = Load::start(&local.write_url, &local.read_url, None, 20.0, 80.0, &tag)?;
+            std::thread::sleep(pre);
+            let injected_at = load.now_ms();
+            let injected = Instant::now();
+            cluster.inject(fault)?;
+            let recovered_at = cluster.wait_recovered(fault, &load, injected_at)?;
+            let recovery_ms = recovered_at.saturating_sub(injected_at);
+            println!(
+                "recovered after {recovery_ms} ms (injected {:?} ago)",
+                injected.elapsed()
+            );
+            std::thread::sleep(post);
+            let ledger = load.finish();
+            let verdict: Verdict = verify::verify(
+                &ledger,
+                &tag,
+                &local.command_db,
+                &local.query_dbs,
+                Duration::from_secs(60),
+            )?;
+            for p in &verdict.problems {
+                println!("  problem: {p}");
+            }
+            let ok = verdict.ok();
+            rows.push(Row {
+                fault: fault.describe(),
+                writes_acknowledged: ledger.writes_acked,
+                writes_lost: verdict.lost,
+                phantom_writes: verdict.phantom,
+                unanswered_writes: ledger.uncertain_creates
+                    + ledger
+                        .uncertain
+                        .values()
+                        .map(|n| u64::from(*n))
+                        .sum::<u64>(),
+                recovery_ms,
+                client_errors_writes: ledger.write_errors,
+                client_errors_reads: ledger.read_errors,
+                reads_ok: ledger.reads_ok,
+                converged: verdict.not_converged.is_empty(),
+                problems: verdict.problems.clone(),
+                ok,
+            });
+        }
+        print_table(&rows);
+        let out = cluster.root.join("target/drill");
+        std::fs::create_dir_all(&out)?;
+        let file = out.join(format!("{stamp}.json"));
+        std::fs::write(&file, serde_json::to_string_pretty(&rows)?)?;
+        println!("results: {}", file.display());
+        let failed: Vec<&Row> = rows.iter().filter(|r| !r.ok).collect();
+        if !failed.is_empty() {
+            let names: Vec<&str> = failed.iter().map(|r| r.fault.as_str()).collect();
+            bail!("drill failed for: {}", names.join(", "));
+        }
+        println!("drill passed: 0 writes lost under every fault");
+        Ok(())
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| fault | writes acknowledged | writes lost | phantom | unanswered | time to recover | client errors (writes/reads) | converged |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} s | {} / {} | {} |",
+            r.fault,
+            r.writes_acknowledged,
+            r.writes_lost,
+            r.phantom_writes,
+            r.unanswered_writes,
+            r.recovery_ms as f64 / 1000.0,
+            r.client_errors_writes,
+            r.client_errors_reads,
+            if r.converged { "yes" } else { "NO" }
+        );
+    }
+}
+
+/// The drill's own cluster, driven through the xtask binary with its own state dir.
+struct DrillCluster {
+    exe: PathBuf,
+    root: PathBuf,
+    state_dir: PathBuf,
+    bins: PathBuf,
+}
+
+impl DrillCluster {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.args(args)
+            .current_dir(&self.root)
+            .env(STATE_DIR_ENV, &self.state_dir)
+            .env("XTASK_BIN_DIR", &self.bins);
+        c
+    }
+
+    fn xtask(&self, args: &[&str]) -> Result<()> {
+        let status = self
+            .command(args)
+            .status()
+            .with_context(|| format!("run xtask {}", args.join(" ")))?;
+        if !status.success() {
+            bail!("xtask {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<State> {
+        let path = self.state_dir.join("state.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+
+    fn pid(&self, service: &str) -> Result<u32> {
+        self.state()?
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.pid)
+            .with_context(|| format!("{service} has no pid in the drill cluster's state"))
+    }
+
+    fn inject(&self, fault: Fault) -> Result<()> {
+        let sh = Shell::new()?;
+        match fault {
+            Fault::Kill(service) => {
+                let pid = self.pid(service)?.to_string();
+                cmd!(sh, "kill -KILL {pid}").quiet().run()?;
+            }
+            Fault::KillPostgres(service) => {
+                // The whole server dies, as in a crash: freeze the postmaster so it forks
+                // nothing new, kill its backends, then the postmaster.
+                let pid = self.pid(service)?.to_string();
+                cmd!(sh, "kill -STOP {pid}").quiet().run()?;
+                let _ = cmd!(sh, "pkill -KILL -P {pid}").quiet().run();
+                cmd!(sh, "kill -KILL {pid}").quiet().run()?;
+            }
+            Fault::Hang(service) => {
+                let pid = self.pid(service)?.to_string();
+                cmd!(sh, "kill -STOP {pid}").quiet().run()?;
+                let _ = cmd!(sh, "pkill -STOP -P {pid}").quiet().run();
+                std::thread::sleep(Duration::from_secs(3));
+                let _ = cmd!(sh, "pkill -CONT -P {pid}").quiet().run();
+                cmd!(sh, "kill -CONT {pid}").quiet().run()?;
+            }
+            Fault::Restart(service) => self.xtask(&["restart", service])?,
+        }
+        Ok(())
+    }
+
+    /// Waits until the faulted service is healthy again and a write and a read both succeeded
+    /// after that; returns the load clock (ms) at that moment.
+    fn wait_recovered(&self, fault: Fault, load: &Load, injected_at: u64) -> Result<u64> {
+        let sh = Shell::new()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let state = self.state()?;
+        let svc = state
+            .topology
+            .service(fault.service())
+            .with_context(|| format!("no service {}", fault.service()))?;
+        loop {
+            if health::check(&sh, &svc).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not come back within 120 s", fault.service());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let healthy_at = load.now_ms().max(injected_at);
+        loop {
+            let w = load
+                .last_write_ok
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let r = load.last_read_ok.load(std::sync::atomic::Ordering::Relaxed);
+            if w > healthy_at && r > healthy_at {
+                return Ok(w.max(r));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no successful write and read after {} recovered",
+                    fault.service()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests of `cargo xtask` that run the real binary (`CARGO_BIN_EXE_xtask`); one
+//! test binary for the crate, a module per area.
+
+mod cluster;
