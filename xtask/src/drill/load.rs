@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::bench::client::{Conn, Target};
+use crate::seed::{CATEGORIES, STATUSES};
 
 /// The last acknowledged state of one report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,16 +121,6 @@ impl Load {
         }
     }
 }
-
-const CATEGORIES: [&str; 6] = [
-    "kebersihan",
-    "kriminalitas",
-    "infrastruktur",
-    "kesehatan",
-    "keamanan",
-    "lainnya",
-];
-const STATUSES: [&str; 4] = ["pending", "in_progress", "resolved", "rejected"];
 
 fn writer(
     mut conn: Conn,
