@@ -428,12 +428,52 @@ fn local_cluster_end_to_end() {
     converged(&c, &[0, 2]);
 
     // Rebuild replica2, gone wrong, while writes keep flowing.
-    c.query_db(2)
-        .batch_execute(
-            "DELETE FROM read_reports WHERE ctid IN (SELECT ctid FROM read_reports LIMIT 10); \
-             UPDATE statistics SET count = count + 5;",
+    let removed: Vec<String> = c
+        .query_db(2)
+        .query(
+            "DELETE FROM read_reports WHERE ctid IN (SELECT ctid FROM read_reports LIMIT 10) \
+             RETURNING id::text",
+            &[],
         )
-        .expect("corrupt replica2");
+        .expect("corrupt replica2")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    c.query_db(2)
+        .batch_execute("UPDATE statistics SET count = count + 5")
+        .expect("corrupt replica2 statistics");
+    // check-sync sees it: non-zero exit, naming the DB and a report.
+    let command_url = format!("postgres://postgres@127.0.0.1:{}/reports", c.base - 2640);
+    let replica2 = format!(
+        "query-db-replica2=postgres://postgres@127.0.0.1:{}/reports_read",
+        c.base - 2637
+    );
+    let check = |c: &Cluster| {
+        c.xtask(&[
+            "check-sync",
+            "--command-db",
+            &command_url,
+            "--query-db",
+            &replica2,
+            "--wait",
+            "0",
+        ])
+    };
+    let out = check(&c);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "check-sync must fail on a tampered DB:\n{text}"
+    );
+    assert!(text.contains("query-db-replica2"), "names the DB:\n{text}");
+    assert!(
+        removed.iter().any(|id| text.contains(id.as_str())),
+        "names a report that differs:\n{text}"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = Arc::clone(&stop);
@@ -467,10 +507,62 @@ fn local_cluster_end_to_end() {
     let written = writer.join().expect("writer thread");
     assert!(written > 0, "writes flowed during the rebuild");
     converged(&c, &[0, 2]);
+    let out = check(&c);
+    assert!(
+        out.status.success(),
+        "check-sync after the rebuild:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // The replica returns and catches up from its own checkpoint.
     c.xtask_ok(&["start", "query-db-replica1"]);
     converged(&c, &[0, 1, 2]);
+
+    // A short bench against this cluster: every figure present, counts non-zero, no errors.
+    let bench_out = c.state.path().join("bench-light.json");
+    let bench_file = bench_out.display().to_string();
+    c.xtask_ok(&[
+        "bench",
+        "--level",
+        "light",
+        "--duration",
+        "3",
+        "--token",
+        &c.token,
+        "--out",
+        &bench_file,
+    ]);
+    let bench: Value =
+        serde_json::from_str(&std::fs::read_to_string(&bench_out).expect("bench JSON"))
+            .expect("bench JSON parses");
+    for side in ["writes", "reads"] {
+        let e = &bench[side];
+        assert!(e["sent"].as_u64().unwrap_or(0) > 0, "{side}: sent: {e}");
+        assert_eq!(e["sent"], e["ok"], "{side}: every request ok: {e}");
+        assert_eq!(e["errors"], json!({}), "{side}: no errors: {e}");
+        for figure in ["achieved_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+            assert!(
+                e[figure].as_f64().is_some_and(|v| v > 0.0),
+                "{side}.{figure}: {e}"
+            );
+        }
+    }
+    assert!(
+        bench["endpoints"].as_array().is_some_and(|a| a.len() >= 5),
+        "per-endpoint rows"
+    );
+    for side in ["write", "read"] {
+        let spread = bench["instances"][side]
+            .as_object()
+            .expect("instance spread");
+        assert!(!spread.is_empty(), "{side} instances: {spread:?}");
+    }
+    let lag = &bench["propagation"]["all"];
+    assert!(
+        lag["samples"].as_u64().unwrap_or(0) > 0,
+        "propagation sampled: {lag}"
+    );
+    assert!(lag["p99_ms"].as_f64().is_some(), "propagation p99: {lag}");
 
     // Logs never hold the token.
     for entry in std::fs::read_dir(c.state.path().join("logs")).expect("logs") {
