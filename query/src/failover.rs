@@ -102,12 +102,13 @@ impl Dbs {
         let settings = PoolSettings {
             size: config.pool_size,
             checkout_timeout: CHECKOUT_TIMEOUT,
-            // Not enforced: startup options do not pass PgBouncer in transaction mode, and a
-            // per-transaction `SET LOCAL` would triple the round trips of every read. Every
-            // statement here is an index lookup or an index range scan with LIMIT <= 100.
+            // Sent as a startup option: enforced by the server on direct connections; PgBouncer
+            // drops it (`ignore_startup_parameters = options`) and enforces its own
+            // `query_timeout` instead (rendered pgbouncer.ini). A per-transaction `SET LOCAL`
+            // would triple the round trips of every read.
             statement_timeout: Duration::from_secs(5),
             connect_timeout: CONNECT_TIMEOUT,
-            startup_options: false,
+            startup_options: true,
         };
         let dbs = config
             .dbs

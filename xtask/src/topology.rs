@@ -557,6 +557,11 @@ impl Topology {
              max_client_conn = 2000\n\
              ; Clients (the postgres crate, psql) send these; PgBouncer must not reject them.\n\
              ignore_startup_parameters = extra_float_digits,options\n\
+             ; Startup options (statement_timeout) are dropped above, so PgBouncer enforces the\n\
+             ; timeouts itself: a hung query DB yields an error within seconds, never a pile-up.\n\
+             query_timeout = 5\n\
+             query_wait_timeout = 5\n\
+             server_connect_timeout = 2\n\
              admin_users = postgres\n\
              stats_users = postgres\n",
         );
