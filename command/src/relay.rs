@@ -240,23 +240,31 @@ fn publish_batch(
 }
 
 /// Waits up to [`IDLE_POLL`] for a NOTIFY, then drains any others that queued meanwhile (one
-/// batch serves them all).
+/// batch serves them all). Each wait is a fresh `timeout_iter` for the time left: a
+/// `TimeoutIter` that has timed out once answers `None` at once from then on, so reusing one
+/// would spin.
 fn wait_for_notification(pg: &mut Client, stop: &AtomicBool) {
     let deadline = Instant::now() + IDLE_POLL;
-    let mut notifications = pg.notifications();
-    {
-        let mut it = notifications.timeout_iter(Duration::from_millis(100));
-        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-            match it.next() {
-                Ok(Some(_)) => break,
-                Ok(None) => {}
-                Err(_) => return, // the next batch finds the broken connection and reconnects
-            }
+    loop {
+        let now = Instant::now();
+        if now >= deadline || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Short slices so a SIGTERM is noticed within STOP_CHECK.
+        let slice = (deadline - now).min(STOP_CHECK);
+        match pg.notifications().timeout_iter(slice).next() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(_) => return, // the next batch finds the broken connection and reconnects
         }
     }
+    let mut notifications = pg.notifications();
     let mut rest = notifications.iter();
     while let Ok(Some(_)) = rest.next() {}
 }
+
+/// How often an idle relay looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     let deadline = Instant::now() + d;
