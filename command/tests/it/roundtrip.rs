@@ -140,3 +140,28 @@ fn health_and_metrics() {
         "{text}"
     );
 }
+
+/// An idle service must be idle: the relay waits on LISTEN/NOTIFY, it never spins. CPU time
+/// (not wall time) of the process over two idle seconds, so a busy machine cannot fake it.
+#[test]
+fn idle_service_does_not_spin() {
+    let stack = Stack::new("idle");
+    post(stack.svc.port, &new_report(1));
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = stack.svc.pid().expect("pid");
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // Fields after the parenthesised name; utime and stime are the 14th and 15th overall.
+        let rest = stat.rsplit_once(')').expect("stat format").1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    };
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks() - before;
+    // A spinning thread burns ~200 ticks (100 Hz) in 2 s; an idle relay a handful.
+    assert!(
+        used < 50,
+        "idle command service used {used} CPU ticks in 2 s"
+    );
+}
