@@ -18,10 +18,11 @@ cargo xtask <COMMAND>
 Commands:
   test                                   install what is missing, fmt + clippy + cargo test
   up --commands N --queries M [--replicas R] [--detach] [--docker] [--auth]
-     [--base-port P] [--no-build] [--no-install] [port flags]
+     [--base-port P] [--no-rate-limit] [--no-build] [--no-install] [port flags]
                                          run the whole topology as local processes
                                          (--auth: writes need a generated bearer token;
-                                         $XTASK_STATE_DIR moves .cluster elsewhere)
+                                         $XTASK_STATE_DIR moves .cluster elsewhere;
+                                         --no-rate-limit: no nginx limit_req, for capacity benchmarks)
   down [--volumes]                       stop everything (--volumes deletes .cluster data)
   status [--json]                        pid, address, health, checkpoints and lag
   logs [SERVICE]                         follow the log file(s)
@@ -45,6 +46,13 @@ Commands:
                                          open-loop load, latency from intended send time,
                                          JSON to target/bench/<time>-<level>.json
                                          (--token defaults to $XTASK_TOKEN)
+  bench --throughput [--duration S] [--out FILE] [--token T]
+                                         closed loop (wrk -t1 -c64, S s each, default 5):
+                                         pgbench -S ceiling, reads to query-1 and via nginx,
+                                         POST to command-1, projection events/s, RSS;
+                                         JSON to target/bench/<time>-throughput.json
+  bench --scale N                        the query service's statements at N reports in a
+                                         scratch DB: EXPLAIN (no seq scan) and latency
 
 Port flags (defaults; --base-port P shifts all of them by P-8080):
   --write-port 8080 --read-port 8090 --command-port-base 8100 (command-k = base+k)
@@ -66,7 +74,7 @@ pub enum Task {
     Images(crate::docker::Images),
     Rebuild(crate::rebuild::Rebuild),
     Drill(crate::drill::Drill),
-    Bench(crate::bench::Bench),
+    Bench(Box<crate::bench::Bench>),
     Seed(crate::seed::Seed),
     CheckSync(crate::check_sync::CheckSync),
 }
@@ -152,7 +160,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
             }
             Task::Render(crate::render::Render { topo, out, check })
         }
-        "bench" => Task::Bench(crate::bench::Bench::parse(&mut p)?),
+        "bench" => Task::Bench(Box::new(crate::bench::Bench::parse(&mut p)?)),
         "seed" => Task::Seed(crate::seed::Seed::parse(&mut p)?),
         "check-sync" => Task::CheckSync(crate::check_sync::CheckSync::parse(&mut p)?),
         "rebuild" => Task::Rebuild(crate::rebuild::Rebuild::parse(&mut p)?),
@@ -173,6 +181,7 @@ fn parse_up(p: &mut lexopt::Parser) -> Result<crate::up::Up> {
     let mut up = crate::up::Up::default();
     let mut base_port: Option<u16> = None;
     let mut explicit: Vec<(&'static str, u16)> = Vec::new();
+    let mut no_rate_limit = false;
     while let Some(arg) = p.next()? {
         match arg {
             Long("commands") => commands = Some(count(p, "--commands")?),
@@ -183,6 +192,7 @@ fn parse_up(p: &mut lexopt::Parser) -> Result<crate::up::Up> {
             Long("no-build") => up.no_build = true,
             Long("no-install") => up.no_install = true,
             Long("auth") => up.auth = true,
+            Long("no-rate-limit") => no_rate_limit = true,
             Long("base-port") => base_port = Some(number(p, "--base-port")?),
             Long(flag) => {
                 let Some(flag) = Ports::FLAGS.iter().copied().find(|f| *f == flag) else {
@@ -203,6 +213,7 @@ fn parse_up(p: &mut lexopt::Parser) -> Result<crate::up::Up> {
         ports.set(flag, value)?;
     }
     up.topo = Topology::new(commands, queries, replicas, ports);
+    up.topo.rate_limits = !no_rate_limit;
     up.topo.validate()?;
     Ok(up)
 }
@@ -263,6 +274,22 @@ mod tests {
         assert_eq!(up.topo.ports.write, 9080);
         assert_eq!(up.topo.ports.redis, 7390);
         assert_eq!(up.topo.ports.command_db, 6440);
+    }
+
+    #[test]
+    fn rate_limits_are_on_unless_turned_off() {
+        let Ok(Task::Up(on)) = parse_str("up --commands 1 --queries 1") else {
+            panic!("expected up");
+        };
+        assert!(on.topo.rate_limits);
+        let conf = on.topo.nginx_conf(crate::topology::Target::Local, None);
+        assert_eq!(conf.matches("limit_req zone=").count(), 2, "{conf}");
+        let Ok(Task::Up(off)) = parse_str("up --commands 1 --queries 1 --no-rate-limit") else {
+            panic!("expected up");
+        };
+        assert!(!off.topo.rate_limits);
+        let conf = off.topo.nginx_conf(crate::topology::Target::Local, None);
+        assert_eq!(conf.matches("limit_req zone=").count(), 0, "{conf}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Installs the system packages the local cluster and the test suite need (PostgreSQL 15,
-//! Redis, nginx, PgBouncer) on Debian/Ubuntu, saying what it installs.
+//! Redis, nginx, PgBouncer, and wrk for `bench --throughput`) on Debian/Ubuntu, saying what it
+//! installs.
 //!
 //! Used by `test` and `up`. Debian's packages start their system services on install; those
 //! would hold the ports a developer expects free (5432, 6379, 80, 6432), so after installing we
@@ -53,6 +54,12 @@ const PACKAGES: &[Package] = &[
         probes: &["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"],
         services: &["pgbouncer"],
     },
+    // `bench --throughput` drives its closed-loop figures with wrk.
+    Package {
+        name: "wrk",
+        probes: &["/usr/bin/wrk"],
+        services: &[],
+    },
 ];
 
 /// Packages whose probe files are all missing.
@@ -75,7 +82,7 @@ pub fn is_root() -> bool {
 pub fn ensure_installed(sh: &Shell) -> Result<()> {
     let missing = missing();
     if missing.is_empty() {
-        println!("system packages: postgresql-15, redis, nginx, pgbouncer present");
+        println!("system packages: postgresql-15, redis, nginx, pgbouncer, wrk present");
         return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|p| p.name).collect();

@@ -183,6 +183,14 @@ pub struct Topology {
     pub queries: u32,
     pub replicas: u32,
     pub ports: Ports,
+    /// nginx's per-client `limit_req`. On everywhere by default; `up --no-rate-limit` turns it
+    /// off for capacity benchmarks, where one client (the load generator) is all the traffic.
+    #[serde(default = "rate_limits_on")]
+    pub rate_limits: bool,
+}
+
+fn rate_limits_on() -> bool {
+    true
 }
 
 impl Default for Topology {
@@ -198,6 +206,7 @@ impl Topology {
             queries,
             replicas,
             ports,
+            rate_limits: true,
         }
     }
 
@@ -494,14 +503,14 @@ impl Topology {
         upstream(&mut c, "command_upstream", Some("least_conn"), &commands);
         // Reads spread round-robin so every query instance (and its DB) takes its share.
         upstream(&mut c, "query_upstream", None, &queries);
-        server(
-            &mut c,
-            &write_listen,
-            "command_upstream",
-            "writes",
-            WRITE_LIMIT,
-        );
-        server(&mut c, &read_listen, "query_upstream", "reads", READ_LIMIT);
+        let (writes, reads) = if self.rate_limits {
+            (Some(WRITE_LIMIT), Some(READ_LIMIT))
+        } else {
+            c.push_str("    # Rate limits off (`up --no-rate-limit`): capacity benchmarks only.\n");
+            (None, None)
+        };
+        server(&mut c, &write_listen, "command_upstream", "writes", writes);
+        server(&mut c, &read_listen, "query_upstream", "reads", reads);
         c.push_str("}\n");
         c
     }
@@ -618,13 +627,16 @@ const NGINX_ERRORS: [(&str, u16, &str); 3] = [
     ("upstream_unavailable", 503, "upstream unavailable"),
 ];
 
-fn server(c: &mut String, listen: &str, upstream: &str, zone: &str, limit: RateLimit) {
-    let burst = limit.burst;
+fn server(c: &mut String, listen: &str, upstream: &str, zone: &str, limit: Option<RateLimit>) {
+    let limit_req = match limit {
+        Some(l) => format!("limit_req zone={zone} burst={} nodelay;", l.burst),
+        None => "# no limit_req (rate limits off)".to_owned(),
+    };
     let _ = write!(
         c,
         "    server {{
         listen {listen};
-        limit_req zone={zone} burst={burst} nodelay;
+        {limit_req}
         # nginx's own errors in the services' JSON envelope. An instance's own 4xx/5xx JSON
         # passes through untouched (proxy_intercept_errors off): only what nginx itself
         # answers (429, 413, 502/504 when no instance answers) is replaced.

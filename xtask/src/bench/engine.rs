@@ -299,6 +299,7 @@ pub fn run_fixed(cfg: &BenchConfig) -> Result<BenchReport> {
         },
         steps: Vec::new(),
         max_sustained_rps: None,
+        rss: Vec::new(),
     })
 }
 

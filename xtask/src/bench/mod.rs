@@ -5,16 +5,20 @@
 //!
 //! Layout: [`schedule`] (intended times, mixes), [`client`] (keep-alive HTTP/1.1), [`engine`]
 //! (scheduler, workers, collector), [`lag`] (query-DB pollers), [`report`] (figures, table,
-//! JSON, compare). [`run`] is the library entry point: tests and other tasks call it with a
+//! JSON, compare), [`rss`] (each service's memory at the end of a run), [`throughput`] (the
+//! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up). [`run`] is the library entry point: tests and other tasks call it with a
 //! [`BenchConfig`] and get a [`BenchReport`] back.
 
 pub mod client;
 mod engine;
 mod lag;
 pub mod report;
+pub mod rss;
+pub mod scale;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
+pub mod throughput;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -275,6 +279,10 @@ pub struct Bench {
     query_dbs: Vec<(String, String)>,
     no_lag: bool,
     max_workers: Option<usize>,
+    /// `--throughput`: the closed-loop suite instead of open-loop levels.
+    throughput: bool,
+    /// `--scale N`: the read path's statements at N reports (EXPLAIN + latency).
+    scale: Option<u64>,
 }
 
 fn value<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T> {
@@ -305,6 +313,8 @@ impl Bench {
                 }
                 Long("no-lag") => b.no_lag = true,
                 Long("max-workers") => b.max_workers = Some(value(p, "--max-workers")?),
+                Long("throughput") => b.throughput = true,
+                Long("scale") => b.scale = Some(value(p, "--scale")?),
                 _ => bail!("{}", arg.unexpected()),
             }
         }
@@ -325,6 +335,23 @@ impl Bench {
         }
         if b.max_workers == Some(0) {
             bail!("--max-workers must be at least 1");
+        }
+        if b.throughput {
+            let open_loop_only = b.level.is_some()
+                || b.write_rps.is_some()
+                || b.read_rps.is_some()
+                || b.mix.is_some()
+                || b.write_url.is_some()
+                || b.read_url.is_some()
+                || b.compare.is_some()
+                || !b.query_dbs.is_empty()
+                || b.no_lag
+                || b.max_workers.is_some();
+            if open_loop_only {
+                bail!(
+                    "--throughput measures the local cluster closed-loop; it takes only --duration, --out and --token"
+                );
+            }
         }
         Ok(b)
     }
@@ -384,6 +411,20 @@ impl Bench {
     }
 
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if self.throughput {
+            return self.run_throughput(sh);
+        }
+        if let Some(rows) = self.scale {
+            let local = LocalCluster::discover(sh);
+            let primary = local
+                .query_dbs
+                .first()
+                .map(|(_, url)| url.clone())
+                .context("the local cluster has no query DB")?;
+            let results = scale::run(&primary, rows)?;
+            print!("{}", scale::table(rows, &results));
+            return Ok(());
+        }
         let local = (self.write_url.is_none() || self.read_url.is_none())
             .then(|| LocalCluster::discover(sh));
         let cfg = self.config(local.as_ref())?;
@@ -418,7 +459,11 @@ impl Bench {
                 )
             }
         );
-        let report = run(&cfg)?;
+        let mut report = run(&cfg)?;
+        if self.write_url.is_none() && self.read_url.is_none() {
+            // The local cluster was benched: its services' memory now, at the end of the run.
+            report.rss = rss::sample(sh);
+        }
         print!("{}", report.table());
         let out = match &self.out {
             Some(p) => p.clone(),
@@ -448,6 +493,44 @@ impl Bench {
             );
             print!("{}", report::compare(&old, &new));
         }
+        Ok(())
+    }
+}
+
+impl Bench {
+    /// `--throughput`: the closed-loop suite of [`throughput`], its table and its JSON.
+    fn run_throughput(self, sh: &Shell) -> Result<()> {
+        let cfg = throughput::ThroughputConfig {
+            duration: self
+                .duration
+                .map_or(throughput::DEFAULT_DURATION, Duration::from_secs_f64),
+            token: self
+                .token
+                .clone()
+                .or_else(|| std::env::var("XTASK_TOKEN").ok()),
+        };
+        let report = throughput::run(sh, &cfg)?;
+        print!("{}", report.table());
+        let out = match &self.out {
+            Some(p) => p.clone(),
+            None => {
+                let stamp = time::OffsetDateTime::now_utc()
+                    .format(time::macros::format_description!(
+                        "[year][month][day]-[hour][minute][second]"
+                    ))
+                    .unwrap_or_else(|_| "run".into());
+                sh.current_dir()
+                    .join("target")
+                    .join("bench")
+                    .join(format!("{stamp}-throughput.json"))
+            }
+        };
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&out, json + "\n").with_context(|| format!("write {}", out.display()))?;
+        println!("\nresults: {}", out.display());
         Ok(())
     }
 }

@@ -171,6 +171,9 @@ pub struct BenchReport {
     /// `--level max`: the highest total rate that held the bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sustained_rps: Option<f64>,
+    /// Each service's memory at the end of the run (local cluster only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rss: Vec<super::rss::ServiceRss>,
 }
 
 impl BenchReport {
@@ -311,6 +314,10 @@ impl BenchReport {
                     let _ = writeln!(t, "no step held (even the first rate failed)");
                 }
             }
+        }
+        if !self.rss.is_empty() {
+            t.push('\n');
+            t.push_str(&super::rss::table(&self.rss));
         }
         t
     }
