@@ -26,6 +26,8 @@ pub struct Metrics {
     pub relay_errors: AtomicU64,
     /// Whether the relay's last Redis call succeeded.
     pub redis_up: AtomicBool,
+    /// Whether this instance's relay is the elected publisher.
+    pub relay_leader: AtomicBool,
 }
 
 impl Metrics {
@@ -72,6 +74,11 @@ impl Metrics {
             out,
             "# TYPE command_redis_up gauge\ncommand_redis_up{{instance=\"{instance}\"}} {}",
             u8::from(self.redis_up.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE command_relay_leader gauge\ncommand_relay_leader{{instance=\"{instance}\"}} {}",
+            u8::from(self.relay_leader.load(Ordering::Relaxed))
         );
         match backlog {
             Some(n) => {

@@ -1,11 +1,14 @@
 //! The relay: publishes the command DB's event log to the Redis stream `report-events` in
 //! position order and marks the rows published.
 //!
-//! Every command instance runs one; a transaction-scoped advisory lock lets exactly one of
-//! them publish a batch at a time, so the stream keeps position order even with N instances.
-//! A batch is: lock, read up to `batch` unpublished rows, XADD them in one pipeline, mark them,
-//! commit. A crash between XADD and COMMIT republishes the batch — at-least-once, which the
-//! projection absorbs because events are versioned snapshots.
+//! Every command instance runs one, and they elect a leader: the relay whose connection holds
+//! the session-level advisory lock publishes; the others only try to take the lock every
+//! [`FOLLOWER_POLL`]. When the leader dies, its connection closes, the lock is released and a
+//! follower takes over within that interval. One publisher keeps the stream in position order
+//! and keeps the command DB free of N relays racing for every write.
+//! A batch is: read up to `batch` unpublished rows, XADD them in one pipeline, mark them, commit.
+//! A crash between XADD and COMMIT republishes the batch — at-least-once, which the projection
+//! absorbs because events are versioned snapshots.
 //!
 //! **Invariant:** the request path never waits on Redis. When Redis is down, writes keep
 //! committing and the backlog waits in the event log until Redis returns.
@@ -23,7 +26,7 @@ use shared::event::{Event, EventType, STREAM};
 use crate::metrics::Metrics;
 use crate::store::NOTIFY_CHANNEL;
 
-/// Fixed key of the advisory lock that elects the publishing relay for one batch.
+/// Fixed key of the session-level advisory lock held by the leading (publishing) relay.
 const RELAY_LOCK: i64 = 0x0072_656c_6179; // "relay"
 
 /// How long the relay sleeps when there is no notification: a safety net for a missed NOTIFY
@@ -33,6 +36,9 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Redis connect/read/write timeout: a hung Redis makes the relay back off, never hang.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a follower tries to become the leader: the longest a dead leader's backlog waits.
+const FOLLOWER_POLL: Duration = Duration::from_millis(500);
 
 /// Longest wait between attempts while Redis or the DB is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -94,6 +100,7 @@ impl std::fmt::Display for RelayError {
 }
 
 fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop: &AtomicBool) {
+    // The leader's session: dropping it releases the lock (and a follower takes over).
     let mut pg: Option<Client> = None;
     let mut redis: Option<redis::Connection> = None;
     let mut backoff = Duration::from_millis(100);
@@ -103,14 +110,40 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        let result = connect_pg(&mut pg, &config.database_url)
-            .and_then(|()| connect_redis(&mut redis, &config.redis_url));
-        let result = result.and_then(|()| match (pg.as_mut(), redis.as_mut()) {
-            (Some(pg), Some(redis)) => publish_batch(pg, redis, config.batch),
-            _ => Ok(0),
-        });
+        let leading = pg.is_some();
+        let result = if leading {
+            connect_redis(&mut redis, &config.redis_url).and_then(|()| {
+                match (pg.as_mut(), redis.as_mut()) {
+                    (Some(pg), Some(redis)) => publish_batch(pg, redis, config.batch).map(Some),
+                    _ => Ok(Some(0)),
+                }
+            })
+        } else {
+            try_lead(&config.database_url).map(|won| {
+                if let Some(client) = won {
+                    shared::info!("relay: leading: this instance publishes the event log");
+                    metrics.relay_leader.store(true, Ordering::Relaxed);
+                    pg = Some(client);
+                }
+                None
+            })
+        };
         match result {
-            Ok(published) => {
+            // A follower: keep /ready's view of Redis true, try to lead again later.
+            Ok(None) if pg.is_none() => {
+                last_error = None;
+                let up = connect_redis(&mut redis, &config.redis_url).is_ok()
+                    && redis
+                        .as_mut()
+                        .is_some_and(|r| redis::cmd("PING").query::<String>(r).is_ok());
+                if !up {
+                    redis = None;
+                }
+                metrics.redis_up.store(up, Ordering::Relaxed);
+                sleep_unless_stopped(FOLLOWER_POLL, stop);
+            }
+            Ok(None) => {} // just became the leader: publish at once
+            Ok(Some(published)) => {
                 metrics.redis_up.store(true, Ordering::Relaxed);
                 if last_error.take().is_some() {
                     shared::info!("relay: recovered, publishing again");
@@ -131,7 +164,14 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
             Err(e) => {
                 metrics.relay_errors.fetch_add(1, Ordering::Relaxed);
                 match &e {
-                    RelayError::Db(_) | RelayError::Corrupt(_) => pg = None,
+                    RelayError::Db(_) | RelayError::Corrupt(_) => {
+                        if pg.take().is_some() {
+                            metrics.relay_leader.store(false, Ordering::Relaxed);
+                            shared::warn!(
+                                "relay: lost the command-db session; leadership released"
+                            );
+                        }
+                    }
                     RelayError::Redis(_) => {
                         metrics.redis_up.store(false, Ordering::Relaxed);
                         redis = None;
@@ -148,21 +188,34 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
             }
         }
     }
+    metrics.relay_leader.store(false, Ordering::Relaxed);
     shared::info!("relay: stopped");
 }
 
-fn connect_pg(slot: &mut Option<Client>, url: &str) -> Result<(), RelayError> {
-    if slot.is_none() {
-        let mut config: postgres::Config = url.parse().map_err(RelayError::Db)?;
-        config.connect_timeout(Duration::from_secs(2));
-        config.keepalives(true);
-        let mut client = config.connect(NoTls).map_err(RelayError::Db)?;
-        client
-            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-            .map_err(RelayError::Db)?;
-        *slot = Some(client);
+/// Connects and tries to take the leader lock; on success the session LISTENs and is returned
+/// (it must stay open: the lock lives as long as the session). A follower's connection is
+/// closed again at once, so N instances cost one extra connection, not N.
+fn try_lead(url: &str) -> Result<Option<Client>, RelayError> {
+    let mut config: postgres::Config = url.parse().map_err(RelayError::Db)?;
+    config.connect_timeout(Duration::from_secs(2));
+    config.keepalives(true);
+    let mut client = config.connect(NoTls).map_err(RelayError::Db)?;
+    let won: bool = client
+        .query_typed(
+            "SELECT pg_try_advisory_lock($1)",
+            &[(&RELAY_LOCK, Type::INT8)],
+        )
+        .map_err(RelayError::Db)?
+        .first()
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    if !won {
+        return Ok(None);
     }
-    Ok(())
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .map_err(RelayError::Db)?;
+    Ok(Some(client))
 }
 
 fn connect_redis(slot: &mut Option<redis::Connection>, url: &str) -> Result<(), RelayError> {
@@ -180,26 +233,13 @@ fn connect_redis(slot: &mut Option<redis::Connection>, url: &str) -> Result<(), 
     Ok(())
 }
 
-/// Publishes one batch; returns how many events it published (0 when another instance holds
-/// the relay lock or nothing is pending).
+/// Publishes one batch; returns how many events it published (0 when nothing is pending).
 fn publish_batch(
     pg: &mut Client,
     redis: &mut redis::Connection,
     batch: i64,
 ) -> Result<usize, RelayError> {
     let mut tx = pg.transaction().map_err(RelayError::Db)?;
-    let locked: bool = tx
-        .query_typed(
-            "SELECT pg_try_advisory_xact_lock($1)",
-            &[(&RELAY_LOCK, Type::INT8)],
-        )
-        .map_err(RelayError::Db)?
-        .first()
-        .map(|r| r.get(0))
-        .unwrap_or(false);
-    if !locked {
-        return Ok(0);
-    }
     let rows = tx
         .query_typed(
             "SELECT position, event_id, event_type, report_id, version, payload, created_at \

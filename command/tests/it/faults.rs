@@ -173,3 +173,41 @@ fn command_db_killed_mid_load() {
         "at most one in-flight write per writer without an answer"
     );
 }
+
+/// Two instances elect one publishing relay; when the leader is SIGKILLed the other takes
+/// over, and writes made meanwhile reach the stream without anyone stepping in.
+#[test]
+fn relay_leader_killed_follower_takes_over() {
+    let stack = Stack::new("relay_failover");
+    let second = start_command(&stack.db_url, &stack.redis.url(), "command-2");
+    let leader_of = |port: u16| -> bool {
+        http(port, "GET", "/metrics", &[], b"").is_ok_and(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .any(|l| l.starts_with("command_relay_leader") && l.ends_with(" 1"))
+        })
+    };
+    wait_until("one relay leads", Duration::from_secs(10), || {
+        leader_of(stack.svc.port) ^ leader_of(second.port)
+    });
+    let (leader, follower) = if leader_of(stack.svc.port) {
+        (&stack.svc, &second)
+    } else {
+        (&second, &stack.svc)
+    };
+    assert_eq!(post(follower.port, &new_report(1)).status, 201);
+    wait_until("the first event published", Duration::from_secs(10), || {
+        stream_events(&stack.redis).len() == 1
+    });
+
+    leader.kill();
+    for i in 2..=11 {
+        assert_eq!(post(follower.port, &new_report(i)).status, 201);
+    }
+    wait_until(
+        "the follower takes over and publishes",
+        Duration::from_secs(10),
+        || stream_events(&stack.redis).len() == 11,
+    );
+    assert!(leader_of(follower.port), "the survivor now leads");
+}
