@@ -111,3 +111,25 @@ pub fn classify(e: &postgres::Error) -> DbErrorKind {
         Some(_) => DbErrorKind::Other,
     }
 }
+
+/// Where the PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`, `pgbench`) live:
+/// version 15 — what the project is built and tested against — when it is installed, else the
+/// newest installed major version (Ubuntu ships 14 or 16). `None` when no server is installed.
+pub fn server_bin_dir() -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new("/usr/lib/postgresql");
+    let preferred = root.join("15/bin");
+    if preferred.join("initdb").exists() {
+        return Some(preferred);
+    }
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}

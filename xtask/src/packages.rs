@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 /// Where Debian's `postgresql-15` puts its binaries.
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 struct Package {
     /// Debian package name.
@@ -24,14 +23,16 @@ struct Package {
 }
 
 const PACKAGES: &[Package] = &[
+    // Probed by `shared::db::server_bin_dir` (any installed major version; 15 preferred) and
+    // installed as postgresql-15 where the distribution has it, else its default `postgresql`.
     Package {
         name: "postgresql-15",
-        probes: &["/usr/lib/postgresql/15/bin/initdb"],
+        probes: &[],
         services: &["postgresql"],
     },
     Package {
         name: "postgresql-client-15",
-        probes: &["/usr/lib/postgresql/15/bin/psql", "/usr/bin/psql"],
+        probes: &["/usr/bin/psql"],
         services: &[],
     },
     Package {
@@ -66,7 +67,12 @@ const PACKAGES: &[Package] = &[
 fn missing() -> Vec<&'static Package> {
     PACKAGES
         .iter()
-        .filter(|p| !p.probes.iter().any(|f| Path::new(f).exists()))
+        .filter(|p| {
+            if p.name == "postgresql-15" {
+                return shared::db::server_bin_dir().is_none();
+            }
+            !p.probes.iter().any(|f| Path::new(f).exists())
+        })
         .collect()
 }
 
@@ -99,11 +105,32 @@ pub fn ensure_installed(sh: &Shell) -> Result<()> {
     cmd!(sh, "{sudo} apt-get update -q")
         .run()
         .context("apt-get update failed")?;
-    let pkgs = names.clone();
-    cmd!(sh, "{sudo} apt-get install -y -q {pkgs...}")
-        .env("DEBIAN_FRONTEND", "noninteractive")
+    // PostgreSQL 15 where the distribution has it (Debian 12); elsewhere (Ubuntu ships 14 or
+    // 16) its default version, which the code finds the same way.
+    let has_15 = cmd!(sh, "apt-cache show postgresql-15")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
         .run()
-        .with_context(|| format!("apt-get install {} failed", names.join(" ")))?;
+        .is_ok();
+    let pkgs: Vec<&str> = names
+        .iter()
+        .map(|n| match (*n, has_15) {
+            ("postgresql-15", false) => "postgresql",
+            ("postgresql-client-15", false) => "postgresql-client",
+            (other, _) => other,
+        })
+        .collect();
+    if !has_15 && pkgs.contains(&"postgresql") {
+        println!("postgresql-15 is not in this distribution's archive: installing its default `postgresql`");
+    }
+    // `env` sets the variable for apt-get itself, also through sudo (which resets the env).
+    cmd!(
+        sh,
+        "{sudo} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {pkgs...}"
+    )
+    .run()
+    .with_context(|| format!("apt-get install {} failed", names.join(" ")))?;
     for pkg in &missing {
         for service in pkg.services {
             // Best-effort: in containers there is often no init system at all.
@@ -126,12 +153,11 @@ pub fn ensure_installed(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
-/// Full path of a PostgreSQL 15 tool, falling back to `$PATH`.
+/// Full path of a PostgreSQL server tool (15 preferred, see `shared::db::server_bin_dir`),
+/// falling back to `$PATH`.
 pub fn pg_tool(name: &str) -> String {
-    let path = Path::new(PG_BIN).join(name);
-    if path.exists() {
-        path.display().to_string()
-    } else {
-        name.to_string()
+    match shared::db::server_bin_dir() {
+        Some(dir) if dir.join(name).exists() => dir.join(name).display().to_string(),
+        _ => name.to_string(),
     }
 }

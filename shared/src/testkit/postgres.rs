@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use super::{free_port, is_root, signal, wait_until};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 /// A running cluster; stopped (immediately) and deleted on drop.
 #[derive(Debug)]
 pub struct PgCluster {
@@ -20,11 +18,9 @@ pub struct PgCluster {
 }
 
 fn bin(name: &str) -> String {
-    let p = Path::new(PG_BIN).join(name);
-    if p.exists() {
-        p.display().to_string()
-    } else {
-        name.to_owned()
+    match crate::db::server_bin_dir() {
+        Some(dir) if dir.join(name).exists() => dir.join(name).display().to_string(),
+        _ => name.to_owned(),
     }
 }
 
