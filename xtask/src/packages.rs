@@ -11,8 +11,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-/// Where Debian's `postgresql-15` puts its binaries.
-
 struct Package {
     /// Debian package name.
     name: &'static str,
