@@ -122,17 +122,15 @@ fn health(ctx: &Ctx) -> Reply {
     Reply::new(200, ctx.health_body.clone())
 }
 
-/// The `/health` body for an instance.
+/// The `/health` body for an instance, exactly as SPEC §2 shows it (the same shape as the
+/// command service's, so one probe reads both).
 pub fn health_body(instance: &str) -> Vec<u8> {
-    ok_body(
-        instance,
-        None,
-        serde_json::json!({
-            "status": "healthy",
-            "service": "reporting-query",
-            "instance": instance,
-        }),
-    )
+    serde_json::to_vec(&serde_json::json!({
+        "status": "healthy",
+        "service": "reporting-query",
+        "instance": instance,
+    }))
+    .unwrap_or_default()
 }
 
 /// Readiness: at least one query DB answers its probe.
