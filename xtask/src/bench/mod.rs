@@ -465,26 +465,7 @@ impl Bench {
             report.rss = rss::sample(sh);
         }
         print!("{}", report.table());
-        let out = match &self.out {
-            Some(p) => p.clone(),
-            None => {
-                let stamp = time::OffsetDateTime::now_utc()
-                    .format(time::macros::format_description!(
-                        "[year][month][day]-[hour][minute][second]"
-                    ))
-                    .unwrap_or_else(|_| "run".into());
-                sh.current_dir()
-                    .join("target")
-                    .join("bench")
-                    .join(format!("{stamp}-{}.json", report.level))
-            }
-        };
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&out, json + "\n").with_context(|| format!("write {}", out.display()))?;
-        println!("\nresults: {}", out.display());
+        let out = write_results(sh, self.out.as_deref(), &report.level, &report)?;
         if let Some(old) = old {
             let new = serde_json::to_value(&report)?;
             println!(
@@ -511,26 +492,37 @@ impl Bench {
         };
         let report = throughput::run(sh, &cfg)?;
         print!("{}", report.table());
-        let out = match &self.out {
-            Some(p) => p.clone(),
-            None => {
-                let stamp = time::OffsetDateTime::now_utc()
-                    .format(time::macros::format_description!(
-                        "[year][month][day]-[hour][minute][second]"
-                    ))
-                    .unwrap_or_else(|_| "run".into());
-                sh.current_dir()
-                    .join("target")
-                    .join("bench")
-                    .join(format!("{stamp}-throughput.json"))
-            }
-        };
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&out, json + "\n").with_context(|| format!("write {}", out.display()))?;
-        println!("\nresults: {}", out.display());
+        write_results(sh, self.out.as_deref(), "throughput", &report)?;
         Ok(())
     }
+}
+
+/// Writes a run's JSON to `out`, or to `target/bench/<time>-<kind>.json`; returns the path.
+fn write_results(
+    sh: &Shell,
+    out: Option<&std::path::Path>,
+    kind: &str,
+    report: &impl serde::Serialize,
+) -> Result<PathBuf> {
+    let out = match out {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let stamp = time::OffsetDateTime::now_utc()
+                .format(time::macros::format_description!(
+                    "[year][month][day]-[hour][minute][second]"
+                ))
+                .unwrap_or_else(|_| "run".into());
+            sh.current_dir()
+                .join("target")
+                .join("bench")
+                .join(format!("{stamp}-{kind}.json"))
+        }
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(&out, json + "\n").with_context(|| format!("write {}", out.display()))?;
+    println!("\nresults: {}", out.display());
+    Ok(out)
 }
