@@ -27,6 +27,32 @@ pub fn free_port() -> u16 {
         .expect("no free port on 127.0.0.1")
 }
 
+/// True when process `pid` holds the listening TCP socket on `port` (from `/proc/net/tcp*`
+/// and the process's fds). `free_port` can hand the same port to two tests that start at once;
+/// this tells our own child from someone else's server answering on "our" port.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let port_hex = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, rem_address, st (0A = LISTEN), …, inode
+            if f.len() > 9 && f[1].ends_with(&port_hex) && f[3] == "0A" {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 /// Polls `check` every 50 ms until it returns true; panics naming `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -78,14 +78,20 @@ impl PgCluster {
             ])
             .arg(&data);
         run(initdb, "initdb");
-        let cluster = PgCluster {
+        let mut cluster = PgCluster {
             log: dir.path().join("postgres.log"),
             _dir: dir,
             data,
             socket_dir,
             port: free_port(),
         };
-        cluster.start_again();
+        // Another test may have been handed the same free port a moment earlier.
+        let mut tries = 0;
+        while let Err(why) = cluster.try_start() {
+            tries += 1;
+            assert!(tries < 5, "postgres: no free port after 5 tries: {why}");
+            cluster.port = free_port();
+        }
         let pg_ctl = bin("pg_ctl");
         let data = cluster.data.display().to_string();
         let dir = cluster._dir.path().display().to_string();
@@ -105,6 +111,12 @@ impl PgCluster {
 
     /// Starts the (stopped) cluster again on the same port and data.
     pub fn start_again(&self) {
+        if let Err(why) = self.try_start() {
+            panic!("{why}");
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let opts = format!(
             // fsync=off survives a killed postgres (the OS keeps the page cache), which is the
             // fault our tests inject; synchronous_commit stays on, because with it off a
@@ -121,17 +133,19 @@ impl PgCluster {
             .arg(&self.log)
             .args(["-o", &opts, "-w", "-t", "30", "start"]);
         let out = c.output().expect("run pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            self.log_tail()
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                self.log_tail()
+            ));
+        }
         wait_until(
             "postgres accepts connections",
             Duration::from_secs(20),
             || ::postgres::Client::connect(&self.url("postgres"), ::postgres::NoTls).is_ok(),
         );
+        Ok(())
     }
 
     /// Clean shutdown (`pg_ctl stop -m fast`): open connections are closed.

@@ -21,12 +21,19 @@ impl RedisServer {
             .prefix("reports-redis-")
             .tempdir()
             .expect("temp dir");
-        let server = RedisServer {
+        let mut server = RedisServer {
             dir,
             child: Mutex::new(None),
             port: free_port(),
         };
-        server.start_again();
+        // Another test may have been handed the same free port a moment earlier: then our
+        // redis-server exits on the failed bind and we try another port.
+        let mut tries = 0;
+        while !server.try_start() {
+            tries += 1;
+            assert!(tries < 5, "redis-server: no free port after 5 tries");
+            server.port = free_port();
+        }
         let dir = server.dir.path().display().to_string();
         super::on_process_exit("sleep 1; rm -rf \"$1\"", &[&dir]);
         server
@@ -42,6 +49,15 @@ impl RedisServer {
 
     /// Starts the server (again) on the same port and data dir.
     pub fn start_again(&self) {
+        assert!(
+            self.try_start(),
+            "redis-server could not listen on {} again",
+            self.port
+        );
+    }
+
+    /// Spawns redis-server and waits until it answers on its port; false when it exited first.
+    fn try_start(&self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -60,13 +76,32 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (is it installed? `cargo xtask test` installs it)");
-        super::on_process_exit("kill -9 \"$1\"", &[&child.id().to_string()]);
+        let pid = child.id();
+        super::on_process_exit("kill -9 \"$1\"", &[&pid.to_string()]);
         *self.child.lock().expect("redis child lock") = Some(child);
+        let mut exited = false;
         wait_until(
             "redis to accept connections",
             Duration::from_secs(10),
-            || self.connection().is_some(),
+            || {
+                let running = self
+                    .child
+                    .lock()
+                    .ok()
+                    .and_then(|mut c| c.as_mut().map(|c| matches!(c.try_wait(), Ok(None))))
+                    .unwrap_or(false);
+                if !running {
+                    exited = true;
+                    return true;
+                }
+                // Our own process must hold the port, not another test's Redis.
+                super::listens_on(pid, self.port) && self.connection().is_some()
+            },
         );
+        if exited {
+            self.stop();
+        }
+        !exited
     }
 
     /// SIGKILL: everything not yet in the AOF is gone, as in a crash.

@@ -18,29 +18,47 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `bin` with `env` (PORT is added) and waits until GET /health answers 200.
+    /// Starts `bin` with `env` (PORT is added) and waits until GET /health answers 200 from
+    /// this very process. If another test grabbed the same free port first (our child then
+    /// exits on the failed bind), it starts again on another port.
     pub fn start(bin: &str, env: &[(&str, String)]) -> Service {
-        let log = tempfile::Builder::new()
-            .prefix("reports-service-")
-            .suffix(".log")
-            .tempfile()
-            .expect("log file");
-        let service = Service {
+        let mut service = Service {
             bin: PathBuf::from(bin),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             child: Mutex::new(None),
-            log,
+            log: tempfile::Builder::new()
+                .prefix("reports-service-")
+                .suffix(".log")
+                .tempfile()
+                .expect("log file"),
             port: free_port(),
         };
-        service.start_again();
-        service
+        for _ in 0..5 {
+            if service.try_start() {
+                return service;
+            }
+            service.port = free_port();
+        }
+        panic!("{}: no free port after 5 tries\n{}", bin, service.log());
     }
 
     /// Starts the process (again) on the same port.
     pub fn start_again(&self) {
+        assert!(
+            self.try_start(),
+            "{} could not listen on port {} again:\n{}",
+            self.bin.display(),
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Spawns the child and waits until it answers /health on its port; false when it exited
+    /// first (the port was taken).
+    fn try_start(&self) -> bool {
         let log = self.log.reopen().expect("log file");
         let child = Command::new(&self.bin)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -49,14 +67,27 @@ impl Service {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-        super::on_process_exit("kill -9 \"$1\"", &[&child.id().to_string()]);
+        let pid = child.id();
+        super::on_process_exit("kill -9 \"$1\"", &[&pid.to_string()]);
         *self.child.lock().expect("child lock") = Some(child);
         let port = self.port;
+        let mut exited = false;
         wait_until(
             &format!("{} /health on port {port}", self.bin.display()),
             Duration::from_secs(30),
-            || http(port, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200),
+            || {
+                if !self.is_running() {
+                    exited = true;
+                    return true;
+                }
+                super::listens_on(pid, port)
+                    && http(port, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200)
+            },
         );
+        if exited {
+            self.kill();
+        }
+        !exited
     }
 
     pub fn pid(&self) -> Option<u32> {
