@@ -13,6 +13,7 @@
 mod load;
 mod verify;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -123,7 +124,13 @@ impl Drill {
             cmd!(sh, "cargo build --release --bins").run()?;
             root.join("target/release")
         };
-        let state_dir = root.join("target/drill/cluster");
+        // Under the temp dir, not the repository: PostgreSQL runs as `postgres`, which may not
+        // be able to traverse the checkout's parents (a clone under /root, say).
+        let state_dir = std::env::temp_dir().join(format!("reports-drill-{}", std::process::id()));
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("create {}", state_dir.display()))?;
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", state_dir.display()))?;
         let cluster = DrillCluster {
             exe,
             root: root.clone(),
