@@ -8,7 +8,10 @@
 //!
 //! `$XTASK_STATE_DIR` moves the whole directory elsewhere (tests run a second cluster in a
 //! temp dir without touching a developer's); every command and the detached supervisor read
-//! the same variable, so they agree on it.
+//! the same variable, so they agree on it. Without it, the directory is `<root>/.cluster`,
+//! unless PostgreSQL — run as `postgres` when we are root — could not reach it (a checkout
+//! under `/root`, say): then it is `/var/tmp/laporan-warga-cluster-<hash of the root>`, the
+//! same for every command run from that checkout.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,9 +31,13 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(sh: &Shell) -> Layout {
+        let root = sh.current_dir();
         let dir = match std::env::var_os(STATE_DIR_ENV) {
-            Some(dir) if !dir.is_empty() => sh.current_dir().join(dir),
-            _ => sh.current_dir().join(".cluster"),
+            Some(dir) if !dir.is_empty() => root.join(dir),
+            _ if crate::packages::is_root() && !others_can_traverse(&root) => PathBuf::from(
+                format!("/var/tmp/laporan-warga-cluster-{:016x}", fnv1a(&root)),
+            ),
+            _ => root.join(".cluster"),
         };
         Layout { dir }
     }
@@ -132,6 +139,24 @@ pub struct ServiceState {
     pub restarts: u32,
 }
 
+/// Whether every directory from `/` down to `dir` lets other users through (`o+x`), so the
+/// `postgres` user can reach a data directory below it.
+fn others_can_traverse(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// A stable 64-bit FNV-1a hash of a path, to name its fallback state directory.
+fn fnv1a(path: &std::path::Path) -> u64 {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
 pub fn alive(pid: u32) -> bool {
     // A zombie still has /proc/<pid>; treat it as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -211,5 +236,31 @@ pub fn stop_signal(kind: Kind) -> &'static str {
     match kind {
         Kind::Postgres => "INT",
         _ => "TERM",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn fallback_state_dir_only_when_postgres_cannot_traverse() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let open = tmp.path().join("open");
+        let closed = tmp.path().join("closed");
+        let inner = closed.join("repo");
+        std::fs::create_dir_all(&open).expect("mkdir");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert!(others_can_traverse(&open));
+        assert!(!others_can_traverse(&inner));
+        // Stable per path, different between paths.
+        assert_eq!(fnv1a(&inner), fnv1a(&inner.clone()));
+        assert_ne!(fnv1a(&inner), fnv1a(&open));
     }
 }
