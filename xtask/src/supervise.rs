@@ -371,7 +371,9 @@ impl<'a> Supervisor<'a> {
         command.process_group(0).stdin(Stdio::null());
         if matches!(svc.kind, Kind::Postgres | Kind::Pgbouncer) {
             if let Some((uid, gid)) = self.pg_ids {
-                command.uid(uid).gid(gid);
+                // Start in the state dir: the checkout itself may be closed to `postgres`
+                // (a clone under /root), and the child would fail to chdir there.
+                command.uid(uid).gid(gid).current_dir(&self.layout.dir);
             }
         }
         std::fs::create_dir_all(self.layout.logs())?;
