@@ -80,11 +80,19 @@ impl Config {
             )?),
         })
     }
+}
 
-    /// One log line with the effective configuration, secrets redacted.
-    pub fn log(&self) {
-        shared::info!(
-            "config: port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
+impl shared::startup::ServiceConfig for Config {
+    const INSTANCE_ID: &'static str = INSTANCE_ID;
+    const INSTANCE_ID_DEFAULT: &'static str = INSTANCE_ID_DEFAULT;
+
+    fn from_env() -> Result<Config, ConfigError> {
+        Config::from_env()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
             self.port,
             if self.tokens.enabled() {
                 format!("on ({} tokens)", self.tokens.len())
@@ -98,6 +106,6 @@ impl Config {
             self.pool_size,
             self.relay_batch,
             self.statement_timeout
-        );
+        )
     }
 }
