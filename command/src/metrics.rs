@@ -93,8 +93,11 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in gauges {
-            e.family(name, Kind::Gauge, help)
-                .sample(name, &inst, u8::from(value.load(Ordering::Relaxed)));
+            e.family(name, Kind::Gauge, help).sample(
+                name,
+                &inst,
+                u8::from(value.load(Ordering::Relaxed)),
+            );
         }
         if let Some(n) = backlog {
             e.family(
@@ -146,7 +149,11 @@ mod tests {
         assert!(!text.contains("GET /health"), "{text}");
 
         let down = m.render("command-1", None);
-        assert!(down.lines().any(|l| l == "command_db_up{instance=\"command-1\"} 0"), "{down}");
+        assert!(
+            down.lines()
+                .any(|l| l == "command_db_up{instance=\"command-1\"} 0"),
+            "{down}"
+        );
         assert!(!down.contains("command_relay_backlog{"), "{down}");
     }
 }

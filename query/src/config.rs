@@ -23,7 +23,8 @@ pub const PORT_DEFAULT: u16 = 8091;
 /// `QUERY_DATABASE_URLS`: comma-separated `name=url`, the first preferred. The default is the
 /// local `cargo xtask up` primary through PgBouncer.
 pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
-pub const QUERY_DATABASE_URLS_DEFAULT: &str = "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
+pub const QUERY_DATABASE_URLS_DEFAULT: &str =
+    "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
 /// `MAY_WORKERS`: may scheduler threads. A sync DB call blocks its worker for a whole round
 /// trip, so the workers are the service's DB concurrency. Measured with this code on the

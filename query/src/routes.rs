@@ -2,7 +2,8 @@
 //!
 //! Every handler is `fn(&Ctx, &Incoming, …) -> Result<Reply, ApiError>`; errors become
 //! answers only in `ApiError::into_reply`. A known path with another method is a 405 whose
-//! `Allow` comes from [`Route::allow`], next to the match, so the two cannot disagree.
+//! `Allow` comes from [`Route::allow`], the table the path is parsed by, so the two cannot
+//! disagree.
 //! `/health` never touches a database; every DB-backed answer names the DB that served it in
 //! `X-Query-DB`.
 

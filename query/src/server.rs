@@ -117,4 +117,3 @@ fn write_text(reply: Reply, instance_header: &'static str, rsp: &mut Response) {
     rsp.header(instance_header);
     rsp.body_vec(reply.body);
 }
-

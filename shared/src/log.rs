@@ -165,7 +165,10 @@ mod tests {
         let enabled = |level| {
             ::log::Log::enabled(
                 &Backend,
-                &::log::Metadata::builder().level(level).target("dep").build(),
+                &::log::Metadata::builder()
+                    .level(level)
+                    .target("dep")
+                    .build(),
             )
         };
         assert!(enabled(::log::Level::Error));
