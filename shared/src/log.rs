@@ -160,6 +160,70 @@ mod tests {
         );
     }
 
+    /// Set in the child process of [`dependency_lines_reach_our_format`].
+    const CHILD: &str = "SHARED_LOG_BACKEND_CHILD";
+
+    /// A real may_minihttp `error!` (a service call that fails becomes a 500, logged by
+    /// may_minihttp through `log`) ends up on our stderr as one of our lines. Run in a child
+    /// process: the `log` backend is global, and stderr has to be read from outside.
+    #[test]
+    fn dependency_lines_reach_our_format() {
+        if std::env::var_os(CHILD).is_some() {
+            return failing_service_call();
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "log::tests::dependency_lines_reach_our_format"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child failed:\n{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("may_minihttp"))
+            .unwrap_or_else(|| panic!("no may_minihttp line in:\n{stderr}"));
+        let expect = " ERROR child-7 may_minihttp::response: error in service: err = ";
+        assert!(
+            line.len() > 24 && line[24..].starts_with(expect) && line.contains("deliberate"),
+            "expected <timestamp>{expect}…deliberate…, got {line:?}"
+        );
+    }
+
+    fn failing_service_call() {
+        use std::io::{Read, Write as _};
+
+        #[derive(Clone)]
+        struct Failing;
+        impl may_minihttp::HttpService for Failing {
+            fn call(
+                &mut self,
+                _req: may_minihttp::Request,
+                _rsp: &mut may_minihttp::Response,
+            ) -> std::io::Result<()> {
+                Err(std::io::Error::other("deliberate"))
+            }
+        }
+
+        init("child-7");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let _server = may_minihttp::HttpServer(Failing)
+            .start(("127.0.0.1", port))
+            .expect("start");
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        let mut head = [0u8; 64];
+        let n = conn.read(&mut head).expect("answer");
+        assert!(head[..n].starts_with(b"HTTP/1.1 500"), "{:?}", &head[..n]);
+    }
+
     #[test]
     fn dependency_filter() {
         let enabled = |level| {
