@@ -23,11 +23,15 @@ pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/";
 pub const MAY_WORKERS: &str = "MAY_WORKERS";
 pub const MAY_WORKERS_DEFAULT: usize = 8;
 
-/// Coroutine stack. The default 32 KiB is close to the edge once serde_json, the postgres
-/// client and its `block_on` are on the stack (an overflow is a segfault, not an error); 128 KiB
-/// leaves room, and untouched stack pages cost no memory.
+/// Coroutine stack, in bytes (`shared::startup::configure_may` converts to may's words). An
+/// overflow is a segfault, not an error, so this is sized from a measurement, not a guess:
+/// the deepest request is a body nested to serde_json's recursion limit (128), which used
+/// ~206 KiB in the debug build the tests run (may's odd-word-count report, MAY_STACK_SIZE=
+/// 1048584) against ~15 KiB for a plain POST; 512 KiB leaves 2.5× that. Until the unit was
+/// converted, 128 Ki was passed as words, i.e. 1 MiB, which is why 128 KiB looked enough.
+/// Untouched stack pages cost no memory.
 pub const MAY_STACK_SIZE: &str = "MAY_STACK_SIZE";
-pub const MAY_STACK_SIZE_DEFAULT: usize = 128 * 1024;
+pub const MAY_STACK_SIZE_DEFAULT: usize = 512 * 1024;
 
 /// Database pool size. A worker blocked on the database holds at most one connection, so one
 /// per worker means checkout never waits for another worker.
@@ -80,11 +84,19 @@ impl Config {
             )?),
         })
     }
+}
 
-    /// One log line with the effective configuration, secrets redacted.
-    pub fn log(&self) {
-        shared::info!(
-            "config: port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
+impl shared::startup::ServiceConfig for Config {
+    const INSTANCE_ID: &'static str = INSTANCE_ID;
+    const INSTANCE_ID_DEFAULT: &'static str = INSTANCE_ID_DEFAULT;
+
+    fn from_env() -> Result<Config, ConfigError> {
+        Config::from_env()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
             self.port,
             if self.tokens.enabled() {
                 format!("on ({} tokens)", self.tokens.len())
@@ -98,6 +110,6 @@ impl Config {
             self.pool_size,
             self.relay_batch,
             self.statement_timeout
-        );
+        )
     }
 }

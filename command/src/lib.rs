@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod relay;
+pub mod route;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -1,16 +1,10 @@
-//! `command`: the write side. Wires config → `command::run`; errors are printed, never a
-//! panic backtrace.
+//! The command service binary: the shared start-up path (logger, configuration, signals)
+//! around [`command::run`], which serves until SIGTERM/SIGINT and then finishes the relay
+//! batch in flight. Exit 0 after a graceful stop, 2 on bad configuration, 1 when start-up
+//! fails; never a panic backtrace.
 
-fn main() {
-    let config = match command::Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("command: {e}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = command::run(config) {
-        shared::error!("{e}");
-        std::process::exit(1);
-    }
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    shared::startup::main(command::run)
 }

@@ -1,26 +1,19 @@
-//! Counters for GET /metrics (Prometheus text format). Plain atomics: recording a request
-//! costs a few relaxed increments, never a lock.
+//! Counters for GET /metrics, rendered through the one Prometheus renderer
+//! ([`shared::prometheus`]). Plain atomics: recording a request costs a few relaxed
+//! increments, never a lock.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// The routes we count, in the order they are reported.
-pub const ROUTES: [&str; 7] = [
-    "GET /health",
-    "GET /ready",
-    "GET /metrics",
-    "POST /reports",
-    "PUT /reports/{id}",
-    "DELETE /reports/{id}",
-    "other",
-];
+use shared::prometheus::{Exposition, Kind};
+
+use crate::route::Route;
 
 /// Status classes we count per route.
 const CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; 4]; 7],
+    requests: [[AtomicU64; CLASSES.len()]; Route::ALL.len()],
     pub relay_published: AtomicU64,
     pub relay_batches: AtomicU64,
     pub relay_errors: AtomicU64,
@@ -31,63 +24,136 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn record(&self, route: usize, status: u16) {
+    pub fn record(&self, route: Route, status: u16) {
         let class = match status {
             200..=299 => 0,
             400..=499 => 1,
             500..=599 => 2,
             _ => 3,
         };
-        if let Some(row) = self.requests.get(route) {
-            row[class].fetch_add(1, Ordering::Relaxed);
-        }
+        self.requests[route as usize][class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The exposition text; `backlog` is the unpublished event count when the DB answered.
     pub fn render(&self, instance: &str, backlog: Option<i64>) -> String {
-        let mut out = String::with_capacity(2048);
-        out.push_str("# TYPE command_requests_total counter\n");
-        for (r, route) in ROUTES.iter().enumerate() {
+        let inst = [("instance", instance)];
+        let mut e = Exposition::new();
+        e.family(
+            "command_requests_total",
+            Kind::Counter,
+            "HTTP requests answered, by route and status class.",
+        );
+        for route in Route::ALL {
             for (c, class) in CLASSES.iter().enumerate() {
-                let n = self.requests[r][c].load(Ordering::Relaxed);
+                let n = self.requests[route as usize][c].load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "command_requests_total{{instance=\"{instance}\",route=\"{route}\",status=\"{class}\"}} {n}"
+                    e.sample(
+                        "command_requests_total",
+                        &[
+                            ("instance", instance),
+                            ("route", route.label()),
+                            ("status", class),
+                        ],
+                        n,
                     );
                 }
             }
         }
         let counters = [
-            ("command_relay_published_total", &self.relay_published),
-            ("command_relay_batches_total", &self.relay_batches),
-            ("command_relay_errors_total", &self.relay_errors),
+            (
+                "command_relay_published_total",
+                "Events the relay published to the stream.",
+                &self.relay_published,
+            ),
+            (
+                "command_relay_batches_total",
+                "Relay batches published (one transaction each).",
+                &self.relay_batches,
+            ),
+            (
+                "command_relay_errors_total",
+                "Relay rounds that failed (database or Redis) and were retried.",
+                &self.relay_errors,
+            ),
         ];
-        for (name, value) in counters {
-            let _ = writeln!(
-                out,
-                "# TYPE {name} counter\n{name}{{instance=\"{instance}\"}} {}",
-                value.load(Ordering::Relaxed)
+        for (name, help, value) in counters {
+            e.family(name, Kind::Counter, help)
+                .sample(name, &inst, value.load(Ordering::Relaxed));
+        }
+        let gauges = [
+            (
+                "command_redis_up",
+                "1 while the relay's last Redis call succeeded.",
+                &self.redis_up,
+            ),
+            (
+                "command_relay_leader",
+                "1 while this instance's relay is the elected publisher.",
+                &self.relay_leader,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            e.family(name, Kind::Gauge, help).sample(
+                name,
+                &inst,
+                u8::from(value.load(Ordering::Relaxed)),
             );
         }
-        let _ = writeln!(
-            out,
-            "# TYPE command_redis_up gauge\ncommand_redis_up{{instance=\"{instance}\"}} {}",
-            u8::from(self.redis_up.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE command_relay_leader gauge\ncommand_relay_leader{{instance=\"{instance}\"}} {}",
-            u8::from(self.relay_leader.load(Ordering::Relaxed))
-        );
-        match backlog {
-            Some(n) => {
-                let _ = writeln!(out, "# TYPE command_relay_backlog gauge\ncommand_relay_backlog{{instance=\"{instance}\"}} {n}\ncommand_db_up{{instance=\"{instance}\"}} 1");
-            }
-            None => {
-                let _ = writeln!(out, "command_db_up{{instance=\"{instance}\"}} 0");
-            }
+        if let Some(n) = backlog {
+            e.family(
+                "command_relay_backlog",
+                Kind::Gauge,
+                "Events in the event log not yet published.",
+            )
+            .sample("command_relay_backlog", &inst, n);
         }
-        out
+        e.family(
+            "command_db_up",
+            Kind::Gauge,
+            "1 when the command database answered this scrape.",
+        )
+        .sample("command_db_up", &inst, u8::from(backlog.is_some()));
+        e.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition() {
+        let m = Metrics::default();
+        m.record(Route::CreateReport, 201);
+        m.record(Route::CreateReport, 201);
+        m.record(Route::Other, 404);
+        m.record(Route::DeleteReport, 101);
+        m.relay_published.store(5, Ordering::Relaxed);
+        m.relay_leader.store(true, Ordering::Relaxed);
+        let text = m.render("command-1", Some(3));
+        for line in [
+            "command_requests_total{instance=\"command-1\",route=\"POST /reports\",status=\"2xx\"} 2",
+            "command_requests_total{instance=\"command-1\",route=\"other\",status=\"4xx\"} 1",
+            "command_requests_total{instance=\"command-1\",route=\"DELETE /reports/{id}\",status=\"other\"} 1",
+            "command_relay_published_total{instance=\"command-1\"} 5",
+            "command_relay_errors_total{instance=\"command-1\"} 0",
+            "command_redis_up{instance=\"command-1\"} 0",
+            "command_relay_leader{instance=\"command-1\"} 1",
+            "command_relay_backlog{instance=\"command-1\"} 3",
+            "command_db_up{instance=\"command-1\"} 1",
+            "# TYPE command_db_up gauge",
+            "# HELP command_requests_total HTTP requests answered, by route and status class.",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("GET /health"), "{text}");
+
+        let down = m.render("command-1", None);
+        assert!(
+            down.lines()
+                .any(|l| l == "command_db_up{instance=\"command-1\"} 0"),
+            "{down}"
+        );
+        assert!(!down.contains("command_relay_backlog{"), "{down}");
     }
 }

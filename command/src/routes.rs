@@ -1,18 +1,35 @@
 //! The command service's routing table: one `match (method, path)`, each arm a handler
 //! `fn(&Ctx, Incoming) -> Result<Reply, ApiError>`. 405 and its `Allow` come from the same
-//! table, so they can never disagree with the handlers.
+//! table, so they can never disagree with the handlers. Each arm also names its counted
+//! [`Route`], so the metrics label is decided here, next to the handler.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde_json::json;
+use shared::db::Pool;
 use shared::http::{etag_header, ok_body, ApiError, Incoming, Reply};
 use uuid::Uuid;
 
-use crate::server::Ctx;
+use crate::auth::Tokens;
+use crate::metrics::Metrics;
+use crate::route::Route;
 use crate::{store, validate};
 
-/// A known path: its route index for metrics and the methods it allows.
-enum Route<'a> {
+/// What every request handler may use.
+pub struct Ctx {
+    pub instance: String,
+    pub instance_header: &'static str,
+    pub health_body: Vec<u8>,
+    pub pool: Pool,
+    /// Set once the migrations are applied; writes answer 503 before that.
+    pub schema_ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Tokens,
+}
+
+/// A known path and the methods it allows.
+enum Path<'a> {
     Health,
     Ready,
     Metrics,
@@ -20,48 +37,48 @@ enum Route<'a> {
     Report(&'a str),
 }
 
-impl Route<'_> {
-    fn parse(path: &str) -> Option<Route<'_>> {
+impl Path<'_> {
+    fn parse(path: &str) -> Option<Path<'_>> {
         match path {
-            "/health" => Some(Route::Health),
-            "/ready" => Some(Route::Ready),
-            "/metrics" => Some(Route::Metrics),
-            "/reports" | "/reports/" => Some(Route::Reports),
+            "/health" => Some(Path::Health),
+            "/ready" => Some(Path::Ready),
+            "/metrics" => Some(Path::Metrics),
+            "/reports" | "/reports/" => Some(Path::Reports),
             _ => {
                 let id = path.strip_prefix("/reports/")?;
-                (!id.contains('/')).then_some(Route::Report(id))
+                (!id.contains('/')).then_some(Path::Report(id))
             }
         }
     }
 
     fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Ready | Route::Metrics => "GET",
-            Route::Reports => "POST",
-            Route::Report(_) => "PUT, DELETE",
+            Path::Health | Path::Ready | Path::Metrics => "GET",
+            Path::Reports => "POST",
+            Path::Report(_) => "PUT, DELETE",
         }
     }
 }
 
-/// Dispatches a request; returns the route index (for metrics) and the outcome.
-pub fn dispatch(ctx: &Ctx, req: Incoming) -> (usize, Result<Reply, ApiError>) {
-    let Some(route) = Route::parse(&req.path) else {
+/// Dispatches a request; returns the route it was counted as and the outcome.
+pub fn dispatch(ctx: &Ctx, req: Incoming) -> (Route, Result<Reply, ApiError>) {
+    let Some(path) = Path::parse(&req.path) else {
         return (
-            6,
+            Route::Other,
             Err(ApiError::NotFound(format!("no such path {}", req.path))),
         );
     };
-    match (req.method.as_str(), route) {
-        ("GET", Route::Health) => (0, Ok(health(ctx))),
-        ("GET", Route::Ready) => (1, Ok(ready(ctx))),
-        ("GET", Route::Metrics) => (2, Ok(metrics(ctx))),
-        ("POST", Route::Reports) => (3, create(ctx, &req)),
-        ("PUT", Route::Report(id)) => (4, update(ctx, id, &req)),
-        ("DELETE", Route::Report(id)) => (5, delete(ctx, id, &req)),
-        (_, route) => (
-            6,
+    match (req.method.as_str(), path) {
+        ("GET", Path::Health) => (Route::Health, Ok(health(ctx))),
+        ("GET", Path::Ready) => (Route::Ready, Ok(ready(ctx))),
+        ("GET", Path::Metrics) => (Route::Metrics, Ok(metrics(ctx))),
+        ("POST", Path::Reports) => (Route::CreateReport, create(ctx, &req)),
+        ("PUT", Path::Report(id)) => (Route::UpdateReport, update(ctx, id, &req)),
+        ("DELETE", Path::Report(id)) => (Route::DeleteReport, delete(ctx, id, &req)),
+        (_, path) => (
+            Route::Other,
             Err(ApiError::MethodNotAllowed {
-                allow: route.allow(),
+                allow: path.allow(),
             }),
         ),
     }

@@ -1,5 +1,6 @@
-//! Wiring: config → pool → migrations (retried in the background) → relay thread → HTTP
-//! server → wait for SIGTERM. `main.rs` calls [`run`]; so do the tests, through the binary.
+//! Wiring: pool → migrations (retried in the background) → relay thread → HTTP server, then
+//! wait for the stop flag. `main.rs` hands [`run`] to `shared::startup::main` (logger, config,
+//! signals); tests that need the command side in their own process call [`start`].
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +14,8 @@ use shared::http::{instance_header, Incoming};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::{Relay, RelayConfig};
-use crate::routes;
-
-/// What every request handler may use.
-pub struct Ctx {
-    pub instance: String,
-    pub instance_header: &'static str,
-    pub health_body: Vec<u8>,
-    pub pool: Pool,
-    /// Set once the migrations are applied; writes answer 503 before that.
-    pub schema_ready: Arc<AtomicBool>,
-    pub metrics: Arc<Metrics>,
-    pub tokens: crate::auth::Tokens,
-}
+use crate::route::Route;
+use crate::routes::{self, Ctx};
 
 #[derive(Clone)]
 struct Service(Arc<Ctx>);
@@ -35,17 +25,13 @@ impl HttpService for Service {
         let ctx = &*self.0;
         let (route, result) = match Incoming::read(req) {
             Ok(incoming) => routes::dispatch(ctx, incoming),
-            Err(e) => (routes_other(), Err(e)),
+            Err(e) => (Route::Other, Err(e)),
         };
         let reply = result.unwrap_or_else(|e| e.into_reply(&ctx.instance));
         ctx.metrics.record(route, reply.status);
         reply.write(ctx.instance_header, rsp);
         Ok(())
     }
-}
-
-fn routes_other() -> usize {
-    crate::metrics::ROUTES.len() - 1
 }
 
 /// Errors that stop the service from starting at all (bad config, port taken).
@@ -68,10 +54,11 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Runs the service until SIGTERM/SIGINT; returns after the relay finished its batch.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Runs the service until `stop` is set (SIGTERM/SIGINT in the binary); returns after the
+/// relay finished its batch.
+pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     let running = start(config)?;
-    wait_for_shutdown_signal();
+    shared::startup::wait(&stop);
     shared::info!("shutting down: finishing the relay batch in flight");
     running.stop();
     shared::info!("stopped");
@@ -95,11 +82,7 @@ impl Running {
 /// Starts the pool, the migrator, the relay and the HTTP server, and returns at once. Tests
 /// that need the command side inside their own process use this.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    shared::log::init(&config.instance);
-    config.log();
-    may::config()
-        .set_workers(config.workers)
-        .set_stack_size(config.stack_size);
+    shared::startup::configure_may(config.workers, config.stack_size);
 
     let settings = PoolSettings {
         size: config.pool_size,
@@ -167,16 +150,4 @@ fn spawn_migrator(pool: Pool, ready: Arc<AtomicBool>) -> io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-fn wait_for_shutdown_signal() {
-    let term = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, term.clone()) {
-            shared::warn!("cannot handle signal {sig}: {e}");
-        }
-    }
-    while !term.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -80,21 +80,29 @@ impl Config {
             query_dbs,
         })
     }
+}
 
-    /// Logs the effective configuration once, URLs redacted.
-    pub fn log(&self) {
+impl shared::startup::ServiceConfig for Config {
+    const INSTANCE_ID: &'static str = INSTANCE_ID;
+    const INSTANCE_ID_DEFAULT: &'static str = INSTANCE_ID_DEFAULT;
+
+    fn from_env() -> Result<Config, ConfigError> {
+        Config::from_env()
+    }
+
+    fn summary(&self) -> String {
         let dbs: Vec<String> = self
             .query_dbs
             .iter()
             .map(|d| format!("{}={}", d.name, config::redact_url(&d.url)))
             .collect();
-        shared::info!(
-            "config: port={} redis={} query_dbs=[{}] read_count={READ_COUNT} \
+        format!(
+            "port={} redis={} query_dbs=[{}] read_count={READ_COUNT} \
              read_block={READ_BLOCK:?} writer_queue_batches={WRITER_QUEUE_BATCHES} \
              max_tx_entries={MAX_TX_ENTRIES} catchup_page={CATCHUP_PAGE}",
             self.port,
             config::redact_url(&self.redis_url),
             dbs.join(", ")
-        );
+        )
     }
 }

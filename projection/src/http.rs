@@ -77,7 +77,7 @@ fn handle(
         ("GET", "/health") => ("200 OK", "application/json", health.to_owned(), ""),
         ("GET", "/metrics") => (
             "200 OK",
-            "text/plain; version=0.0.4",
+            shared::prometheus::CONTENT_TYPE,
             metrics.render(now_ms()),
             "",
         ),

@@ -97,11 +97,10 @@ impl From<shared::config::ConfigError> for Error {
     }
 }
 
-/// Runs the projection until `stop` is set (SIGTERM/SIGINT in the binary): starts the HTTP
-/// port, one writer per query DB and the reader, and returns once the writers have committed
-/// their batch in flight.
+/// Runs the projection until `stop` is set (SIGTERM/SIGINT in the binary, through
+/// `shared::startup::main`): starts the HTTP port, one writer per query DB and the reader, and
+/// returns once the writers have committed their batch in flight.
 pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
-    config.log();
     let metrics = Arc::new(Metrics::new(
         config.query_dbs.iter().map(|d| d.name.as_str()),
     ));

@@ -1,13 +1,15 @@
-//! Counters and gauges the pipeline updates and `/metrics` renders in Prometheus text format.
+//! Counters and gauges the pipeline updates and `/metrics` renders in Prometheus text format
+//! through the one renderer ([`shared::prometheus`]).
 //!
 //! Per query DB: checkpoint position, lag in entries and seconds, whether the DB is up and
 //! whether its writer is attached to the live fan-out, entries applied. Global: writer batch
 //! sizes and DLQ count. Everything is an atomic written by one thread and read by the HTTP
 //! thread, so scraping never blocks the pipeline.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+
+use shared::prometheus::{Exposition, Kind};
 
 /// One query DB as the pipeline sees it.
 #[derive(Debug)]
@@ -79,36 +81,28 @@ impl Metrics {
 
     /// Prometheus text exposition, lag seconds computed against `now_ms`.
     pub fn render(&self, now_ms: u64) -> String {
-        let mut out = String::with_capacity(2048);
-        let per_db = |out: &mut String,
-                      name: &str,
-                      kind: &str,
-                      help: &str,
-                      f: &dyn Fn(&DbStatus) -> String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+        let mut e = Exposition::new();
+        let mut per_db = |name: &str, kind: Kind, help: &str, f: &dyn Fn(&DbStatus) -> String| {
+            e.family(name, kind, help);
             for db in &self.dbs {
-                let _ = writeln!(out, "{name}{{db=\"{}\"}} {}", escape(&db.name), f(db));
+                e.sample(name, &[("db", &db.name)], f(db));
             }
         };
         per_db(
-            &mut out,
             "projection_checkpoint_position",
-            "gauge",
+            Kind::Gauge,
             "Event-log position of the last entry in this query DB's checkpoint.",
             &|d| d.position.load(Relaxed).to_string(),
         );
         per_db(
-            &mut out,
             "projection_lag_entries",
-            "gauge",
+            Kind::Gauge,
             "Stream entries read but not yet applied by this query DB.",
             &|d| d.lag_entries.load(Relaxed).to_string(),
         );
         per_db(
-            &mut out,
             "projection_lag_seconds",
-            "gauge",
+            Kind::Gauge,
             "Age of the oldest stream entry this query DB has not applied.",
             &|d| {
                 let oldest = d.oldest_unapplied_ms.load(Relaxed);
@@ -121,52 +115,46 @@ impl Metrics {
             },
         );
         per_db(
-            &mut out,
             "projection_db_up",
-            "gauge",
+            Kind::Gauge,
             "1 while this query DB answers its writer.",
             &|d| u8::from(d.up.load(Relaxed)).to_string(),
         );
-        per_db(&mut out, "projection_db_attached", "gauge",
-            "1 while this DB's writer gets live batches; 0 while it catches up from its checkpoint.",
-            &|d| u8::from(d.attached.load(Relaxed)).to_string());
         per_db(
-            &mut out,
+            "projection_db_attached",
+            Kind::Gauge,
+            "1 while this DB's writer gets live batches; 0 while it catches up from its checkpoint.",
+            &|d| u8::from(d.attached.load(Relaxed)).to_string(),
+        );
+        per_db(
             "projection_applied_total",
-            "counter",
+            Kind::Counter,
             "Stream entries applied to this query DB since start (no-ops included).",
             &|d| d.applied_total.load(Relaxed).to_string(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP projection_batch_size Entries per committed writer transaction."
+        e.family(
+            "projection_batch_size",
+            Kind::Summary,
+            "Entries per committed writer transaction.",
+        )
+        .sample(
+            "projection_batch_size_sum",
+            &[],
+            self.batch_size_sum.load(Relaxed),
+        )
+        .sample(
+            "projection_batch_size_count",
+            &[],
+            self.batch_size_count.load(Relaxed),
         );
-        let _ = writeln!(out, "# TYPE projection_batch_size summary");
-        let _ = writeln!(
-            out,
-            "projection_batch_size_sum {}",
-            self.batch_size_sum.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "projection_batch_size_count {}",
-            self.batch_size_count.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP projection_dlq_total Entries sent to the dead-letter stream."
-        );
-        let _ = writeln!(out, "# TYPE projection_dlq_total counter");
-        let _ = writeln!(out, "projection_dlq_total {}", self.dlq_total.load(Relaxed));
-        out
+        e.family(
+            "projection_dlq_total",
+            Kind::Counter,
+            "Entries sent to the dead-letter stream.",
+        )
+        .sample("projection_dlq_total", &[], self.dlq_total.load(Relaxed));
+        e.finish()
     }
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Milliseconds since the Unix epoch, the clock of stream entry ids.
@@ -198,6 +186,8 @@ mod tests {
             "projection_batch_size_sum 7",
             "projection_batch_size_count 1",
             "projection_dlq_total 0",
+            "# TYPE projection_batch_size summary",
+            "# HELP projection_db_up 1 while this query DB answers its writer.",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

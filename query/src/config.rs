@@ -2,7 +2,7 @@
 //!
 //! Each variable is a named const with its default next to it. A bad value is an error naming
 //! the variable, never a panic. The effective configuration is logged once at start-up with
-//! passwords redacted ([`Config::log`]).
+//! passwords redacted (its `ServiceConfig::summary`).
 //!
 //! Workers, stack and pool are chosen together: the sync `postgres` client blocks the may
 //! worker thread for the whole round trip, so a worker runs at most one query at a time, and
@@ -13,24 +13,26 @@ use std::time::Duration;
 use shared::config::{self, ConfigError, NamedDb};
 
 /// `INSTANCE_ID`: the name in `X-Instance-ID`, the envelope, logs and metrics.
-pub const INSTANCE_ID: (&str, &str) = ("INSTANCE_ID", "query-1");
+pub const INSTANCE_ID: &str = "INSTANCE_ID";
+pub const INSTANCE_ID_DEFAULT: &str = "query-1";
 
 /// `PORT`: the local `up` topology gives query-k port 8200+k; inside a container it is 8091.
-pub const PORT: (&str, u16) = ("PORT", 8091);
+pub const PORT: &str = "PORT";
+pub const PORT_DEFAULT: u16 = 8091;
 
 /// `QUERY_DATABASE_URLS`: comma-separated `name=url`, the first preferred. The default is the
 /// local `cargo xtask up` primary through PgBouncer.
-pub const QUERY_DATABASE_URLS: (&str, &str) = (
-    "QUERY_DATABASE_URLS",
-    "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read",
-);
+pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
+pub const QUERY_DATABASE_URLS_DEFAULT: &str =
+    "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
 /// `MAY_WORKERS`: may scheduler threads. A sync DB call blocks its worker for a whole round
 /// trip, so the workers are the service's DB concurrency. Measured with this code on the
 /// 2-core box (release, wrk -t1 -c64, 20 000 rows): pk lookup 14 500 / 26 900 / 25 500 req/s
 /// and a filtered page of 20 at 4 700 / 10 100 / 8 600 req/s with 2 / 8 / 16 workers. 8 is
 /// the knee: fewer leave the CPUs idle during round trips, more only add context switches.
-pub const MAY_WORKERS: (&str, usize) = ("MAY_WORKERS", 8);
+pub const MAY_WORKERS: &str = "MAY_WORKERS";
+pub const MAY_WORKERS_DEFAULT: usize = 8;
 
 /// `MAY_STACK_SIZE`, in bytes: each connection's coroutine stack, 64 KiB (may's default is
 /// 32 KiB). The postgres client runs a tokio `block_on` and row decoding on this stack, and an
@@ -39,7 +41,8 @@ pub const MAY_WORKERS: (&str, usize) = ("MAY_WORKERS", 8);
 /// release build but ~32 KiB in the debug build the tests run, i.e. the whole default stack.
 /// 64 KiB leaves twice the worst measured use; stacks are mapped lazily, so idle connections
 /// cost far less resident memory than that.
-pub const MAY_STACK_SIZE: (&str, usize) = ("MAY_STACK_SIZE", 64 * 1024);
+pub const MAY_STACK_SIZE: &str = "MAY_STACK_SIZE";
+pub const MAY_STACK_SIZE_DEFAULT: usize = 64 * 1024;
 
 /// Smallest stack accepted: may's own default, which the debug build's read path already fills.
 pub const MIN_STACK_SIZE: usize = 32 * 1024;
@@ -48,11 +51,13 @@ pub const MIN_STACK_SIZE: usize = 32 * 1024;
 /// worker holds at most one connection at a time (nothing yields while a connection is held),
 /// so more would sit idle and fewer would make a worker block on the pool's condvar, which
 /// stalls every coroutine on that thread.
-pub const DB_POOL_SIZE: (&str, u32) = ("DB_POOL_SIZE", 0);
+pub const DB_POOL_SIZE: &str = "DB_POOL_SIZE";
+pub const DB_POOL_SIZE_DEFAULT: u32 = 0;
 
 /// `MIN_VERSION_WAIT_MS`: how long `GET /reports/{id}?min_version=N` waits for version N
 /// before answering 503 (SPEC §2: default 2 s).
-pub const MIN_VERSION_WAIT_MS: (&str, u64) = ("MIN_VERSION_WAIT_MS", 2000);
+pub const MIN_VERSION_WAIT_MS: &str = "MIN_VERSION_WAIT_MS";
+pub const MIN_VERSION_WAIT_MS_DEFAULT: u64 = 2000;
 
 /// Upper bound for `MIN_VERSION_WAIT_MS`: a waiting request holds a client connection (not a
 /// DB connection); beyond 30 s a client is better told 503 and to retry.
@@ -83,36 +88,36 @@ pub struct Config {
 impl Config {
     /// Reads every variable; the first bad one is the error.
     pub fn from_env() -> Result<Config, ConfigError> {
-        let dbs_text = config::string(QUERY_DATABASE_URLS.0, QUERY_DATABASE_URLS.1);
-        let dbs = config::named_dbs(QUERY_DATABASE_URLS.0, &dbs_text)?;
-        let workers = config::parse(MAY_WORKERS.0, MAY_WORKERS.1)?;
+        let dbs_text = config::string(QUERY_DATABASE_URLS, QUERY_DATABASE_URLS_DEFAULT);
+        let dbs = config::named_dbs(QUERY_DATABASE_URLS, &dbs_text)?;
+        let workers = config::parse(MAY_WORKERS, MAY_WORKERS_DEFAULT)?;
         if !(1..=256).contains(&workers) {
-            return Err(bad(MAY_WORKERS.0, workers, "expected 1..=256"));
+            return Err(bad(MAY_WORKERS, workers, "expected 1..=256"));
         }
-        let stack_size = config::parse(MAY_STACK_SIZE.0, MAY_STACK_SIZE.1)?;
+        let stack_size = config::parse(MAY_STACK_SIZE, MAY_STACK_SIZE_DEFAULT)?;
         if !(MIN_STACK_SIZE..=16 * 1024 * 1024).contains(&stack_size) {
             return Err(bad(
-                MAY_STACK_SIZE.0,
+                MAY_STACK_SIZE,
                 stack_size,
                 "expected 32768..=16777216 bytes",
             ));
         }
-        let pool_size = match config::parse(DB_POOL_SIZE.0, DB_POOL_SIZE.1)? {
+        let pool_size = match config::parse(DB_POOL_SIZE, DB_POOL_SIZE_DEFAULT)? {
             0 => u32::try_from(workers).unwrap_or(8),
-            n if n > 1000 => return Err(bad(DB_POOL_SIZE.0, n, "expected 0..=1000")),
+            n if n > 1000 => return Err(bad(DB_POOL_SIZE, n, "expected 0..=1000")),
             n => n,
         };
-        let wait_ms = config::parse(MIN_VERSION_WAIT_MS.0, MIN_VERSION_WAIT_MS.1)?;
+        let wait_ms = config::parse(MIN_VERSION_WAIT_MS, MIN_VERSION_WAIT_MS_DEFAULT)?;
         if wait_ms > MAX_MIN_VERSION_WAIT_MS {
             return Err(bad(
-                MIN_VERSION_WAIT_MS.0,
+                MIN_VERSION_WAIT_MS,
                 wait_ms,
                 "expected at most 30000 ms",
             ));
         }
         Ok(Config {
-            instance_id: config::string(INSTANCE_ID.0, INSTANCE_ID.1),
-            port: config::parse(PORT.0, PORT.1)?,
+            instance_id: config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT),
+            port: config::parse(PORT, PORT_DEFAULT)?,
             dbs,
             workers,
             stack_size,
@@ -120,16 +125,24 @@ impl Config {
             min_version_wait: Duration::from_millis(wait_ms),
         })
     }
+}
 
-    /// Logs the effective configuration once, URLs redacted.
-    pub fn log(&self) {
+impl shared::startup::ServiceConfig for Config {
+    const INSTANCE_ID: &'static str = INSTANCE_ID;
+    const INSTANCE_ID_DEFAULT: &'static str = INSTANCE_ID_DEFAULT;
+
+    fn from_env() -> Result<Config, ConfigError> {
+        Config::from_env()
+    }
+
+    fn summary(&self) -> String {
         let dbs: Vec<String> = self
             .dbs
             .iter()
             .map(|d| format!("{}={}", d.name, config::redact_url(&d.url)))
             .collect();
-        shared::info!(
-            "config: port={} dbs=[{}] may_workers={} may_stack_size={}B db_pool_size={} \
+        format!(
+            "port={} dbs=[{}] may_workers={} may_stack_size={}B db_pool_size={} \
              min_version_wait={}ms",
             self.port,
             dbs.join(", "),
@@ -137,7 +150,7 @@ impl Config {
             self.stack_size,
             self.pool_size,
             self.min_version_wait.as_millis()
-        );
+        )
     }
 }
 

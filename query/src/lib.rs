@@ -5,6 +5,7 @@
 //! Layout, in request order:
 //! - [`config`]: `Config::from_env`, with the worker/stack/pool reasoning;
 //! - [`server`]: the `may_minihttp` service: read the request safely, route, count, write;
+//! - [`route`]: the closed set of routes (path → route, label, `Allow`);
 //! - [`routes`]: one `match (method, route)` and the handlers;
 //! - [`paging`]: pure parameter rules (page, per_page, filters, min_version);
 //! - [`failover`]: a pool per query DB, probes, failing over and back;
@@ -20,6 +21,7 @@ pub mod failover;
 pub mod metrics;
 pub mod paging;
 pub mod render;
+pub mod route;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -31,7 +33,7 @@ pub use config::Config;
 
 use failover::{Dbs, Prober};
 
-/// What every request handler shares; built once by [`server::run`].
+/// What every request handler shares; built once by [`server::start`].
 #[derive(Debug)]
 pub struct Ctx {
     pub instance: String,

@@ -1,16 +1,18 @@
-//! `GET /metrics` in the Prometheus text format: requests by route and status with their
+//! `GET /metrics` in the Prometheus text format, through the one renderer
+//! ([`shared::prometheus`]): requests by route and status with their
 //! total duration, which query DB serves, failovers, and the checkpoint of the DB this
 //! instance reads (its projection lag).
 //!
 //! Counting is lock-free: one atomic per (route, status) pair, so recording costs the request
 //! path two relaxed atomic additions.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use shared::prometheus::{Exposition, Kind};
+
 use crate::failover::DbState;
-use crate::routes::Route;
+use crate::route::Route;
 
 /// Statuses counted under their own label; anything else is counted as `other`.
 const STATUSES: [u16; 9] = [200, 400, 404, 405, 411, 413, 500, 503, 0];
@@ -63,13 +65,16 @@ impl Metrics {
 
     /// The whole exposition text.
     pub fn render(&self, instance: &str, dbs: &DbReport) -> String {
-        let mut out = String::with_capacity(4096);
-        let inst = escape(instance);
-        out.push_str("# HELP query_requests_total HTTP requests answered, by route and status.\n");
-        out.push_str("# TYPE query_requests_total counter\n");
-        for (r, route) in Route::ALL.iter().enumerate() {
+        let inst = [("instance", instance)];
+        let mut e = Exposition::new();
+        e.family(
+            "query_requests_total",
+            Kind::Counter,
+            "HTTP requests answered, by route and status.",
+        );
+        for route in Route::ALL {
             for (s, status) in STATUSES.iter().enumerate() {
-                let n = self.requests[r][s].load(Ordering::Relaxed);
+                let n = self.requests[route as usize][s].load(Ordering::Relaxed);
                 if n == 0 {
                     continue;
                 }
@@ -78,91 +83,89 @@ impl Metrics {
                 } else {
                     status.to_string()
                 };
-                let _ = writeln!(
-                    out,
-                    "query_requests_total{{instance=\"{inst}\",route=\"{}\",status=\"{status}\"}} {n}",
-                    route.label()
+                e.sample(
+                    "query_requests_total",
+                    &[
+                        ("instance", instance),
+                        ("route", route.label()),
+                        ("status", &status),
+                    ],
+                    n,
                 );
             }
         }
-        out.push_str("# HELP query_request_duration_seconds_sum Time spent answering, by route.\n");
-        out.push_str("# TYPE query_request_duration_seconds_sum counter\n");
-        for (r, route) in Route::ALL.iter().enumerate() {
-            let us = self.micros[r].load(Ordering::Relaxed);
+        e.family(
+            "query_request_duration_seconds_sum",
+            Kind::Counter,
+            "Time spent answering, by route.",
+        );
+        for route in Route::ALL {
+            let us = self.micros[route as usize].load(Ordering::Relaxed);
             if us > 0 {
-                let _ = writeln!(
-                    out,
-                    "query_request_duration_seconds_sum{{instance=\"{inst}\",route=\"{}\"}} {:.6}",
-                    route.label(),
-                    us as f64 / 1e6
+                e.sample(
+                    "query_request_duration_seconds_sum",
+                    &[("instance", instance), ("route", route.label())],
+                    format_args!("{:.6}", us as f64 / 1e6),
                 );
             }
         }
-        out.push_str("# HELP query_db_up Whether the query DB answers its health probe.\n");
-        out.push_str("# TYPE query_db_up gauge\n");
+        e.family(
+            "query_db_up",
+            Kind::Gauge,
+            "Whether the query DB answers its health probe.",
+        );
         for s in &dbs.states {
-            let _ = writeln!(
-                out,
-                "query_db_up{{instance=\"{inst}\",db=\"{}\"}} {}",
-                escape(&s.name),
-                u8::from(s.up)
+            e.sample(
+                "query_db_up",
+                &[("instance", instance), ("db", &s.name)],
+                u8::from(s.up),
             );
         }
-        out.push_str("# HELP query_db_serving 1 for the query DB that serves reads now.\n");
-        out.push_str("# TYPE query_db_serving gauge\n");
+        e.family(
+            "query_db_serving",
+            Kind::Gauge,
+            "1 for the query DB that serves reads now.",
+        );
         for s in &dbs.states {
-            let _ = writeln!(
-                out,
-                "query_db_serving{{instance=\"{inst}\",db=\"{}\"}} {}",
-                escape(&s.name),
-                u8::from(s.serving)
+            e.sample(
+                "query_db_serving",
+                &[("instance", instance), ("db", &s.name)],
+                u8::from(s.serving),
             );
         }
-        out.push_str(
-            "# HELP query_failovers_total Switches from a query DB to a less preferred one.\n",
-        );
-        out.push_str("# TYPE query_failovers_total counter\n");
-        let _ = writeln!(
-            out,
-            "query_failovers_total{{instance=\"{inst}\"}} {}",
-            dbs.failovers
-        );
-        out.push_str("# HELP query_failbacks_total Returns to the preferred query DB.\n");
-        out.push_str("# TYPE query_failbacks_total counter\n");
-        let _ = writeln!(
-            out,
-            "query_failbacks_total{{instance=\"{inst}\"}} {}",
-            dbs.failbacks
-        );
+        e.family(
+            "query_failovers_total",
+            Kind::Counter,
+            "Switches from a query DB to a less preferred one.",
+        )
+        .sample("query_failovers_total", &inst, dbs.failovers);
+        e.family(
+            "query_failbacks_total",
+            Kind::Counter,
+            "Returns to the preferred query DB.",
+        )
+        .sample("query_failbacks_total", &inst, dbs.failbacks);
         if let Some((db, Some((position, age)))) = &dbs.checkpoint {
-            let db = escape(db);
-            out.push_str(
-                "# HELP query_checkpoint_position Event-log position the serving DB has applied.\n",
-            );
-            out.push_str("# TYPE query_checkpoint_position gauge\n");
-            let _ = writeln!(
-                out,
-                "query_checkpoint_position{{instance=\"{inst}\",db=\"{db}\"}} {position}"
-            );
-            out.push_str(
-                "# HELP query_checkpoint_age_seconds Seconds since the serving DB last applied an \
-                 event (grows while idle too).\n",
-            );
-            out.push_str("# TYPE query_checkpoint_age_seconds gauge\n");
-            let _ = writeln!(
-                out,
-                "query_checkpoint_age_seconds{{instance=\"{inst}\",db=\"{db}\"}} {age:.3}"
+            let labels = [("instance", instance), ("db", db.as_str())];
+            e.family(
+                "query_checkpoint_position",
+                Kind::Gauge,
+                "Event-log position the serving DB has applied.",
+            )
+            .sample("query_checkpoint_position", &labels, position);
+            e.family(
+                "query_checkpoint_age_seconds",
+                Kind::Gauge,
+                "Seconds since the serving DB last applied an event (grows while idle too).",
+            )
+            .sample(
+                "query_checkpoint_age_seconds",
+                &labels,
+                format_args!("{age:.3}"),
             );
         }
-        out
+        e.finish()
     }
-}
-
-/// Escapes a label value (backslash, quote, newline).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -207,6 +210,7 @@ mod tests {
             "query_failovers_total{instance=\"query-1\"} 1\n",
             "query_checkpoint_position{instance=\"query-1\",db=\"replica1\"} 42\n",
             "query_checkpoint_age_seconds{instance=\"query-1\",db=\"replica1\"} 1.500\n",
+            "# HELP query_db_up Whether the query DB answers its health probe.\n# TYPE query_db_up gauge\n",
         ] {
             assert!(text.contains(expect), "missing {expect:?} in\n{text}");
         }

@@ -2,7 +2,8 @@
 //!
 //! Every handler is `fn(&Ctx, &Incoming, …) -> Result<Reply, ApiError>`; errors become
 //! answers only in `ApiError::into_reply`. A known path with another method is a 405 whose
-//! `Allow` comes from [`Route::allow`], next to the match, so the two cannot disagree.
+//! `Allow` comes from [`Route::allow`], the table the path is parsed by, so the two cannot
+//! disagree.
 //! `/health` never touches a database; every DB-backed answer names the DB that served it in
 //! `X-Query-DB`.
 
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::metrics::DbReport;
 use crate::paging::{self, ListParams};
 use crate::render::{Frame, Meta};
+use crate::route::Route;
 use crate::store::{self, Lookup};
 use crate::Ctx;
 
@@ -25,77 +27,6 @@ use crate::Ctx;
 /// about one projection commit plus 15 ms, for at most ~130 cheap pk lookups per waiting
 /// request over the default 2 s bound. The DB connection is released between polls.
 pub const MIN_VERSION_POLL: Duration = Duration::from_millis(15);
-
-/// Which endpoint a request is for; also the `route` label of the request metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Health,
-    Ready,
-    Reports,
-    Report,
-    Statistics,
-    Metrics,
-    /// No such path (404).
-    Unmatched,
-    /// The request was rejected before routing (bad framing, 400/411/413).
-    Malformed,
-}
-
-impl Route {
-    /// Every route, in metrics order (the index is `route as usize`).
-    pub const ALL: [Route; 8] = [
-        Route::Health,
-        Route::Ready,
-        Route::Reports,
-        Route::Report,
-        Route::Statistics,
-        Route::Metrics,
-        Route::Unmatched,
-        Route::Malformed,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Route::Health => "/health",
-            Route::Ready => "/ready",
-            Route::Reports => "/reports",
-            Route::Report => "/reports/{id}",
-            Route::Statistics => "/statistics",
-            Route::Metrics => "/metrics",
-            Route::Unmatched => "unmatched",
-            Route::Malformed => "malformed",
-        }
-    }
-
-    /// The methods a route answers: the `Allow` of its 405. The read API is GET only.
-    pub fn allow(self) -> &'static str {
-        match self {
-            Route::Health
-            | Route::Ready
-            | Route::Reports
-            | Route::Report
-            | Route::Statistics
-            | Route::Metrics => "GET",
-            Route::Unmatched | Route::Malformed => "",
-        }
-    }
-
-    /// The route of a path (without query string) and, for `/reports/{id}`, the id segment.
-    pub fn of(path: &str) -> (Route, &str) {
-        let route = match path {
-            "/health" => Route::Health,
-            "/ready" => Route::Ready,
-            "/reports" => Route::Reports,
-            "/statistics" => Route::Statistics,
-            "/metrics" => Route::Metrics,
-            _ => match path.strip_prefix("/reports/") {
-                Some(id) if !id.is_empty() && !id.contains('/') => return (Route::Report, id),
-                _ => Route::Unmatched,
-            },
-        };
-        (route, "")
-    }
-}
 
 /// Routes and answers one request.
 pub fn handle(ctx: &Ctx, req: &Incoming) -> (Route, Result<Reply, ApiError>) {
@@ -302,28 +233,6 @@ fn metrics(ctx: &Ctx) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes() {
-        let check = |path: &str, expect: &str| {
-            let (route, id) = Route::of(path);
-            let got = format!("{} {id}", route.label());
-            assert_eq!(got.trim(), expect, "path {path:?}");
-        };
-        check("/health", "/health");
-        check("/reports", "/reports");
-        check("/reports/abc", "/reports/{id} abc");
-        check("/reports/", "unmatched");
-        check("/reports/a/b", "unmatched");
-        check("/reports/a/", "unmatched");
-        check("/statistics", "/statistics");
-        check("/statistics/", "unmatched");
-        check("/", "unmatched");
-        check("/metrics", "/metrics");
-        for r in Route::ALL {
-            assert_eq!(Route::ALL[r as usize], r);
-        }
-    }
 
     #[test]
     fn statistics_fold() {

@@ -1,11 +1,13 @@
-//! The `may_minihttp` edge: configures the may scheduler, starts the probes and the server,
-//! and for each request reads it safely (`Incoming::read`: body limits, bad framing), routes
+//! The `may_minihttp` edge: [`run`] is what `main.rs` hands to `shared::startup::main`
+//! (logger, config, signals); [`start`] configures the may scheduler, starts the probes and
+//! the server, and for each request reads it safely (`Incoming::read`: body limits, bad framing), routes
 //! it, counts it and writes the answer with `X-Instance-ID`.
 //!
 //! `call` returns `Err` only for socket I/O, never for bad input: may_minihttp would turn an
 //! `Err` into a 500 with raw error text.
 
 use std::io;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +17,8 @@ use shared::http::{instance_header, Incoming, Reply};
 use crate::failover::{Dbs, Prober};
 use crate::metrics::Metrics;
 use crate::render::Frame;
-use crate::routes::{self, Route};
+use crate::route::Route;
+use crate::routes;
 use crate::{Config, Ctx, Running};
 
 /// Why the service could not start.
@@ -38,14 +41,21 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Serves until `stop` is set (SIGTERM/SIGINT in the binary). Exiting the process then ends
+/// the server coroutines; the probe threads are stopped by `Running`'s drop.
+pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
+    let running = start(&config)?;
+    shared::startup::wait(&stop);
+    drop(running);
+    shared::info!("stopped");
+    Ok(())
+}
+
 /// Configures may, builds the pools, probes every DB once (bounded), then serves on
 /// `0.0.0.0:<port>`. Databases that are down do not stop the start: requests answer 503 until
 /// one is back.
-pub fn run(config: &Config) -> Result<Running, StartError> {
-    // may counts stack size in 8-byte words.
-    may::config()
-        .set_workers(config.workers)
-        .set_stack_size(config.stack_size / std::mem::size_of::<usize>());
+pub fn start(config: &Config) -> Result<Running, StartError> {
+    shared::startup::configure_may(config.workers, config.stack_size);
     let dbs = Arc::new(Dbs::new(config).map_err(StartError::Db)?);
     let prober = Prober::start(&dbs).map_err(StartError::Io)?;
     let ctx = Arc::new(Ctx {
@@ -103,7 +113,7 @@ impl HttpService for Service {
 /// `/metrics` is the one answer that is not JSON: Prometheus needs its text content type.
 fn write_text(reply: Reply, instance_header: &'static str, rsp: &mut Response) {
     rsp.status_code(200, "OK");
-    rsp.header("Content-Type: text/plain; version=0.0.4; charset=utf-8");
+    rsp.header(shared::prometheus::CONTENT_TYPE_HEADER);
     rsp.header(instance_header);
     rsp.body_vec(reply.body);
 }

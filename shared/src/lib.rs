@@ -1,6 +1,7 @@
 //! Everything the three services share, once: the report model, the event envelope and its
 //! Redis-stream field codec, the HTTP JSON envelope and the single error → response function,
-//! configuration from the environment, the one-line logger, start-up retry, database pools and
+//! configuration from the environment, the one-line logger, the one start-up path of the
+//! service binaries, the Prometheus text renderer, start-up retry, database pools and
 //! migrations. With the `testkit` feature it also carries the test harness that starts real
 //! PostgreSQL and Redis instances.
 
@@ -11,7 +12,9 @@ pub mod http;
 pub mod log;
 pub mod migrate;
 pub mod model;
+pub mod prometheus;
 pub mod retry;
+pub mod startup;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -8,6 +8,7 @@ mod faults;
 mod fuzz;
 mod hostile;
 mod roundtrip;
+mod startup;
 
 use std::sync::OnceLock;
 use std::time::Duration;
