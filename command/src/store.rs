@@ -48,7 +48,7 @@ impl StoreError {
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         match classify(&e) {
-            DbErrorKind::Unavailable => StoreError::Unavailable(short(&e)),
+            DbErrorKind::Unavailable | DbErrorKind::Timeout => StoreError::Unavailable(short(&e)),
             _ => StoreError::Internal(format!("{e:?}")),
         }
     }
