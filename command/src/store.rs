@@ -48,7 +48,7 @@ impl StoreError {
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         match classify(&e) {
-            DbErrorKind::Unavailable => StoreError::Unavailable(short(&e)),
+            DbErrorKind::Unavailable | DbErrorKind::Timeout => StoreError::Unavailable(short(&e)),
             _ => StoreError::Internal(format!("{e:?}")),
         }
     }
@@ -66,6 +66,48 @@ fn checkout(pool: &Pool) -> Result<Conn, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("no connection: {e}")))
 }
 
+/// How many connections one request tries before it answers 503: every connection the pool
+/// can hold may have died with the server process of a restarted database, plus a fresh one.
+fn connection_attempts(pool: &Pool) -> u32 {
+    pool.max_size() + 1
+}
+
+/// A connection the pool handed out died before anything ran on it: the database restarted
+/// (or dropped it) since it was last used. The pool cannot know until the connection is used;
+/// the failed use marks it closed, so dropping it removes it from the pool.
+fn dead_connection(e: &postgres::Error) -> bool {
+    classify(e) == DbErrorKind::Unavailable
+}
+
+/// Runs `work` in one transaction and commits it.
+///
+/// **Invariant:** a statement is retried on another connection only when `BEGIN` itself
+/// failed on a dead connection: nothing of this write has reached the server then. Once
+/// `BEGIN` succeeded nothing is retried: a failure later (even at `COMMIT`) may follow a
+/// commit the server made, and a retry could write twice.
+fn in_transaction<T>(
+    pool: &Pool,
+    work: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut attempts = connection_attempts(pool);
+    let mut slot: Option<Conn> = None;
+    let mut tx = loop {
+        attempts -= 1;
+        // The dead connection goes back (and out of the pool) before the next checkout, so a
+        // pool of one connection can still hand out a fresh one.
+        drop(slot.take());
+        let conn = slot.insert(checkout(pool)?);
+        match conn.transaction() {
+            Ok(tx) => break tx,
+            Err(e) if attempts > 0 && dead_connection(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let value = work(&mut tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
 /// Creates a report at version 1.
 pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
     let now = now_micros();
@@ -79,8 +121,14 @@ pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
         created_at: now,
         updated_at: now,
     };
-    let mut conn = checkout(pool)?;
-    let mut tx = conn.transaction()?;
+    in_transaction(pool, |tx| insert(tx, report, now))
+}
+
+fn insert(
+    tx: &mut Transaction<'_>,
+    report: Report,
+    now: OffsetDateTime,
+) -> Result<Report, StoreError> {
     tx.query_typed(
         "INSERT INTO reports (id, title, description, category, status, version, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
@@ -94,14 +142,13 @@ pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
         ],
     )?;
     append_event(
-        &mut tx,
+        tx,
         EventType::ReportCreated,
         report.id,
         1,
         &json(&report)?,
         now,
     )?;
-    tx.commit()?;
     Ok(report)
 }
 
@@ -112,9 +159,16 @@ pub fn update(
     cmd: UpdateReport,
     if_match: Option<i64>,
 ) -> Result<Report, StoreError> {
-    let mut conn = checkout(pool)?;
-    let mut tx = conn.transaction()?;
-    let current = lock_live(&mut tx, id, if_match)?;
+    in_transaction(pool, |tx| change(tx, id, cmd, if_match))
+}
+
+fn change(
+    tx: &mut Transaction<'_>,
+    id: Uuid,
+    cmd: UpdateReport,
+    if_match: Option<i64>,
+) -> Result<Report, StoreError> {
+    let current = lock_live(tx, id, if_match)?;
     let mut next = current.clone();
     if let Some(t) = cmd.title {
         next.title = t;
@@ -129,7 +183,6 @@ pub fn update(
         next.status = s;
     }
     if next == current {
-        tx.commit()?;
         return Ok(current);
     }
     let now = now_micros();
@@ -149,23 +202,28 @@ pub fn update(
         ],
     )?;
     append_event(
-        &mut tx,
+        tx,
         EventType::ReportUpdated,
         id,
         next.version,
         &json(&next)?,
         now,
     )?;
-    tx.commit()?;
     Ok(next)
 }
 
 /// Deletes a report: the row stays as a tombstone at a new version, so the deletion is ordered
 /// after every earlier change and the id can never come back.
 pub fn delete(pool: &Pool, id: Uuid, if_match: Option<i64>) -> Result<Tombstone, StoreError> {
-    let mut conn = checkout(pool)?;
-    let mut tx = conn.transaction()?;
-    let current = lock_live(&mut tx, id, if_match)?;
+    in_transaction(pool, |tx| tombstone(tx, id, if_match))
+}
+
+fn tombstone(
+    tx: &mut Transaction<'_>,
+    id: Uuid,
+    if_match: Option<i64>,
+) -> Result<Tombstone, StoreError> {
+    let current = lock_live(tx, id, if_match)?;
     let now = now_micros();
     let tomb = Tombstone {
         id,
@@ -181,14 +239,13 @@ pub fn delete(pool: &Pool, id: Uuid, if_match: Option<i64>) -> Result<Tombstone,
         ],
     )?;
     append_event(
-        &mut tx,
+        tx,
         EventType::ReportDeleted,
         id,
         tomb.version,
         &json(&tomb)?,
         now,
     )?;
-    tx.commit()?;
     Ok(tomb)
 }
 
@@ -268,9 +325,17 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(format!("serialize payload: {e}")))
 }
 
-/// Readiness: can we run a trivial query right now?
+/// Readiness: can we run a trivial query right now? A dead pooled connection is not an
+/// answer about the database: like a write, the probe moves on to another connection.
 pub fn ping(pool: &Pool) -> Result<(), StoreError> {
-    let mut conn = checkout(pool)?;
-    conn.query_typed("SELECT 1", &[])?;
-    Ok(())
+    let mut attempts = connection_attempts(pool);
+    loop {
+        attempts -= 1;
+        let mut conn = checkout(pool)?;
+        match conn.query_typed("SELECT 1", &[]) {
+            Ok(_) => return Ok(()),
+            Err(e) if attempts > 0 && dead_connection(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! every rule is tested in-module, and a rejected request can never have touched the database.
 
 use serde_json::{Map, Value};
-use shared::http::ApiError;
+use shared::http::{check_text, ApiError};
 use shared::model::{Category, Status, DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS};
 
 /// Create a report: the three required fields, trimmed and checked.
@@ -104,11 +104,13 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// A string field, trimmed; `None` when absent. Present but empty (after trimming) is an
-/// error, as is any type other than a string.
+/// error, as is any type other than a string or a control character other than tab, newline
+/// and carriage return (SPEC §7.1; PostgreSQL cannot even store U+0000).
 fn text_field(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
     match obj.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => {
+            check_text(name, s)?;
             let t = s.trim();
             if t.is_empty() {
                 Err(bad(format!("{name} must not be empty")))
@@ -247,6 +249,23 @@ mod tests {
         );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         check_create(&deep, "not valid JSON");
+        // Control characters: 400 naming the field; tab, newline and carriage return are text.
+        check_create(
+            r#"{"title":"a\u0000b","description":"d","category":"lainnya"}"#,
+            "title contains the control character U+0000",
+        );
+        check_create(
+            r#"{"title":"t","description":"a\u001bb","category":"lainnya"}"#,
+            "description contains the control character U+001B",
+        );
+        check_create(
+            r#"{"title":"t","description":"d","category":"lainnya\u0000"}"#,
+            "category contains the control character U+0000",
+        );
+        check_create(
+            r#"{"title":"t","description":"baris 1\r\nbaris\t2","category":"lainnya"}"#,
+            "ok",
+        );
         assert!(create(b"{\"title\":\"\xff\"}")
             .unwrap_err()
             .message()
@@ -265,6 +284,18 @@ mod tests {
         );
         check_update(r#"{"status":1}"#, "status must be a string");
         check_update(r#"{"title":""}"#, "title must not be empty");
+        check_update(
+            r#"{"status":"pending\u0000"}"#,
+            "status contains the control character U+0000",
+        );
+        check_update(
+            r#"{"title":"a\u0007"}"#,
+            "title contains the control character U+0007",
+        );
+        check_update(
+            r#"{"description":"\u0000"}"#,
+            "description contains the control character U+0000",
+        );
     }
 
     #[test]

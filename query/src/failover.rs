@@ -3,7 +3,9 @@
 //! One r2d2 pool per query DB, in preference order (`QUERY_DATABASE_URLS`, first preferred).
 //! A request runs on the first DB that is up; when that DB fails with an "unavailable" error
 //! (classified by SQLSTATE, or a pool checkout timeout) it is marked down and the same request
-//! is retried on the next one, so the client still gets its answer.
+//! is retried on the next one, so the client still gets its answer. A cancelled statement
+//! (SQLSTATE 57014, its statement timeout) is not an outage: that request alone gets a 503,
+//! and the DB stays up with its pool.
 //!
 //! One named probe thread per DB runs `SELECT 1` every [`PROBE_INTERVAL`] on its own
 //! connection (never a pool slot). A DB counts as up only while its last successful probe is
@@ -182,6 +184,17 @@ impl Dbs {
                 Ok(v) => {
                     self.note_serving(i);
                     return Ok((v, db));
+                }
+                // One statement cancelled (57014, e.g. its statement_timeout): the DB answered,
+                // so it stays up with its pool, and this request alone gets a 503. Trying the
+                // next DB would spread one slow query over every DB.
+                Err(e) if db::classify(&e) == DbErrorKind::Timeout => {
+                    return Err(StoreError::Unavailable(format!(
+                        "query db {}: statement cancelled: {}",
+                        db.name,
+                        e.as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                    )));
                 }
                 Err(e) if db::classify(&e) == DbErrorKind::Unavailable => {
                     let detail = e.to_string();

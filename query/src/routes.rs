@@ -142,7 +142,7 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
             }
             // Deleted is final: no later version of this report can ever exist.
             Lookup::Deleted { .. } => return Err(not_found()),
-            Lookup::Missing if min_version.is_none() => return Err(not_found()),
+            Lookup::Missing if !may_be_in_flight(min_version) => return Err(not_found()),
             Lookup::Live { .. } | Lookup::Missing => {}
         }
         let now = Instant::now();
@@ -157,6 +157,17 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
         // Yields the coroutine, not the worker thread.
         may::coroutine::sleep(MIN_VERSION_POLL.min(deadline - now));
     }
+}
+
+/// Whether a report this DB has never seen is worth waiting for. Only a create can be in
+/// flight for an unknown id, and a create answers version 1: `min_version=1` (read your own
+/// create) waits for it. Without `min_version`, or asking for version 2 or later of a report
+/// this DB has no trace of, the answer is 404 at once: waiting the whole bound for an id
+/// that does not exist would only hold the request (and, behind a proxy, its connection).
+/// A DB lagging behind both a report's create and its update answers such a read 404 where
+/// it would have waited; the client's retry after its own write sees the report.
+fn may_be_in_flight(min_version: Option<i64>) -> bool {
+    min_version == Some(1)
 }
 
 /// One entry of `GET /statistics` (SPEC §2).
@@ -233,6 +244,19 @@ fn metrics(ctx: &Ctx) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_reports_waited_for() {
+        let check = |min_version: Option<i64>, expect: bool| {
+            assert_eq!(may_be_in_flight(min_version), expect, "{min_version:?}");
+        };
+        check(None, false);
+        check(Some(0), false);
+        check(Some(1), true);
+        check(Some(2), false);
+        check(Some(999), false);
+        check(Some(i64::MAX), false);
+    }
 
     #[test]
     fn statistics_fold() {

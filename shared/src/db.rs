@@ -58,7 +58,9 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, postgres::Error>
         .max_size(settings.size)
         .min_idle(Some(0))
         .connection_timeout(settings.checkout_timeout)
-        // Find dead connections at checkout rather than failing the request that gets one.
+        // No test query per checkout (a round trip on every request): a connection that died
+        // with its server shows at first use, where the callers handle it (the command store
+        // retries a dead connection at BEGIN; the query failover rebuilds a returning DB's pool).
         .test_on_check_out(false)
         .error_handler(Box::new(QuietErrors))
         .build_unchecked(manager))
@@ -76,8 +78,13 @@ impl<E> r2d2::HandleError<E> for QuietErrors {
 /// What a database error means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbErrorKind {
-    /// The database is unreachable, shutting down, or too slow: retry later (503).
+    /// The database is unreachable or shutting down, or the connection is dead: retry later
+    /// (503), on another connection or database.
     Unavailable,
+    /// This one statement was cancelled (`statement_timeout`, or a cancel request): 503 for
+    /// this request only. The database answered, so it is not down and its connections are
+    /// fine; marking it down would turn one slow query into a failover.
+    Timeout,
     /// A unique or exclusion constraint: the row exists already.
     UniqueViolation,
     /// A serialization failure or deadlock: safe to retry the transaction.
@@ -97,9 +104,9 @@ pub fn classify(e: &postgres::Error) -> DbErrorKind {
         {
             DbErrorKind::Retry
         }
+        Some(code) if *code == SqlState::QUERY_CANCELED => DbErrorKind::Timeout,
         Some(code)
-            if *code == SqlState::QUERY_CANCELED // statement_timeout
-                || *code == SqlState::ADMIN_SHUTDOWN
+            if *code == SqlState::ADMIN_SHUTDOWN
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
                 || *code == SqlState::TOO_MANY_CONNECTIONS

@@ -7,6 +7,7 @@
 //! [`Incoming::read`] therefore checks the framing headers itself before touching the body and
 //! never returns an I/O error for bad input, only an [`ApiError`] that becomes a 4xx.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::sync::{OnceLock, RwLock};
 
@@ -103,15 +104,14 @@ impl ApiError {
             meta: None::<&()>,
         }
         .to_vec();
-        let mut reply = Reply::new(status, body);
+        let reply = Reply::new(status, body);
         match self {
-            ApiError::MethodNotAllowed { allow } => reply.headers.push(allow_header(allow)),
-            ApiError::Conflict { current } => reply.headers.push(etag_header(current)),
-            ApiError::Unavailable(_) => reply.headers.push("Retry-After: 1"),
-            ApiError::Unauthorized => reply.headers.push("WWW-Authenticate: Bearer"),
-            _ => {}
+            ApiError::MethodNotAllowed { allow } => reply.with_header(allow_header(allow)),
+            ApiError::Conflict { current } => reply.with_header(etag_header(current)),
+            ApiError::Unavailable(_) => reply.with_header("Retry-After: 1"),
+            ApiError::Unauthorized => reply.with_header("WWW-Authenticate: Bearer"),
+            _ => reply,
         }
-        reply
     }
 }
 
@@ -150,14 +150,16 @@ pub fn ok_body<D: Serialize>(instance: &str, message: Option<&str>, data: D) -> 
     .to_vec()
 }
 
-/// A response about to be written: status, body and extra `&'static` headers.
+/// A response about to be written: status, body and extra header lines.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
     /// The whole `Content-Type: …` header line.
     pub content_type: &'static str,
-    pub headers: Vec<&'static str>,
+    /// Whole header lines: `&'static` ones cost nothing, per-response values (an `ETag`) are
+    /// owned and freed with the response.
+    pub headers: Vec<Cow<'static, str>>,
 }
 
 impl Reply {
@@ -178,8 +180,8 @@ impl Reply {
         }
     }
 
-    pub fn with_header(mut self, header: &'static str) -> Reply {
-        self.headers.push(header);
+    pub fn with_header(mut self, header: impl Into<Cow<'static, str>>) -> Reply {
+        self.headers.push(header.into());
         self
     }
 
@@ -208,27 +210,11 @@ fn allow_header(allow: &'static str) -> &'static str {
     })
 }
 
-/// `ETag: "<version>"`. Headers must be `&'static str`, so each distinct version's header is
-/// built once and kept: memory is bounded by the highest version ever served, a few bytes each.
-pub fn etag_header(version: i64) -> &'static str {
-    static CACHE: OnceLock<RwLock<Vec<&'static str>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let Ok(index) = usize::try_from(version) else {
-        return "ETag: \"0\"";
-    };
-    if let Ok(read) = cache.read() {
-        if let Some(h) = read.get(index) {
-            return h;
-        }
-    }
-    let Ok(mut write) = cache.write() else {
-        return "ETag: \"0\"";
-    };
-    while write.len() <= index {
-        let v = write.len();
-        write.push(Box::leak(format!("ETag: \"{v}\"").into_boxed_str()));
-    }
-    write[index]
+/// `ETag: "<version>"`, built per response and freed with it. Nothing is cached or leaked,
+/// so memory stays bounded whatever version (or, for lists, position) a client makes us
+/// serve; one small allocation per response is noise next to the body.
+pub fn etag_header(version: i64) -> Cow<'static, str> {
+    Cow::Owned(format!("ETag: \"{version}\""))
 }
 
 fn intern(
@@ -364,12 +350,36 @@ impl Incoming {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The query parameters, percent-decoded.
+    /// The query parameters, percent-decoded, each name and value held to [`check_text`]:
+    /// whatever parameter a handler passes on to SQL, it cannot carry a control character.
     pub fn params(&self) -> Result<Vec<(String, String)>, ApiError> {
-        match &self.query {
-            Some(q) => parse_query(q),
-            None => Ok(Vec::new()),
+        let params = match &self.query {
+            Some(q) => parse_query(q)?,
+            None => return Ok(Vec::new()),
+        };
+        for (name, value) in &params {
+            check_text(&format!("parameter name {name:?}"), name)?;
+            check_text(&format!("parameter {name}"), value)?;
         }
+        Ok(params)
+    }
+}
+
+/// The one rule for text from clients (SPEC §7.1): no control characters but tab, newline and
+/// carriage return. PostgreSQL cannot store U+0000 in `text` at all (the insert would fail
+/// with a 500), and the other controls are invisible or harmful in every client that shows a
+/// report. The 400 names `field` and the character.
+pub fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    match value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some(c) => Err(ApiError::BadRequest(format!(
+            "{field} contains the control character U+{:04X}; only tab, newline and carriage \
+             return are allowed",
+            u32::from(c)
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -443,6 +453,60 @@ mod tests {
     }
 
     #[test]
+    fn control_characters() {
+        let check = |value: &str, expect: Option<&str>| {
+            let got = check_text("title", value).err().map(|e| e.message());
+            match (expect, got) {
+                (None, None) => {}
+                (Some(fragment), Some(msg)) => assert!(
+                    msg.contains("title") && msg.contains(fragment),
+                    "{value:?}: expected {fragment:?} in {msg:?}"
+                ),
+                (expect, got) => panic!("{value:?}: expected {expect:?}, got {got:?}"),
+            }
+        };
+        check("Jalan berlubang", None);
+        check("tab\there, lines\r\nand\nmore", None);
+        check("é ü 日本 \u{200b} \u{202e}", None);
+        check("a\u{0}b", Some("U+0000"));
+        check("\u{1b}[31m", Some("U+001B"));
+        check("bell\u{7}", Some("U+0007"));
+        check("del\u{7f}", Some("U+007F"));
+        check("c1\u{85}", Some("U+0085"));
+    }
+
+    #[test]
+    fn params_refuse_control_characters() {
+        let incoming = |query: &str| Incoming {
+            method: "GET".into(),
+            path: "/reports".into(),
+            query: Some(query.into()),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        assert!(incoming("category=kebersihan&q=a+b%09c").params().is_ok());
+        let msg = incoming("category=a%00b").params().unwrap_err().message();
+        assert!(
+            msg.contains("parameter category") && msg.contains("U+0000"),
+            "{msg}"
+        );
+        let msg = incoming("status=x%1B").params().unwrap_err().message();
+        assert!(msg.contains("parameter status"), "{msg}");
+        assert!(incoming("a%00=1").params().is_err());
+    }
+
+    #[test]
+    fn etags_are_bounded_whatever_the_version() {
+        // The old cache kept one leaked header per version up to the highest one served:
+        // this version would have tried to allocate 2^63 of them.
+        assert_eq!(etag_header(i64::MAX), "ETag: \"9223372036854775807\"");
+        assert_eq!(etag_header(-1), "ETag: \"-1\"");
+        for v in [1, 2, 1 << 40, i64::MAX - 1] {
+            assert_eq!(etag_header(v), format!("ETag: \"{v}\""));
+        }
+    }
+
+    #[test]
     fn content_length() {
         assert_eq!(parse_content_length("12"), Some(12));
         assert_eq!(
@@ -458,7 +522,7 @@ mod tests {
     fn errors_become_envelopes() {
         let r = ApiError::Conflict { current: 3 }.into_reply("command-1");
         assert_eq!(r.status, 409);
-        assert!(r.headers.contains(&"ETag: \"3\""));
+        assert!(r.headers.iter().any(|h| h == "ETag: \"3\""));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["success"], false);
         assert_eq!(v["data"]["current_version"], 3);

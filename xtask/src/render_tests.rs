@@ -164,7 +164,18 @@ fn nginx_and_pgbouncer_list_every_backend() {
         assert_eq!(servers, want);
         assert!(nginx.contains("least_conn;"));
         assert!(nginx.contains("keepalive 64;"));
-        assert!(nginx.contains("proxy_next_upstream error timeout http_502 http_503;"));
+        // A deliberate 503 is final: never retried elsewhere, never an upstream failure.
+        assert_eq!(
+            nginx.matches("proxy_next_upstream error timeout;").count(),
+            2
+        );
+        assert!(
+            !nginx
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.contains("http_503") || l.contains("http_502")),
+            "nginx retries or counts an instance's own 503"
+        );
         assert!(!nginx.contains("non_idempotent"));
         // Hardening: rate limits on both ports, body limit, timeouts, errors as JSON.
         for needle in [

@@ -593,7 +593,8 @@ fn upstream(c: &mut String, name: &str, balance: Option<&str>, servers: &[String
         let _ = writeln!(c, "        {b};");
     }
     for s in servers {
-        // Passive health check: 3 failures take an instance out for 10 s.
+        // Passive health check: 3 failures (no answer: `error`/`timeout`; a 503 is an
+        // answer and does not count) take an instance out for 10 s.
         let _ = writeln!(c, "        server {s} max_fails=3 fail_timeout=10s;");
     }
     c.push_str("        keepalive 64;\n    }\n\n");
@@ -651,9 +652,15 @@ fn server(c: &mut String, listen: &str, upstream: &str, zone: &str, limit: Optio
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_hide_header X-Powered-By;
-            # Another instance on errors and timeouts, but never a POST/PATCH already sent
-            # (nginx's default): a retried create could create twice.
-            proxy_next_upstream error timeout http_502 http_503;
+            # Another instance only when this one did not answer: `error` (connection refused
+            # or reset, nothing or garbage back) and `timeout`, never a POST/PATCH already sent
+            # (nginx's default): a retried create could create twice. A 503 with a body is an
+            # answer, not a dead upstream: the instance is alive and says the request cannot be
+            # served now (a DB down, min_version not reached in its bound). Without `http_503`
+            # here nginx passes it on as final and does not count it against `max_fails`, so a
+            # healthy instance is never ejected for answering, and a bounded wait is not
+            # repeated on every instance.
+            proxy_next_upstream error timeout;
             proxy_next_upstream_tries 3;
             # A dead instance is skipped after 1 s; a slow one is cut off after 10 s.
             proxy_connect_timeout 1s;

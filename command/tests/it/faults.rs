@@ -218,3 +218,60 @@ fn relay_leader_killed_follower_takes_over() {
     }
     assert!(leader_of(follower.port), "the survivor now leads");
 }
+
+/// Issue 14 (7): after a command-DB restart, no write fails once `/ready` is 200 again. Two
+/// instances share the DB, as behind nginx: both have pooled connections to the old server
+/// process. Instance A's `/ready` turns 200; then 30 sequential POSTs, alternating between
+/// the instances, must all be 201 — instance B's pool still holds only dead connections, and
+/// each must be noticed at `BEGIN` (before anything of the write ran) and replaced.
+#[test]
+fn writes_after_a_command_db_restart_all_succeed() {
+    let cluster = PgCluster::start();
+    let stack = Stack::on(&cluster, "db_restart");
+    let a = stack.svc.port;
+    let b_svc = start_command(&stack.db_url, &stack.redis.url(), "command-2");
+    let b = b_svc.port;
+    // Fill both pools: concurrent writes make each instance open several connections.
+    let fill: Vec<_> = (0..8)
+        .map(|t| {
+            let port = if t % 2 == 0 { a } else { b };
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    assert_eq!(post(port, &new_report(t * 10 + i)).status, 201);
+                }
+            })
+        })
+        .collect();
+    for t in fill {
+        t.join().expect("filler thread");
+    }
+
+    cluster.stop();
+    cluster.start_again();
+    wait_until("instance A ready again", Duration::from_secs(30), || {
+        http(a, "GET", "/ready", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    for i in 0..30 {
+        let port = if i % 2 == 0 { b } else { a };
+        let r = post(port, &new_report(1000 + i));
+        assert_eq!(
+            r.status,
+            201,
+            "POST {i} after the restart (instance {}): {:?}",
+            if port == a { "A" } else { "B" },
+            r.json()
+        );
+    }
+    // B's /ready is honest too: a dead pooled connection is not a dead database.
+    assert_eq!(
+        http(b, "GET", "/ready", &[], b"").expect("ready").status,
+        200
+    );
+    let mut db = stack.db();
+    let (rows, log, _) = fingerprint(&mut db);
+    assert_eq!(
+        (rows, log),
+        (70, 70),
+        "every write exactly once, with its event"
+    );
+}

@@ -12,6 +12,7 @@ fn corpus_json() -> Vec<Vec<u8>> {
         r#"{"status":"in_progress","category":"kesehatan"}"#,
         r#"{"title":"  ","description":null,"category":5}"#,
         r#"[{"title":"x"}]"#,
+        r#"{"title":"a\u0000b","description":"\u001b[2J","category":"lainnya"}"#,
         "{}",
     ]
     .iter()
@@ -24,12 +25,17 @@ fn fuzz_validators() {
     let runs = fuzz::run("validators", fuzz::budget(), &corpus_json(), |input| {
         if let Ok(cmd) = command::validate::create(input) {
             assert!(!cmd.title.is_empty() && cmd.title.chars().count() <= TITLE_MAX_CHARS);
+            assert!(shared::http::check_text("title", &cmd.title).is_ok());
+            assert!(shared::http::check_text("description", &cmd.description).is_ok());
             assert_eq!(cmd.title.trim(), cmd.title);
             assert!(!cmd.description.is_empty());
             assert!(cmd.description.chars().count() <= DESCRIPTION_MAX_CHARS);
         }
         if let Ok(cmd) = command::validate::update(input) {
             assert!(cmd != command::validate::UpdateReport::default());
+            for text in [&cmd.title, &cmd.description].into_iter().flatten() {
+                assert!(shared::http::check_text("text", text).is_ok());
+            }
         }
         let text = String::from_utf8_lossy(input);
         let _ = command::validate::if_match(Some(&text));
@@ -98,6 +104,7 @@ fn fuzz_query_strings() {
         "page=2&per_page=20",
         "category=kebersihan&status=in_progress",
         "t=a+b%20c",
+        "category=a%00b&status=pending%1b",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -106,6 +113,20 @@ fn fuzz_query_strings() {
         if let Ok(q) = std::str::from_utf8(input) {
             if let Ok(pairs) = shared::http::parse_query(q) {
                 assert!(pairs.len() <= q.len() + 1);
+            }
+            let incoming = shared::http::Incoming {
+                method: "GET".into(),
+                path: "/reports".into(),
+                query: Some(q.to_owned()),
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            // What a handler can pass on to SQL holds no control character.
+            if let Ok(pairs) = incoming.params() {
+                for (k, v) in &pairs {
+                    assert!(shared::http::check_text("k", k).is_ok());
+                    assert!(shared::http::check_text("v", v).is_ok());
+                }
             }
         }
     });

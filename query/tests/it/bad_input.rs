@@ -97,6 +97,25 @@ fn bad_inputs_are_clear_errors_and_the_service_lives_on() {
             400,
             "valid values: pending, in_progress",
         ),
+        // SPEC §7.1: a control character in any parameter is a 400 naming it.
+        (
+            "GET",
+            "/reports?category=a%00b",
+            400,
+            "parameter category contains the control character U+0000",
+        ),
+        (
+            "GET",
+            "/reports?status=pending%1B",
+            400,
+            "parameter status contains the control character U+001B",
+        ),
+        (
+            "GET",
+            "/statistics?category=%00",
+            400,
+            "parameter category contains the control character U+0000",
+        ),
         ("GET", "/reports?category=%zz", 400, "bad percent-escape"),
         (
             "GET",

@@ -107,3 +107,83 @@ fn reads_survive_the_preferred_db_and_return_to_it() {
         get(&svc, one.as_str()).header("x-query-db") == Some("primary")
     });
 }
+
+/// Issue 14 (6): a statement cancelled on the preferred DB (SQLSTATE 57014, what its
+/// statement timeout raises) answers 503 for that request only: the DB is not marked down,
+/// nothing fails over, and the next read is served by the same DB. The read is held on a
+/// table lock and cancelled with `pg_cancel_backend`, which raises the same SQLSTATE at once
+/// instead of after the 5 s timeout.
+#[test]
+fn a_cancelled_statement_is_a_503_not_a_failover() {
+    let p_url = crate::support::fresh_db("cancel_primary");
+    let s_url = crate::support::fresh_db("cancel_secondary");
+    let reports = seed(&mut crate::support::PG.client("cancel_primary"), 3);
+    for r in &reports {
+        crate::support::apply(&mut crate::support::PG.client("cancel_secondary"), r);
+    }
+    let svc = crate::support::start_query(&format!("primary={p_url},secondary={s_url}"), &[]);
+    let one = format!("/reports/{}", reports[0].id);
+    assert_eq!(get(&svc, &one).header("x-query-db"), Some("primary"));
+
+    let mut locker = crate::support::PG.client("cancel_primary");
+    let mut lock = locker.transaction().expect("begin");
+    lock.batch_execute("LOCK TABLE read_reports IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    let port = svc.port;
+    let path = one.clone();
+    let blocked = std::thread::spawn(move || {
+        shared::testkit::http(port, "GET", &path, &[], b"").expect("an answer")
+    });
+    let mut admin = crate::support::PG.client("cancel_primary");
+    let waiting = |admin: &mut postgres::Client| -> Vec<i32> {
+        admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE '%read_reports%'",
+                &[],
+            )
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    wait_until(
+        "the read waits on the lock",
+        Duration::from_secs(10),
+        || !waiting(&mut admin).is_empty(),
+    );
+    for pid in waiting(&mut admin) {
+        admin
+            .execute("SELECT pg_cancel_backend($1)", &[&pid])
+            .expect("cancel");
+    }
+    let answer = blocked.join().expect("reader thread");
+    lock.rollback().expect("unlock");
+
+    assert_eq!(
+        answer.status,
+        503,
+        "the cancelled read: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    let error = answer.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("statement cancelled"), "{error}");
+    // Not an outage: still up, still serving, no failover, and the next read is its own.
+    let metrics = String::from_utf8_lossy(&get(&svc, "/metrics").body).into_owned();
+    assert!(
+        metrics.contains("query_db_up{instance=\"query-test\",db=\"primary\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("query_failovers_total{instance=\"query-test\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(serving(&svc), "primary");
+    let next = get(&svc, &one);
+    assert_eq!(next.status, 200);
+    assert_eq!(next.header("x-query-db"), Some("primary"));
+}

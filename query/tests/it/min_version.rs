@@ -92,4 +92,15 @@ fn min_version_waits_for_the_version_or_answers_503() {
     assert_eq!(got.status, 404);
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(get(&svc, &path).status, 404);
+
+    // An id this DB has never seen, at a version only an existing report could have: 404 at
+    // once (it used to wait out the bound and answer 503). Version 1 is still waited for
+    // above: that is a create on its way.
+    for unknown in [
+        format!("/reports/{}?min_version=999", uuid::Uuid::new_v4()),
+        format!("/reports/{}?min_version=2", uuid::Uuid::new_v4()),
+    ] {
+        let got = get(&svc, &unknown);
+        assert_eq!(got.status, 404, "{unknown}: {:?}", got.json());
+    }
 }

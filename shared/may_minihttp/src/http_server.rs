@@ -1,5 +1,6 @@
 //! http server implementation on top of `MAY`
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
@@ -134,6 +135,34 @@ pub(crate) fn reserve_buf(buf: &mut BytesMut) {
 ///
 pub struct HttpServer<T>(pub T);
 
+/// PATCH: at most this many bytes a client sent after a request we answer and close on are
+/// read and discarded before closing. Closing a socket with unread input makes the kernel
+/// send a reset, which can destroy our answer before the client reads it; reading a bounded
+/// amount first (as nginx's `lingering_close` does) lets the answer arrive, and the bound
+/// keeps a client that keeps sending from holding the coroutine.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// PATCH: writes what is buffered, half-closes, and drains a little input (see
+/// [`LINGER_BYTES`]) so that the answer reaches the client before the connection closes.
+#[cfg(unix)]
+fn answer_and_close(stream: &mut TcpStream, rsp_buf: &[u8], why: io::Error) -> io::Result<()> {
+    stream.write_all(rsp_buf)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut drained = 0;
+    let mut sink = [0u8; 4096];
+    while drained < LINGER_BYTES {
+        match stream.inner_mut().read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stream.wait_io();
+            }
+            Err(_) => break,
+        }
+    }
+    err(why)
+}
+
 #[cfg(unix)]
 fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) -> io::Result<()> {
     let mut req_buf = BytesMut::with_capacity(BUF_LEN);
@@ -145,28 +174,50 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
 
         // prepare the requests, we should make sure the request is fully read
         loop {
+            let close_after = Cell::new(false);
             let mut headers = [MaybeUninit::uninit(); request::MAX_REQUEST_HEADERS];
-            let req = match request::decode(&mut headers, &mut req_buf, stream) {
+            let req = match request::decode(&mut headers, &mut req_buf, stream, &close_after) {
                 Ok(Some(req)) => req,
-                Ok(None) => break,
+                Ok(None) => {
+                    if req_buf.len() > request::MAX_HEAD_BYTES {
+                        // PATCH: the head never ends: answer 431 and close instead of
+                        // buffering without bound.
+                        let bad = request::BadRequest::HeadTooLarge;
+                        rsp_buf.extend_from_slice(&bad.response());
+                        let why = io::Error::new(io::ErrorKind::InvalidData, bad);
+                        return answer_and_close(stream, &rsp_buf, why);
+                    }
+                    break;
+                }
                 Err(e) => {
                     // PATCH: answer what we could not parse, then close (upstream closed
                     // without a word, so the client could not tell a bad request from a crash).
                     if let Some(bad) = e.get_ref().and_then(|i| i.downcast_ref::<request::BadRequest>()) {
                         rsp_buf.extend_from_slice(&bad.response());
                     }
-                    let _ = stream.write_all(&rsp_buf);
-                    return Err(e);
+                    return answer_and_close(stream, &rsp_buf, e);
                 }
             };
             reserve_buf(&mut rsp_buf);
             let mut rsp = Response::new(&mut body_buf);
-            match service.call(req, &mut rsp) {
+            let result = service.call(req, &mut rsp);
+            // PATCH: a request whose end is in doubt (ambiguous framing, or a body the
+            // service did not read) is the last one on this connection: whatever follows it
+            // in the buffer must never be taken for the next request.
+            let close = close_after.get();
+            if close {
+                rsp.close_connection();
+            }
+            match result {
                 Ok(()) => response::encode(rsp, &mut rsp_buf),
                 Err(e) => {
                     eprintln!("service err = {:?}", e);
                     response::encode_error(e, &mut rsp_buf);
                 }
+            }
+            if close {
+                let why = io::Error::new(io::ErrorKind::InvalidData, "request framing leaves its end in doubt");
+                return answer_and_close(stream, &rsp_buf, why);
             }
             // here need to use no_delay tcp option
             // nonblock_write(stream.inner_mut(), &mut rsp_buf)?;
@@ -200,8 +251,10 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
         // prepare the requests
         if read_cnt > 0 {
             loop {
+                // PATCH: the close-after flag is honoured on unix only (our targets).
+                let close_after = Cell::new(false);
                 let mut headers = [MaybeUninit::uninit(); request::MAX_REQUEST_HEADERS];
-                let req = match request::decode(&mut headers, &mut req_buf, stream)? {
+                let req = match request::decode(&mut headers, &mut req_buf, stream, &close_after)? {
                     Some(req) => req,
                     None => break,
                 };

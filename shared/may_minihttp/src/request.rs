@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, BufRead, Read};
 use std::mem::MaybeUninit;
@@ -7,6 +8,12 @@ pub(crate) const MAX_HEADERS: usize = 16;
 /// PATCH: request headers accepted (upstream: 16, shared with the response). Real clients and
 /// proxies send up to ~20; more than this is answered 431 instead of dropping the connection.
 pub(crate) const MAX_REQUEST_HEADERS: usize = 32;
+
+/// PATCH: the largest request head (request line + headers) buffered while waiting for its
+/// end. 32 KiB is what nginx itself accepts by default (`large_client_header_buffers 4 8k`),
+/// so nothing nginx forwards is refused; beyond it a client is flooding us, and every byte
+/// more would be memory a hostile client controls. Answered 431, then the connection closes.
+pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 use bytes::{Buf, BufMut, BytesMut};
 use may::net::TcpStream;
@@ -98,6 +105,13 @@ pub struct Request<'buf, 'header, 'stream> {
     req: httparse::Request<'header, 'buf>,
     req_buf: &'buf mut BytesMut,
     stream: &'stream mut TcpStream,
+    /// PATCH: `Content-Length` is absent or one plain number (repeats agreeing), and there is
+    /// no `Transfer-Encoding`: the end of this request is known.
+    framing_ok: bool,
+    /// PATCH: set when the connection must close after the answer: the framing is ambiguous,
+    /// or a body was announced and the service has not (yet) taken it with [`Request::body`].
+    /// Otherwise the unread body would be parsed as the next request.
+    close_after: &'header Cell<bool>,
 }
 
 impl<'buf, 'header, 'stream> Request<'buf, 'header, 'stream> {
@@ -118,6 +132,11 @@ impl<'buf, 'header, 'stream> Request<'buf, 'header, 'stream> {
     }
 
     pub fn body(self) -> BodyReader<'buf, 'stream> {
+        // PATCH: the reader drains the whole body when dropped, so the next request starts
+        // where this one ends, unless the framing leaves that end in doubt.
+        if self.framing_ok {
+            self.close_after.set(false);
+        }
         BodyReader {
             body_limit: self.content_length(),
             total_read: 0,
@@ -127,37 +146,71 @@ impl<'buf, 'header, 'stream> Request<'buf, 'header, 'stream> {
     }
 
     fn content_length(&self) -> usize {
-        let mut len = 0;
-        for header in self.req.headers.iter() {
-            if header.name.eq_ignore_ascii_case("content-length") {
-                // PATCH: upstream unwraps both; a malformed value must not panic the server.
-                // Callers that care validate the header themselves before reading the body.
-                len = std::str::from_utf8(header.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                break;
+        framing(self.req.headers).0
+    }
+}
+
+/// PATCH: `(body length, framing is unambiguous)`. The length is the first `Content-Length`
+/// when it is digits only (upstream unwrapped `str::parse`, which also takes `+5`), else 0.
+/// The framing is ambiguous when any `Content-Length` is not digits only, two disagree, or a
+/// `Transfer-Encoding` is present (not supported here): a proxy in front of us may read such
+/// a request's end differently, so the connection must not be reused after it.
+fn framing(headers: &[httparse::Header<'_>]) -> (usize, bool) {
+    let mut first: Option<Option<usize>> = None;
+    let mut ok = true;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            ok = false;
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            let value = strict_length(header.value);
+            match first {
+                None => first = Some(value),
+                Some(seen) if seen == value => {}
+                Some(_) => ok = false,
+            }
+            if value.is_none() {
+                ok = false;
             }
         }
-        len
     }
+    (first.flatten().unwrap_or(0), ok)
+}
+
+/// Digits only, surrounding spaces allowed; `None` otherwise (or when it overflows).
+fn strict_length(value: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// PATCH: why a request could not be parsed; the connection loop answers it and closes.
 #[derive(Debug)]
-pub struct BadRequest(pub httparse::Error);
+pub enum BadRequest {
+    /// httparse refused the head (bad request line, too many headers, bad bytes).
+    Parse(httparse::Error),
+    /// The head is still incomplete after [`MAX_HEAD_BYTES`].
+    HeadTooLarge,
+}
 
 impl BadRequest {
     /// The complete HTTP response for this error (`Connection: close`, JSON body).
     pub(crate) fn response(&self) -> Vec<u8> {
-        let (status, body) = match self.0 {
-            httparse::Error::TooManyHeaders => (
+        let (status, body) = match self {
+            BadRequest::Parse(httparse::Error::TooManyHeaders) => (
                 "431 Request Header Fields Too Large",
                 format!(
                     "{{\"success\":false,\"error\":\"too many request headers (limit {MAX_REQUEST_HEADERS})\"}}"
                 ),
             ),
-            other => (
+            BadRequest::HeadTooLarge => (
+                "431 Request Header Fields Too Large",
+                format!(
+                    "{{\"success\":false,\"error\":\"request head larger than {MAX_HEAD_BYTES} bytes\"}}"
+                ),
+            ),
+            BadRequest::Parse(other) => (
                 "400 Bad Request",
                 format!("{{\"success\":false,\"error\":\"malformed HTTP request: {other}\"}}"),
             ),
@@ -172,7 +225,10 @@ impl BadRequest {
 
 impl fmt::Display for BadRequest {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "bad request: {}", self.0)
+        match self {
+            BadRequest::Parse(e) => write!(f, "bad request: {e}"),
+            BadRequest::HeadTooLarge => write!(f, "request head larger than {MAX_HEAD_BYTES} bytes"),
+        }
     }
 }
 
@@ -188,6 +244,7 @@ pub fn decode<'header, 'buf, 'stream>(
     headers: &'header mut [MaybeUninit<httparse::Header<'buf>>; MAX_REQUEST_HEADERS],
     req_buf: &'buf mut BytesMut,
     stream: &'stream mut TcpStream,
+    close_after: &'header Cell<bool>,
 ) -> io::Result<Option<Request<'buf, 'header, 'stream>>> {
     let mut req = httparse::Request::new(&mut []);
     // safety: don't hold the reference of req_buf
@@ -197,7 +254,7 @@ pub fn decode<'header, 'buf, 'stream>(
         Ok(s) => s,
         Err(e) => {
             // PATCH: a typed error the connection loop answers (400/431) before closing.
-            return err(io::Error::new(io::ErrorKind::InvalidData, BadRequest(e)));
+            return err(io::Error::new(io::ErrorKind::InvalidData, BadRequest::Parse(e)));
         }
     };
 
@@ -207,10 +264,16 @@ pub fn decode<'header, 'buf, 'stream>(
     };
     req_buf.advance(len);
 
+    // PATCH: decide now whether the connection can carry another request after this one.
+    let (body_len, framing_ok) = framing(req.headers);
+    close_after.set(!framing_ok || body_len > 0);
+
     // println!("req: {:?}", std::str::from_utf8(req_buf).unwrap());
     Ok(Some(Request {
         req,
         req_buf,
         stream,
+        framing_ok,
+        close_after,
     }))
 }

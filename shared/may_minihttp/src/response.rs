@@ -1,11 +1,16 @@
+use std::borrow::Cow;
 use std::io;
 
 use crate::request::MAX_HEADERS;
 
 use bytes::BytesMut;
 pub struct Response<'a> {
-    headers: [&'static str; MAX_HEADERS],
+    /// PATCH: owned header lines too (a per-response value such as an `ETag` need not be
+    /// leaked to become `&'static`).
+    headers: [Cow<'static, str>; MAX_HEADERS],
     headers_len: usize,
+    /// PATCH: `Connection: close` is sent and the server closes after this response.
+    close: bool,
     status_message: StatusMessage,
     body: Body,
     rsp_buf: &'a mut BytesMut,
@@ -24,11 +29,13 @@ struct StatusMessage {
 
 impl<'a> Response<'a> {
     pub(crate) fn new(rsp_buf: &'a mut BytesMut) -> Response<'a> {
-        let headers: [&'static str; 16] = [""; 16];
+        let headers: [Cow<'static, str>; MAX_HEADERS] =
+            std::array::from_fn(|_| Cow::Borrowed(""));
 
         Response {
             headers,
             headers_len: 0,
+            close: false,
             body: Body::Dummy,
             status_message: StatusMessage {
                 code: 200,
@@ -44,10 +51,21 @@ impl<'a> Response<'a> {
         self
     }
 
+    /// PATCH: takes owned lines as well as `&'static str`; a header beyond [`MAX_HEADERS`] is
+    /// dropped instead of panicking on the array bound.
     #[inline]
-    pub fn header(&mut self, header: &'static str) -> &mut Self {
-        self.headers[self.headers_len] = header;
-        self.headers_len += 1;
+    pub fn header(&mut self, header: impl Into<Cow<'static, str>>) -> &mut Self {
+        if self.headers_len < MAX_HEADERS {
+            self.headers[self.headers_len] = header.into();
+            self.headers_len += 1;
+        }
+        self
+    }
+
+    /// PATCH: ends the connection after this response (`Connection: close`).
+    #[inline]
+    pub fn close_connection(&mut self) -> &mut Self {
+        self.close = true;
         self
     }
 
@@ -123,6 +141,9 @@ pub(crate) fn encode(mut rsp: Response, buf: &mut BytesMut) {
     for h in headers {
         buf.extend_from_slice(b"\r\n");
         buf.extend_from_slice(h.as_bytes());
+    }
+    if rsp.close {
+        buf.extend_from_slice(b"\r\nConnection: close");
     }
 
     buf.extend_from_slice(b"\r\n\r\n");

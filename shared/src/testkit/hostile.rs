@@ -1,8 +1,11 @@
 //! Hostile HTTP against a running service, endpoint by endpoint: a bad request line, a bad
-//! `Content-Length`, too many headers, headers sent slowly, a 10 MB body, invalid UTF-8 and
-//! JSON nested 10 000 deep. Every request must get an answer below 500 (a 4xx wherever the
-//! input is wrong), and afterwards no worker may be stuck: a burst of concurrent requests is
-//! answered promptly.
+//! `Content-Length` (`12abc`, `+5`), too many headers, a request head of 40 KiB, headers sent
+//! slowly, a 10 MB body, invalid UTF-8, JSON nested 10 000 deep, control characters in the
+//! body and the query string, and a request smuggled behind a body whose framing we reject
+//! (chunked, `+5`). Every request must get an answer below 500 (a 4xx wherever the input is
+//! wrong); a rejected framing is answered once and the connection closed, so nothing behind
+//! it is ever taken for a request; and afterwards no worker may be stuck: a burst of
+//! concurrent requests is answered promptly.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -44,6 +47,75 @@ fn with_body(e: &Endpoint, body: &[u8]) -> Vec<u8> {
     r
 }
 
+/// Writes `bytes`, then reads until the server closes (or 10 s pass). Returns every
+/// response received, in order, and whether the server closed the connection.
+fn exchange(port: u16, bytes: &[u8]) -> (Vec<super::HttpResponse>, bool) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let timeout = Some(Duration::from_secs(10));
+    stream.set_read_timeout(timeout).expect("timeout");
+    stream.set_write_timeout(timeout).expect("timeout");
+    let _ = stream.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let closed = loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A reset after the answer is a close too; a timeout is not.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let mut responses = Vec::new();
+    let mut rest = &got[..];
+    while let Some(r) = parse_response(rest) {
+        let head = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a parsed response has a head");
+        rest = &rest[head + 4 + r.body.len()..];
+        responses.push(r);
+    }
+    (responses, closed)
+}
+
+/// The same request with a query parameter added.
+fn with_param(path: &str, param: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}{param}")
+}
+
+/// A complete, valid request that must never run when it arrives hidden in a rejected body:
+/// a create, so a test that compares the database before and after sees it if it did.
+const SMUGGLED: &str = "POST /reports HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+    Content-Length: 59\r\n\r\n\
+    {\"title\":\"smuggled\",\"description\":\"d\",\"category\":\"lainnya\"}";
+
+/// Requests whose framing we refuse, each carrying [`SMUGGLED`] where its body would be.
+fn smuggling_cases(e: &Endpoint) -> Vec<(&'static str, Vec<u8>, u16)> {
+    let head = |framing: &str| {
+        format!(
+            "{} {} HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n",
+            e.method, e.path
+        )
+    };
+    let chunked = format!(
+        "{}{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n",
+        head("Transfer-Encoding: chunked"),
+        SMUGGLED.len()
+    );
+    // `+5`: five bytes of body to a lenient parser, a malformed length to us.
+    let plus = format!("{}hello{SMUGGLED}", head("Content-Length: +5"));
+    // The smuggled request right behind a head that says nothing about its body's end.
+    let plus_bare = format!("{}{SMUGGLED}", head("Content-Length: +0"));
+    vec![
+        ("chunked body", chunked.into_bytes(), 411),
+        ("Content-Length: +5", plus.into_bytes(), 400),
+        ("Content-Length: +0", plus_bare.into_bytes(), 400),
+    ]
+}
+
 /// Runs every hostile case against every endpoint; panics naming the case on failure.
 pub fn run(port: u16, endpoints: &[Endpoint]) {
     let status = send(
@@ -76,6 +148,47 @@ pub fn run(port: u16, endpoints: &[Endpoint]) {
             "{name}: 40 headers"
         );
 
+        // One header line of 40 KiB: more head than the stated limit (32 KiB), answered 431
+        // before the head ends, and the connection closed.
+        let flood = format!(
+            "{} {} HTTP/1.1\r\nHost: t\r\nX-Flood: {}",
+            e.method,
+            e.path,
+            "f".repeat(40 * 1024)
+        );
+        let (answers, closed) = exchange(port, flood.as_bytes());
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [431], "{name}: 40 KiB request head");
+        assert!(closed, "{name}: connection open after a 431");
+
+        for (case, bytes, status) in smuggling_cases(e) {
+            let (answers, closed) = exchange(port, &bytes);
+            let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+            assert_eq!(
+                statuses,
+                [status],
+                "{name}: {case}: one answer, nothing smuggled behind it"
+            );
+            assert!(closed, "{name}: {case}: connection left open");
+            assert_eq!(
+                answers[0].header("connection"),
+                Some("close"),
+                "{name}: {case}"
+            );
+        }
+
+        // Control characters in the query string: never a 500 (a 400 where the parameter
+        // is read; the endpoints' own tests say which).
+        let nul = format!(
+            "GET {} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+            with_param(e.path, "category=a%00b")
+        );
+        let status = send(port, nul.as_bytes(), &name);
+        assert!(
+            status < 500,
+            "{name}: U+0000 in the query answered {status}"
+        );
+
         let big = with_body(e, &vec![b'x'; 10 * 1024 * 1024]);
         assert_eq!(send(port, &big, &name), 413, "{name}: 10 MB body");
 
@@ -87,9 +200,19 @@ pub fn run(port: u16, endpoints: &[Endpoint]) {
             e,
             format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).as_bytes(),
         );
+        let nul = with_body(
+            e,
+            br#"{"title":"a\u0000b","description":"d","category":"lainnya","status":"pending"}"#,
+        );
+        let escape = with_body(
+            e,
+            br#"{"title":"t","description":"\u001b[2J","category":"lainnya"}"#,
+        );
         for (case, bytes) in [
             ("invalid UTF-8 body", utf8),
             ("JSON nested 10 000 deep", deep),
+            ("U+0000 in a text field", nul),
+            ("ESC in a text field", escape),
         ] {
             let status = send(port, &bytes, &name);
             if e.takes_body {
