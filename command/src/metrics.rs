@@ -2,7 +2,7 @@
 //! costs a few relaxed increments, never a lock.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// The routes we count, in the order they are reported.
 pub const ROUTES: [&str; 7] = [
@@ -28,6 +28,10 @@ pub struct Metrics {
     pub redis_up: AtomicBool,
     /// Whether this instance's relay is the elected publisher.
     pub relay_leader: AtomicBool,
+    /// The epoch of this relay's latest term as leader (0: never led).
+    pub relay_epoch: AtomicI64,
+    /// Event-log rows with an event_type this version does not know, published as they are.
+    pub relay_unknown_types: AtomicU64,
 }
 
 impl Metrics {
@@ -62,6 +66,10 @@ impl Metrics {
             ("command_relay_published_total", &self.relay_published),
             ("command_relay_batches_total", &self.relay_batches),
             ("command_relay_errors_total", &self.relay_errors),
+            (
+                "command_relay_unknown_types_total",
+                &self.relay_unknown_types,
+            ),
         ];
         for (name, value) in counters {
             let _ = writeln!(
@@ -79,6 +87,11 @@ impl Metrics {
             out,
             "# TYPE command_relay_leader gauge\ncommand_relay_leader{{instance=\"{instance}\"}} {}",
             u8::from(self.relay_leader.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE command_relay_epoch gauge\ncommand_relay_epoch{{instance=\"{instance}\"}} {}",
+            self.relay_epoch.load(Ordering::Relaxed)
         );
         match backlog {
             Some(n) => {
