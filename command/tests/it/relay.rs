@@ -150,7 +150,7 @@ fn fence_refuses_a_stale_epoch() {
     let report = uuid::Uuid::new_v4();
     let first = fields(1, report);
     assert_eq!(
-        fence::publish(&mut conn, 1, &[first.clone()]).expect("publish"),
+        fence::publish(&mut conn, 1, std::slice::from_ref(&first)).expect("publish"),
         1
     );
     let ids = fence::claim(&mut conn, 2, 10).expect("claim");
