@@ -32,3 +32,13 @@ CREATE TABLE IF NOT EXISTS event_log (
 -- The relay's work queue: only unpublished rows, in position order.
 CREATE INDEX IF NOT EXISTS event_log_unpublished
     ON event_log (position) WHERE published_at IS NULL;
+
+-- The relay's leadership lease (command/src/lease.rs): at most one row. The relay that holds
+-- an unexpired lease publishes; `epoch` grows with every new term and fences a stale leader's
+-- publishes in Redis. Expiry is judged by this database's clock.
+CREATE TABLE IF NOT EXISTS relay_lease (
+    id         boolean     PRIMARY KEY DEFAULT true CHECK (id),
+    holder     text        NOT NULL,
+    epoch      bigint      NOT NULL,
+    expires_at timestamptz NOT NULL
+);

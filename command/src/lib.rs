@@ -2,10 +2,12 @@
 //! the report row and its event (the outbox), and relays the event log to the Redis stream.
 //!
 //! Data flow: request → [`routes`] → [`validate`] → [`store`] (transaction + event log) →
-//! [`relay`] → Redis stream `report-events`.
+//! [`relay`] (leadership: [`lease`], fencing: [`fence`]) → Redis stream `report-events`.
 
 pub mod auth;
 pub mod config;
+pub mod fence;
+pub mod lease;
 pub mod metrics;
 pub mod relay;
 pub mod route;

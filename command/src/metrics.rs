@@ -2,7 +2,7 @@
 //! ([`shared::prometheus`]). Plain atomics: recording a request costs a few relaxed
 //! increments, never a lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use shared::prometheus::{Exposition, Kind};
 
@@ -21,6 +21,10 @@ pub struct Metrics {
     pub redis_up: AtomicBool,
     /// Whether this instance's relay is the elected publisher.
     pub relay_leader: AtomicBool,
+    /// The epoch of this relay's latest term as leader (0: never led).
+    pub relay_epoch: AtomicI64,
+    /// Event-log rows with an event_type this version does not know, published as they are.
+    pub relay_unknown_types: AtomicU64,
 }
 
 impl Metrics {
@@ -75,6 +79,11 @@ impl Metrics {
                 "Relay rounds that failed (database or Redis) and were retried.",
                 &self.relay_errors,
             ),
+            (
+                "command_relay_unknown_types_total",
+                "Event-log rows of an event type this version does not know, published as they are.",
+                &self.relay_unknown_types,
+            ),
         ];
         for (name, help, value) in counters {
             e.family(name, Kind::Counter, help)
@@ -99,6 +108,16 @@ impl Metrics {
                 u8::from(value.load(Ordering::Relaxed)),
             );
         }
+        e.family(
+            "command_relay_epoch",
+            Kind::Gauge,
+            "The relay lease term this instance last held (fencing token in Redis).",
+        )
+        .sample(
+            "command_relay_epoch",
+            &inst,
+            self.relay_epoch.load(Ordering::Relaxed),
+        );
         if let Some(n) = backlog {
             e.family(
                 "command_relay_backlog",

@@ -1,18 +1,50 @@
 //! The relay: publishes the command DB's event log to the Redis stream `report-events` in
 //! position order and marks the rows published.
 //!
-//! Every command instance runs one, and they elect a leader: the relay whose connection holds
-//! the session-level advisory lock publishes; the others only try to take the lock every
-//! [`FOLLOWER_POLL`]. When the leader dies, its connection closes, the lock is released and a
-//! follower takes over within that interval. One publisher keeps the stream in position order
-//! and keeps the command DB free of N relays racing for every write.
-//! A batch is: read up to `batch` unpublished rows, XADD them in one pipeline, mark them, commit.
-//! A crash between XADD and COMMIT republishes the batch — at-least-once, which the projection
-//! absorbs because events are versioned snapshots.
+//! Every command instance runs one; the one holding the leadership lease (`lease.rs`, a row in
+//! the command DB judged by the DB's clock) publishes, the others poll every
+//! [`FOLLOWER_POLL`] and take the lease when it has expired — but only while their own Redis
+//! answers, so leadership never moves to a relay that could not publish either. One publisher
+//! keeps the stream in position order and keeps the command DB free of N relays racing for
+//! every write.
+//!
+//! **Leadership must be earned.** A leader renews every [`RENEW_EVERY`] only if Redis answered
+//! it without a single error since the previous renewal point (its XADDs, and a PING at the
+//! renewal itself). A leader that cannot publish — Redis unreachable from it, its connection
+//! cut, the process frozen — therefore stops renewing, and its lease ends at most
+//! [`LEASE_TTL`] after its last good Redis call. A follower takes over at its next poll:
+//! **another relay publishes within `LEASE_TTL` + `FOLLOWER_POLL` ≈ 3.5 s** (plus one
+//! connect and one claim) of the leader going bad. A clean shutdown releases the lease at
+//! once. A frozen leader that wakes is stopped by the fencing token (`fence.rs`): every
+//! publish is a Redis script that refuses an epoch older than the latest claim, and a new term
+//! skips the ids of the stream's last entries, which a previous leader may have appended
+//! without marking them — so no report's events reach the stream out of version order, even
+//! across takeovers.
+//!
+//! A batch is: read up to `batch` unpublished rows, append them with one fenced script call,
+//! mark them, commit. A crash between the append and COMMIT leaves rows unmarked that are
+//! already in the stream; the next term's claim finds them in the stream's tail and marks them
+//! without appending them again. Delivery stays at-least-once (the projection absorbs repeats
+//! because events are versioned snapshots).
+//!
+//! **Unknown event types** (an event-log row written by a newer command version during a
+//! rolling upgrade) are published as they are, counted in `command_relay_unknown_types_total`
+//! and logged. Skipping them would lose the event for good (the relay marks what it passed);
+//! stopping on them would block every later event behind one row. The stream's consumers
+//! already handle the case: a projection that knows the type applies it, an older one puts the
+//! entry in the dead-letter stream with the reason (SPEC §4.7), where it can be replayed.
+//!
+//! **LISTEN/NOTIFY stays bounded.** Every write NOTIFYs at commit; PostgreSQL keeps each
+//! notification until every LISTENing session has read it, and the queue is shared and
+//! finite. So only the leader LISTENs (it UNLISTENs when it steps down), and the relay drains
+//! its session whenever it runs — while publishing, while idle, and in every backoff pause
+//! while Redis is down. With Redis down everywhere nobody leads and nobody listens, and the
+//! queue stays empty however many writes commit.
 //!
 //! **Invariant:** the request path never waits on Redis. When Redis is down, writes keep
 //! committing and the backlog waits in the event log until Redis returns.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,36 +53,52 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::Type;
 use postgres::{Client, NoTls};
-use shared::event::{Event, EventType, STREAM};
+use shared::event::{Event, EventType};
+use uuid::Uuid;
 
+use crate::fence::{self, FenceError, Fields};
+use crate::lease::{self, Term, LEASE_TTL, RENEW_EVERY};
 use crate::metrics::Metrics;
 use crate::store::NOTIFY_CHANNEL;
 
-/// Fixed key of the session-level advisory lock held by the leading (publishing) relay.
-const RELAY_LOCK: i64 = 0x0072_656c_6179; // "relay"
-
-/// How long the relay sleeps when there is no notification: a safety net for a missed NOTIFY
-/// (a reconnect, another instance's writes while it held the lock), short enough that such an
-/// event is still published within half a second.
+/// How long the leader waits for a NOTIFY before looking at the event log anyway: a safety net
+/// for a missed notification (a reconnect, writes made before this relay took over), short
+/// enough that such an event is still published within half a second.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Redis connect/read/write timeout: a hung Redis makes the relay back off, never hang.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often a follower tries to become the leader: the longest a dead leader's backlog waits.
+/// How often a follower looks at the lease: part of the takeover bound (see the module doc).
 const FOLLOWER_POLL: Duration = Duration::from_millis(500);
 
-/// Longest wait between attempts while Redis or the DB is down.
+/// Longest wait between attempts while the command DB is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Longest wait between attempts while Redis fails the leader. Shorter than [`RENEW_EVERY`], so
+/// a leader whose Redis keeps failing sees a failure in every renewal interval and lets the
+/// lease go, instead of renewing on a lucky call between two long pauses.
+const MAX_REDIS_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Statement timeout of the relay's session: a hung command DB turns into an error (and a
+/// reconnect) instead of a relay stuck forever inside one call.
+const STATEMENT_TIMEOUT: &str = "5s";
+
+/// How often an idle relay looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub database_url: String,
     pub redis_url: String,
     pub batch: i64,
+    /// This instance's id: part of the lease holder's name and the Redis client name
+    /// (`relay-<instance>`), so operators and drills can tell which instance leads.
+    pub instance: String,
 }
 
-/// The running relay thread; [`Relay::stop`] finishes the batch in flight and joins.
+/// The running relay thread; [`Relay::stop`] finishes the batch in flight, releases the lease
+/// and joins.
 pub struct Relay {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -85,8 +133,12 @@ impl Relay {
 enum RelayError {
     Db(postgres::Error),
     Redis(redis::RedisError),
-    /// An event-log row we did not write (an unknown type): needs a human, logged loudly.
-    Corrupt(String),
+    /// A relay with a newer epoch claimed the stream: we were replaced (e.g. while frozen).
+    Fenced {
+        newer: i64,
+    },
+    /// Our lease ran out or was taken (we could not renew in time).
+    LeaseLost,
 }
 
 impl std::fmt::Display for RelayError {
@@ -94,15 +146,68 @@ impl std::fmt::Display for RelayError {
         match self {
             RelayError::Db(e) => write!(f, "command db: {e}"),
             RelayError::Redis(e) => write!(f, "redis: {e}"),
-            RelayError::Corrupt(why) => write!(f, "corrupt event log row: {why}"),
+            RelayError::Fenced { newer } => {
+                write!(f, "replaced: a relay with epoch {newer} has taken over")
+            }
+            RelayError::LeaseLost => write!(f, "the leadership lease ran out"),
         }
     }
 }
 
+impl From<FenceError> for RelayError {
+    fn from(e: FenceError) -> Self {
+        match e {
+            FenceError::Fenced { newer } => RelayError::Fenced { newer },
+            FenceError::Redis(e) => RelayError::Redis(e),
+        }
+    }
+}
+
+/// What one turn of the loop did.
+enum Turn {
+    /// Not leading (the lease is someone else's, or our Redis does not answer).
+    Following,
+    /// Just took the lease: publish at once.
+    Took,
+    /// Published this many events.
+    Published(usize),
+}
+
+/// A term as leader, as this relay sees it.
+struct Leading {
+    term: Term,
+    /// When the last successful renewal was *sent*: the lease surely lasts until
+    /// `renewed + LEASE_TTL` (the DB's `now()` was later than this).
+    renewed: Instant,
+    /// Start of the current renewal interval.
+    interval_start: Instant,
+    /// Whether Redis failed us since `interval_start`: then this interval earns no renewal.
+    redis_failed: bool,
+    /// Event ids a previous term may have appended without marking them (see `fence.rs`).
+    skip: HashSet<String>,
+}
+
+/// The relay thread's state: its own PostgreSQL session (LISTENing only while leading), its
+/// Redis connection, and its term when leading.
+struct State<'a> {
+    config: &'a RelayConfig,
+    metrics: &'a Metrics,
+    holder: String,
+    pg: Option<Client>,
+    redis: Option<redis::Connection>,
+    lead: Option<Leading>,
+}
+
 fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop: &AtomicBool) {
-    // The leader's session: dropping it releases the lock (and a follower takes over).
-    let mut pg: Option<Client> = None;
-    let mut redis: Option<redis::Connection> = None;
+    let mut state = State {
+        config,
+        metrics,
+        // A fresh suffix per process: a restarted instance with the same id is a new holder.
+        holder: format!("{}/{}", config.instance, Uuid::new_v4()),
+        pg: None,
+        redis: None,
+        lead: None,
+    };
     let mut backoff = Duration::from_millis(100);
     let mut last_error: Option<String> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -110,41 +215,13 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        let leading = pg.is_some();
-        let result = if leading {
-            connect_redis(&mut redis, &config.redis_url).and_then(|()| {
-                match (pg.as_mut(), redis.as_mut()) {
-                    (Some(pg), Some(redis)) => publish_batch(pg, redis, config.batch).map(Some),
-                    _ => Ok(Some(0)),
-                }
-            })
-        } else {
-            try_lead(&config.database_url).map(|won| {
-                if let Some(client) = won {
-                    shared::info!("relay: leading: this instance publishes the event log");
-                    metrics.relay_leader.store(true, Ordering::Relaxed);
-                    pg = Some(client);
-                }
-                None
-            })
-        };
-        match result {
-            // A follower: keep /ready's view of Redis true, try to lead again later.
-            Ok(None) if pg.is_none() => {
+        match state.turn() {
+            Ok(Turn::Following) => {
                 last_error = None;
-                let up = connect_redis(&mut redis, &config.redis_url).is_ok()
-                    && redis
-                        .as_mut()
-                        .is_some_and(|r| redis::cmd("PING").query::<String>(r).is_ok());
-                if !up {
-                    redis = None;
-                }
-                metrics.redis_up.store(up, Ordering::Relaxed);
-                sleep_unless_stopped(FOLLOWER_POLL, stop);
+                state.pause(FOLLOWER_POLL, stop);
             }
-            Ok(None) => {} // just became the leader: publish at once
-            Ok(Some(published)) => {
-                metrics.redis_up.store(true, Ordering::Relaxed);
+            Ok(Turn::Took) => {}
+            Ok(Turn::Published(published)) => {
                 if last_error.take().is_some() {
                     shared::info!("relay: recovered, publishing again");
                 }
@@ -156,88 +233,309 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
                     metrics.relay_batches.fetch_add(1, Ordering::Relaxed);
                 }
                 if published < config.batch as usize {
-                    if let Some(pg) = pg.as_mut() {
-                        wait_for_notification(pg, stop);
-                    }
+                    state.wait_for_notification(stop);
                 }
             }
             Err(e) => {
                 metrics.relay_errors.fetch_add(1, Ordering::Relaxed);
-                match &e {
-                    RelayError::Db(_) | RelayError::Corrupt(_) => {
-                        if pg.take().is_some() {
-                            metrics.relay_leader.store(false, Ordering::Relaxed);
-                            shared::warn!(
-                                "relay: lost the command-db session; leadership released"
-                            );
-                        }
+                let cap = match &e {
+                    RelayError::Db(_) => {
+                        // The session is gone, and with it our LISTEN; the lease (if we held
+                        // one) simply runs out.
+                        state.pg = None;
+                        state.step_down(false);
+                        MAX_BACKOFF
                     }
                     RelayError::Redis(_) => {
                         metrics.redis_up.store(false, Ordering::Relaxed);
-                        redis = None;
+                        state.redis = None;
+                        if let Some(lead) = state.lead.as_mut() {
+                            lead.redis_failed = true;
+                        }
+                        MAX_REDIS_BACKOFF
                     }
-                }
+                    RelayError::Fenced { .. } | RelayError::LeaseLost => {
+                        state.step_down(false);
+                        MAX_REDIS_BACKOFF
+                    }
+                };
                 let text = e.to_string();
                 // One line per outage, not one per retry.
                 if last_error.as_deref() != Some(text.as_str()) {
                     shared::warn!("relay: {text}; writes continue, retrying with backoff");
                     last_error = Some(text);
                 }
-                sleep_unless_stopped(backoff, stop);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = backoff.min(cap);
+                state.pause(backoff, stop);
+                backoff = (backoff * 2).min(cap);
             }
         }
     }
-    metrics.relay_leader.store(false, Ordering::Relaxed);
+    state.step_down(true);
     shared::info!("relay: stopped");
 }
 
-/// Connects and tries to take the leader lock; on success the session LISTENs and is returned
-/// (it must stay open: the lock lives as long as the session). A follower's connection is
-/// closed again at once, so N instances cost one extra connection, not N.
-fn try_lead(url: &str) -> Result<Option<Client>, RelayError> {
-    let mut config: postgres::Config = url.parse().map_err(RelayError::Db)?;
-    config.connect_timeout(Duration::from_secs(2));
-    config.keepalives(true);
-    let mut client = config.connect(NoTls).map_err(RelayError::Db)?;
-    let won: bool = client
-        .query_typed(
-            "SELECT pg_try_advisory_lock($1)",
-            &[(&RELAY_LOCK, Type::INT8)],
-        )
-        .map_err(RelayError::Db)?
-        .first()
-        .map(|r| r.get(0))
-        .unwrap_or(false);
-    if !won {
-        return Ok(None);
+impl State<'_> {
+    /// One step: keep the session, then follow (try to take the lease) or lead (renew, publish).
+    fn turn(&mut self) -> Result<Turn, RelayError> {
+        if self.pg.is_none() {
+            self.pg = Some(connect_pg(&self.config.database_url).map_err(RelayError::Db)?);
+        }
+        self.drain()?;
+        if self.lead.is_none() {
+            return self.follow();
+        }
+        self.keep_lease()?;
+        let (Some(pg), Some(lead)) = (self.pg.as_mut(), self.lead.as_mut()) else {
+            return Ok(Turn::Following);
+        };
+        let redis = connect_redis(&mut self.redis, self.config)?;
+        let published = publish_batch(pg, redis, lead, self.config.batch, self.metrics)?;
+        self.metrics.redis_up.store(true, Ordering::Relaxed);
+        Ok(Turn::Published(published))
     }
-    client
-        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-        .map_err(RelayError::Db)?;
-    Ok(Some(client))
+
+    /// A follower takes the lease only when its own Redis answers and the lease is free.
+    fn follow(&mut self) -> Result<Turn, RelayError> {
+        let up = self.ping().is_ok();
+        self.metrics.redis_up.store(up, Ordering::Relaxed);
+        if !up {
+            self.redis = None;
+            return Ok(Turn::Following);
+        }
+        let Some(pg) = self.pg.as_mut() else {
+            return Ok(Turn::Following);
+        };
+        let sent = Instant::now();
+        let Some(mut term) = lease::acquire(pg, &self.holder).map_err(RelayError::Db)? else {
+            return Ok(Turn::Following);
+        };
+        // LISTEN before the first batch, so a write committed after it wakes us.
+        pg.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .map_err(RelayError::Db)?;
+        let redis = connect_redis(&mut self.redis, self.config)?;
+        let skip = match fence::claim(redis, term.epoch, self.config.batch) {
+            Ok(ids) => ids,
+            Err(FenceError::Fenced { newer }) => {
+                // Redis has seen a newer epoch than the DB's lease row (a restored command DB):
+                // we hold the lease, so that epoch's holder is gone; move past it.
+                match lease::raise_epoch(pg, &self.holder, &term, newer + 1)
+                    .map_err(RelayError::Db)?
+                {
+                    Some(raised) => term = raised,
+                    None => {
+                        self.step_down(false);
+                        return Ok(Turn::Following);
+                    }
+                }
+                fence::claim(redis, term.epoch, self.config.batch)?
+            }
+            Err(FenceError::Redis(e)) => {
+                self.lead = Some(Leading::new(term, sent, HashSet::new()));
+                self.step_down(true);
+                return Err(RelayError::Redis(e));
+            }
+        };
+        shared::info!(
+            "relay: leading (epoch {}): this instance publishes the event log",
+            term.epoch
+        );
+        self.metrics.relay_leader.store(true, Ordering::Relaxed);
+        self.metrics
+            .relay_epoch
+            .store(term.epoch, Ordering::Relaxed);
+        self.lead = Some(Leading::new(term, sent, skip.into_iter().collect()));
+        Ok(Turn::Took)
+    }
+
+    /// Renews the lease at each renewal point if this interval earned it; steps down when the
+    /// lease is gone.
+    fn keep_lease(&mut self) -> Result<(), RelayError> {
+        let Some(lead) = self.lead.as_ref() else {
+            return Ok(());
+        };
+        if lead.interval_start.elapsed() >= RENEW_EVERY {
+            let earned = !lead.redis_failed && self.ping().is_ok();
+            let (Some(pg), Some(lead)) = (self.pg.as_mut(), self.lead.as_mut()) else {
+                return Ok(());
+            };
+            lead.interval_start = Instant::now();
+            lead.redis_failed = false;
+            if earned {
+                let sent = Instant::now();
+                if !lease::renew(pg, &self.holder, &lead.term).map_err(RelayError::Db)? {
+                    return Err(RelayError::LeaseLost);
+                }
+                lead.renewed = sent;
+            } else {
+                self.redis = None;
+            }
+        }
+        match self.lead.as_ref() {
+            // Judged by our own clock from when the last renewal was sent: the DB's expiry is
+            // never earlier than this, so we stop before anyone else may start.
+            Some(lead) if lead.renewed.elapsed() >= LEASE_TTL => Err(RelayError::LeaseLost),
+            _ => Ok(()),
+        }
+    }
+
+    fn ping(&mut self) -> Result<(), RelayError> {
+        let redis = connect_redis(&mut self.redis, self.config)?;
+        redis::cmd("PING")
+            .query::<String>(redis)
+            .map_err(RelayError::Redis)?;
+        Ok(())
+    }
+
+    /// Leaves the leader role: stop listening (so notifications stop queueing for us), and on
+    /// a clean stop hand the lease back at once.
+    fn step_down(&mut self, release: bool) {
+        let Some(lead) = self.lead.take() else {
+            return;
+        };
+        self.metrics.relay_leader.store(false, Ordering::Relaxed);
+        shared::warn!(
+            "relay: no longer leading (epoch {}); another instance may publish",
+            lead.term.epoch
+        );
+        if let Some(pg) = self.pg.as_mut() {
+            let mut ok = pg.batch_execute("UNLISTEN *").is_ok();
+            if release {
+                ok &= lease::release(pg, &self.holder, &lead.term).is_ok();
+            }
+            if !ok {
+                // A broken session: drop it, which also ends the LISTEN.
+                self.pg = None;
+            }
+        }
+        let _ = self.drain();
+    }
+
+    /// Reads whatever notifications have arrived, without blocking, so our LISTEN never holds
+    /// back PostgreSQL's notification queue.
+    fn drain(&mut self) -> Result<(), RelayError> {
+        if let Some(pg) = self.pg.as_mut() {
+            let mut notifications = pg.notifications();
+            let mut pending = notifications.iter();
+            while pending.next().map_err(RelayError::Db)?.is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Sleeps `d` (noticing a stop within [`STOP_CHECK`]), draining notifications meanwhile.
+    fn pause(&mut self, d: Duration, stop: &AtomicBool) {
+        let deadline = Instant::now() + d;
+        while !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if self.drain().is_err() {
+                self.pg = None;
+                self.step_down(false);
+            }
+            std::thread::sleep((deadline - now).min(STOP_CHECK));
+        }
+    }
+
+    /// Waits up to [`IDLE_POLL`] for a NOTIFY, then drains any others that queued meanwhile (one
+    /// batch serves them all). Each wait is a fresh `timeout_iter` for the time left: a
+    /// `TimeoutIter` that has timed out once answers `None` at once from then on, so reusing
+    /// one would spin.
+    fn wait_for_notification(&mut self, stop: &AtomicBool) {
+        let Some(pg) = self.pg.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + IDLE_POLL;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || stop.load(Ordering::SeqCst) {
+                break;
+            }
+            // Short slices so a SIGTERM is noticed within STOP_CHECK.
+            let slice = (deadline - now).min(STOP_CHECK);
+            match pg.notifications().timeout_iter(slice).next() {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(_) => return, // the next turn finds the broken connection and reconnects
+            }
+        }
+        let _ = self.drain();
+    }
 }
 
-fn connect_redis(slot: &mut Option<redis::Connection>, url: &str) -> Result<(), RelayError> {
+impl Leading {
+    fn new(term: Term, sent: Instant, skip: HashSet<String>) -> Leading {
+        Leading {
+            term,
+            renewed: sent,
+            interval_start: Instant::now(),
+            redis_failed: false,
+            skip,
+        }
+    }
+}
+
+/// The relay's own session: keepalives so a dead DB host is noticed, and a statement timeout
+/// so a hung one is too.
+fn connect_pg(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    config.connect_timeout(Duration::from_secs(2));
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}'"))?;
+    Ok(client)
+}
+
+/// Connects if needed, names the connection `relay-<instance>` (so `CLIENT LIST` shows which
+/// connection is the relay's, and a drill can cut exactly that one) and returns it.
+fn connect_redis<'a>(
+    slot: &'a mut Option<redis::Connection>,
+    config: &RelayConfig,
+) -> Result<&'a mut redis::Connection, RelayError> {
     if slot.is_none() {
-        let client = redis::Client::open(url).map_err(RelayError::Redis)?;
-        let conn = client
+        let client = redis::Client::open(config.redis_url.as_str()).map_err(RelayError::Redis)?;
+        let mut conn = client
             .get_connection_with_timeout(REDIS_TIMEOUT)
             .map_err(RelayError::Redis)?;
         conn.set_read_timeout(Some(REDIS_TIMEOUT))
             .map_err(RelayError::Redis)?;
         conn.set_write_timeout(Some(REDIS_TIMEOUT))
             .map_err(RelayError::Redis)?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(client_name(&config.instance))
+            .query::<()>(&mut conn)
+            .map_err(RelayError::Redis)?;
         *slot = Some(conn);
     }
-    Ok(())
+    slot.as_mut().ok_or_else(|| {
+        RelayError::Redis(redis::RedisError::from((
+            redis::ErrorKind::ClientError,
+            "no redis connection",
+        )))
+    })
 }
 
-/// Publishes one batch; returns how many events it published (0 when nothing is pending).
+/// The Redis client name of an instance's relay connection: `relay-<instance>`, with anything
+/// Redis does not allow in a name (spaces, newlines) replaced by `_`.
+pub fn client_name(instance: &str) -> String {
+    let safe: String = instance
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    format!("relay-{safe}")
+}
+
+/// Publishes one batch; returns how many event-log rows it passed on (0 when nothing is
+/// pending). Rows the previous term already appended (`lead.skip`) are marked, not appended.
 fn publish_batch(
     pg: &mut Client,
     redis: &mut redis::Connection,
+    lead: &mut Leading,
     batch: i64,
+    metrics: &Metrics,
 ) -> Result<usize, RelayError> {
     let mut tx = pg.transaction().map_err(RelayError::Db)?;
     let rows = tx
@@ -250,26 +548,46 @@ fn publish_batch(
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut pipe = redis::pipe();
     let mut positions = Vec::with_capacity(rows.len());
+    let mut entries: Vec<Fields> = Vec::with_capacity(rows.len());
     for row in &rows {
+        let raw_type: &str = row.try_get(2).map_err(RelayError::Db)?;
+        let event_type = raw_type.parse::<EventType>();
         let event = Event {
             position: row.try_get(0).map_err(RelayError::Db)?,
             event_id: row.try_get(1).map_err(RelayError::Db)?,
-            event_type: row
-                .try_get::<_, &str>(2)
-                .map_err(RelayError::Db)?
-                .parse::<EventType>()
-                .map_err(|e| RelayError::Corrupt(e.to_string()))?,
+            // Placeholder for a type this version does not know; replaced below.
+            event_type: event_type.clone().unwrap_or(EventType::ReportUpdated),
             report_id: row.try_get(3).map_err(RelayError::Db)?,
             version: row.try_get(4).map_err(RelayError::Db)?,
             payload: row.try_get(5).map_err(RelayError::Db)?,
             timestamp: row.try_get(6).map_err(RelayError::Db)?,
         };
         positions.push(event.position);
-        pipe.xadd(STREAM, "*", &event.to_fields()).ignore();
+        if lead.skip.remove(&event.event_id.to_string()) {
+            continue; // appended by the previous term, which died before marking it
+        }
+        let mut fields = event.to_fields();
+        if event_type.is_err() {
+            // Publish it as written (see the module doc): the codec's other fields stay
+            // shared's; only the type is passed through untouched.
+            for (name, value) in fields.iter_mut() {
+                if *name == "event_type" {
+                    raw_type.clone_into(value);
+                }
+            }
+            metrics.relay_unknown_types.fetch_add(1, Ordering::Relaxed);
+            shared::warn!(
+                "relay: event-log position {} has event_type {raw_type:?}, unknown to this \
+                 version; published as is (consumers that do not know it dead-letter it)",
+                event.position
+            );
+        }
+        entries.push(fields);
     }
-    pipe.query::<()>(redis).map_err(RelayError::Redis)?;
+    if !entries.is_empty() {
+        fence::publish(redis, lead.term.epoch, &entries)?;
+    }
     tx.query_typed(
         "UPDATE event_log SET published_at = now() WHERE position = ANY($1)",
         &[(&positions, Type::INT8_ARRAY)],
@@ -277,38 +595,4 @@ fn publish_batch(
     .map_err(RelayError::Db)?;
     tx.commit().map_err(RelayError::Db)?;
     Ok(positions.len())
-}
-
-/// Waits up to [`IDLE_POLL`] for a NOTIFY, then drains any others that queued meanwhile (one
-/// batch serves them all). Each wait is a fresh `timeout_iter` for the time left: a
-/// `TimeoutIter` that has timed out once answers `None` at once from then on, so reusing one
-/// would spin.
-fn wait_for_notification(pg: &mut Client, stop: &AtomicBool) {
-    let deadline = Instant::now() + IDLE_POLL;
-    loop {
-        let now = Instant::now();
-        if now >= deadline || stop.load(Ordering::SeqCst) {
-            break;
-        }
-        // Short slices so a SIGTERM is noticed within STOP_CHECK.
-        let slice = (deadline - now).min(STOP_CHECK);
-        match pg.notifications().timeout_iter(slice).next() {
-            Ok(Some(_)) => break,
-            Ok(None) => {}
-            Err(_) => return, // the next batch finds the broken connection and reconnects
-        }
-    }
-    let mut notifications = pg.notifications();
-    let mut rest = notifications.iter();
-    while let Ok(Some(_)) = rest.next() {}
-}
-
-/// How often an idle relay looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
-
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let deadline = Instant::now() + d;
-    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -101,6 +101,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             database_url: config.database_url.clone(),
             redis_url: config.redis_url.clone(),
             batch: config.relay_batch,
+            instance: config.instance.clone(),
         },
         metrics.clone(),
         schema_ready.clone(),

@@ -11,7 +11,7 @@
 
 pub mod client;
 mod engine;
-mod lag;
+pub(crate) mod lag;
 pub mod report;
 pub mod rss;
 pub mod scale;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::bench::client::{Conn, Target};
+use crate::bench::lag::{LagFeed, Sample};
 use crate::seed::{CATEGORIES, STATUSES};
 
 /// The last acknowledged state of one report.
@@ -48,6 +49,30 @@ pub struct Load {
     pub last_write_ok: Arc<AtomicU64>,
     pub last_read_ok: Arc<AtomicU64>,
     pub started: Instant,
+    sampling: Arc<Sampling>,
+}
+
+/// Propagation sampling of acknowledged writes, switched on for a window (a fault) by
+/// [`Load::sample_propagation`]: every write acknowledged meanwhile is handed to the lag
+/// pollers of every query DB.
+#[derive(Default)]
+struct Sampling {
+    feed: Mutex<Option<LagFeed>>,
+    seq: AtomicU64,
+}
+
+impl Sampling {
+    fn acked(&self, id: &str, version: i64) {
+        let feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(feed), Ok(id)) = (feed.as_ref(), uuid::Uuid::parse_str(id)) {
+            feed.send(Sample {
+                seq: self.seq.fetch_add(1, Ordering::SeqCst),
+                id,
+                version,
+                written: Instant::now(),
+            });
+        }
+    }
 }
 
 /// Request timeout: nginx's upstream timeouts are shorter, so a hung upstream shows up as a
@@ -72,17 +97,23 @@ impl Load {
         let last_write_ok = Arc::new(AtomicU64::new(0));
         let last_read_ok = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
+        let sampling = Arc::new(Sampling::default());
         const WRITERS: usize = 4;
         const READERS: usize = 4;
         for w in 0..WRITERS {
             let (stop, ledger, last) = (stop.clone(), ledger.clone(), last_write_ok.clone());
+            let sampling = sampling.clone();
             let conn = Conn::new(write.clone(), TIMEOUT).with_token(token.as_deref());
             let period = Duration::from_secs_f64(WRITERS as f64 / write_rps.max(0.1));
             let tag = format!("{tag}-w{w}");
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("drill-writer-{w}"))
-                    .spawn(move || writer(conn, period, &tag, &stop, &ledger, &last, started))?,
+                    .spawn(move || {
+                        writer(
+                            conn, period, &tag, &stop, &ledger, &last, started, &sampling,
+                        )
+                    })?,
             );
         }
         for r in 0..READERS {
@@ -102,7 +133,25 @@ impl Load {
             last_write_ok,
             last_read_ok,
             started,
+            sampling,
         })
+    }
+
+    /// From now on, every acknowledged write is sampled for propagation lag through `feed`.
+    pub fn sample_propagation(&self, feed: LagFeed) {
+        self.sampling.seq.store(0, Ordering::SeqCst);
+        *self.sampling.feed.lock().unwrap_or_else(|p| p.into_inner()) = Some(feed);
+    }
+
+    /// Stops sampling (dropping the feed, so the pollers can finish); returns how many writes
+    /// were sampled.
+    pub fn stop_sampling(&self) -> u64 {
+        self.sampling
+            .feed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.sampling.seq.load(Ordering::SeqCst)
     }
 
     /// Milliseconds since the load started.
@@ -122,6 +171,8 @@ impl Load {
     }
 }
 
+// The writer thread's whole context; a struct for it would be built once and unpacked once.
+#[allow(clippy::too_many_arguments)]
 fn writer(
     mut conn: Conn,
     period: Duration,
@@ -130,6 +181,7 @@ fn writer(
     ledger: &Mutex<Ledger>,
     last_ok: &AtomicU64,
     started: Instant,
+    sampling: &Sampling,
 ) {
     // Reports this thread created and has not deleted: (id, acked version).
     let mut mine: Vec<(String, i64)> = Vec::new();
@@ -159,6 +211,7 @@ fn writer(
                             },
                         );
                         l.writes_acked += 1;
+                        sampling.acked(&id, v);
                         mine.push((id, v));
                         last_ok.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
@@ -196,6 +249,10 @@ fn writer(
                         );
                         l.uncertain.remove(&id);
                         l.writes_acked += 1;
+                        if !delete {
+                            // A deleted report's visibility is not a version to wait for.
+                            sampling.acked(&id, v);
+                        }
                         last_ok.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                         if delete {
                             mine.swap_remove(k);

@@ -3,13 +3,18 @@
 //! at the `medium` level (20 writes/s + 80 reads/s through nginx), and injects one fault at a
 //! time: SIGKILL of a command instance, a query instance, the projection, a query replica,
 //! Redis (AOF) and the command DB; SIGSTOP/SIGCONT of a replica (hung, not dead); a PgBouncer
-//! restart. After each it checks that every acknowledged write is in the command DB with its
+//! restart; and the relay-leader faults: SIGSTOP of the command instance that leads the relay
+//! (30 s; 8 s in `--short`), and cutting only that instance's Redis connection for as long (a
+//! `CLIENT KILL` loop on its client name), each with the propagation p99 of the writes
+//! acknowledged during the fault and a check that no report's versions went backwards in the
+//! stream. After each it checks that every acknowledged write is in the command DB with its
 //! last version and in every query DB (check-sync, statistics included), that nothing exists
 //! that nobody was told about, and how long the system took to serve again — without any
 //! manual step. Prints a table, writes JSON to `target/drill/`, exits non-zero on any loss.
 //!
 //! `--short` (what `cargo xtask test` runs) uses the debug binaries and shorter phases.
 
+mod leader;
 mod load;
 mod verify;
 
@@ -22,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use lexopt::prelude::*;
 use xshell::{cmd, Shell};
 
+use crate::bench::lag::Sampler;
 use crate::bench::LocalCluster;
 use crate::cluster::{State, STATE_DIR_ENV};
 use crate::health;
@@ -35,9 +41,13 @@ enum Fault {
     KillPostgres(&'static str),
     Hang(&'static str),
     Restart(&'static str),
+    /// SIGSTOP the command instance leading the relay, SIGCONT after the leader-fault time.
+    FreezeLeader,
+    /// Kill the leading relay's Redis connection over and over for the leader-fault time.
+    CutLeaderFromRedis,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 10] = [
     Fault::Kill("command-1"),
     Fault::Kill("query-1"),
     Fault::Kill("projection"),
@@ -46,12 +56,21 @@ const FAULTS: [Fault; 8] = [
     Fault::KillPostgres("command-db"),
     Fault::Hang("query-db-replica1"),
     Fault::Restart("pgbouncer"),
+    Fault::FreezeLeader,
+    Fault::CutLeaderFromRedis,
 ];
+
+/// How long the relay-leader faults last: long enough to show the takeover (the lease runs out
+/// within ~3.5 s) and the frozen leader's wake-up; the short form keeps `cargo xtask test` quick.
+const LEADER_FAULT: Duration = Duration::from_secs(30);
+const LEADER_FAULT_SHORT: Duration = Duration::from_secs(8);
 
 impl Fault {
     fn service(self) -> &'static str {
         match self {
             Fault::Kill(s) | Fault::KillPostgres(s) | Fault::Hang(s) | Fault::Restart(s) => s,
+            // Which instance leads is known only when the fault is injected.
+            Fault::FreezeLeader | Fault::CutLeaderFromRedis => "relay-leader",
         }
     }
 
@@ -60,7 +79,13 @@ impl Fault {
             Fault::Kill(s) | Fault::KillPostgres(s) => format!("SIGKILL {s}"),
             Fault::Hang(s) => format!("SIGSTOP/SIGCONT {s}"),
             Fault::Restart(s) => format!("restart {s}"),
+            Fault::FreezeLeader => "SIGSTOP relay leader".to_owned(),
+            Fault::CutLeaderFromRedis => "cut relay leader from redis".to_owned(),
         }
+    }
+
+    fn on_leader(self) -> bool {
+        matches!(self, Fault::FreezeLeader | Fault::CutLeaderFromRedis)
     }
 }
 
@@ -77,6 +102,10 @@ struct Row {
     client_errors_reads: u64,
     reads_ok: u64,
     converged: bool,
+    /// p99 of write → visible on every query DB, for writes acknowledged during a relay-leader
+    /// fault (other faults: not measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    propagation_p99_ms: Option<f64>,
     problems: Vec<String>,
     ok: bool,
 }
@@ -136,6 +165,11 @@ impl Drill {
             root: root.clone(),
             state_dir: state_dir.clone(),
             bins,
+            leader_fault: if self.short {
+                LEADER_FAULT_SHORT
+            } else {
+                LEADER_FAULT
+            },
         };
         cluster.xtask(&["down", "--volumes"]).ok();
         let base = self.base_port.to_string();
@@ -170,6 +204,7 @@ impl Drill {
     fn drill(&self, cluster: &DrillCluster) -> Result<()> {
         let state = cluster.state()?;
         let local = LocalCluster::of(&state.topology);
+        let redis_url = state.topology.redis_url(crate::topology::Target::Local);
         let (pre, post) = if self.short {
             (Duration::from_secs(2), Duration::from_secs(2))
         } else {
@@ -184,8 +219,21 @@ impl Drill {
             std::thread::sleep(pre);
             let injected_at = load.now_ms();
             let injected = Instant::now();
-            cluster.inject(fault)?;
-            let recovered_at = cluster.wait_recovered(fault, &load, injected_at)?;
+            let sampling = if fault.on_leader() {
+                let tail = leader::stream_tail(&redis_url)?;
+                let watch = leader::Watch::start(&redis_url, tail)?;
+                let (feed, sampler) = Sampler::start(&local.query_dbs)?;
+                load.sample_propagation(feed);
+                Some((watch, sampler))
+            } else {
+                None
+            };
+            let faulted = cluster.inject(fault)?;
+            // The window is the fault itself: writes acknowledged after it are not sampled.
+            let window = sampling.map(|(watch, sampler)| (watch, sampler, load.stop_sampling()));
+            let recovered_at = cluster.wait_recovered(&faulted, &load, injected_at)?;
+            let propagation =
+                window.map(|(watch, sampler, sampled)| (watch, sampler.finish(sampled)));
             let recovery_ms = recovered_at.saturating_sub(injected_at);
             println!(
                 "recovered after {recovery_ms} ms (injected {:?} ago)",
@@ -193,17 +241,40 @@ impl Drill {
             );
             std::thread::sleep(post);
             let ledger = load.finish();
-            let verdict: Verdict = verify::verify(
+            let mut verdict: Verdict = verify::verify(
                 &ledger,
                 &tag,
                 &local.command_db,
                 &local.query_dbs,
                 Duration::from_secs(60),
             )?;
+            let mut propagation_p99_ms = None;
+            let mut in_order = true;
+            if let Some((watch, p)) = propagation {
+                // The watcher ran until every sampled write was visible (or timed out), so it
+                // has seen what the fault's writes put in the stream.
+                let order = watch.finish()?;
+                println!(
+                    "propagation during the fault: p99 {:.0} ms, max {:.0} ms over {} writes \
+                     ({} not visible within 15 s); stream: {} entries, {} repeated, {} out of order",
+                    p.all.p99_ms,
+                    p.all.max_ms,
+                    p.sampled,
+                    p.all.not_visible,
+                    order.entries,
+                    order.repeated,
+                    order.out_of_order.len()
+                );
+                in_order = order.out_of_order.is_empty();
+                verdict
+                    .problems
+                    .extend(order.out_of_order.into_iter().take(5));
+                propagation_p99_ms = Some(p.all.p99_ms);
+            }
             for p in &verdict.problems {
                 println!("  problem: {p}");
             }
-            let ok = verdict.ok();
+            let ok = verdict.ok() && in_order;
             rows.push(Row {
                 fault: fault.describe(),
                 writes_acknowledged: ledger.writes_acked,
@@ -220,6 +291,7 @@ impl Drill {
                 client_errors_reads: ledger.read_errors,
                 reads_ok: ledger.reads_ok,
                 converged: verdict.not_converged.is_empty(),
+                propagation_p99_ms,
                 problems: verdict.problems.clone(),
                 ok,
             });
@@ -242,12 +314,12 @@ impl Drill {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| fault | writes acknowledged | writes lost | phantom | unanswered | time to recover | client errors (writes/reads) | converged |"
+        "\n| fault | writes acknowledged | writes lost | phantom | unanswered | time to recover | client errors (writes/reads) | converged | propagation p99 during fault |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} s | {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} s | {} / {} | {} | {} |",
             r.fault,
             r.writes_acknowledged,
             r.writes_lost,
@@ -256,7 +328,9 @@ fn print_table(rows: &[Row]) {
             r.recovery_ms as f64 / 1000.0,
             r.client_errors_writes,
             r.client_errors_reads,
-            if r.converged { "yes" } else { "NO" }
+            if r.converged { "yes" } else { "NO" },
+            r.propagation_p99_ms
+                .map_or_else(|| "–".to_owned(), |ms| format!("{:.2} s", ms / 1000.0))
         );
     }
 }
@@ -267,6 +341,8 @@ struct DrillCluster {
     root: PathBuf,
     state_dir: PathBuf,
     bins: PathBuf,
+    /// How long a relay-leader fault lasts.
+    leader_fault: Duration,
 }
 
 impl DrillCluster {
@@ -306,7 +382,8 @@ impl DrillCluster {
             .with_context(|| format!("{service} has no pid in the drill cluster's state"))
     }
 
-    fn inject(&self, fault: Fault) -> Result<()> {
+    /// Injects `fault`; returns the service it hit (for the relay-leader faults, the leader).
+    fn inject(&self, fault: Fault) -> Result<String> {
         let sh = Shell::new()?;
         match fault {
             Fault::Kill(service) => {
@@ -330,26 +407,55 @@ impl DrillCluster {
                 cmd!(sh, "kill -CONT {pid}").quiet().run()?;
             }
             Fault::Restart(service) => self.xtask(&["restart", service])?,
+            Fault::FreezeLeader => {
+                let leader = leader::leader(&self.local()?.command_db)?;
+                let pid = self.pid(&leader)?.to_string();
+                println!("freezing {leader} (pid {pid}) for {:?}", self.leader_fault);
+                cmd!(sh, "kill -STOP {pid}").quiet().run()?;
+                std::thread::sleep(self.leader_fault);
+                cmd!(sh, "kill -CONT {pid}").quiet().run()?;
+                return Ok(leader);
+            }
+            Fault::CutLeaderFromRedis => {
+                let local = self.local()?;
+                let leader = leader::leader(&local.command_db)?;
+                println!(
+                    "cutting {leader}'s relay from redis for {:?}",
+                    self.leader_fault
+                );
+                let kills = leader::cut(&local.redis, &leader, self.leader_fault)?;
+                let now = leader::leader(&local.command_db)?;
+                println!("{kills} connections of {leader} killed; the relay leader is now {now}");
+                return Ok(leader);
+            }
         }
-        Ok(())
+        Ok(fault.service().to_owned())
+    }
+
+    fn local(&self) -> Result<LeaderView> {
+        let topology = self.state()?.topology;
+        Ok(LeaderView {
+            command_db: LocalCluster::of(&topology).command_db,
+            redis: topology.redis_url(crate::topology::Target::Local),
+        })
     }
 
     /// Waits until the faulted service is healthy again and a write and a read both succeeded
     /// after that; returns the load clock (ms) at that moment.
-    fn wait_recovered(&self, fault: Fault, load: &Load, injected_at: u64) -> Result<u64> {
+    fn wait_recovered(&self, service: &str, load: &Load, injected_at: u64) -> Result<u64> {
         let sh = Shell::new()?;
         let deadline = Instant::now() + Duration::from_secs(120);
         let state = self.state()?;
         let svc = state
             .topology
-            .service(fault.service())
-            .with_context(|| format!("no service {}", fault.service()))?;
+            .service(service)
+            .with_context(|| format!("no service {service}"))?;
         loop {
             if health::check(&sh, &svc).is_ok() {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{} did not come back within 120 s", fault.service());
+                bail!("{service} did not come back within 120 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -363,12 +469,15 @@ impl DrillCluster {
                 return Ok(w.max(r));
             }
             if Instant::now() > deadline {
-                bail!(
-                    "no successful write and read after {} recovered",
-                    fault.service()
-                );
+                bail!("no successful write and read after {service} recovered");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Where the relay-leader faults look: the lease row and Redis.
+struct LeaderView {
+    command_db: String,
+    redis: String,
 }
