@@ -32,3 +32,13 @@ CREATE TABLE IF NOT EXISTS event_log (
 -- The relay's work queue: only unpublished rows, in position order.
 CREATE INDEX IF NOT EXISTS event_log_unpublished
     ON event_log (position) WHERE published_at IS NULL;
+
+-- Second edition (SPEC §7.1): where a report is. Both coordinates or neither (the service
+-- validates; the CHECK keeps a half-located row out even if a bug slipped through).
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS lat float8;
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS lng float8;
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS address text;
+DO $$ BEGIN
+    ALTER TABLE reports ADD CONSTRAINT reports_location_pair CHECK ((lat IS NULL) = (lng IS NULL));
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;

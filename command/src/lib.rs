@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod place;
 pub mod relay;
 pub mod routes;
 pub mod server;

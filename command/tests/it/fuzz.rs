@@ -50,6 +50,8 @@ fn fuzz_stream_entry_decoder() {
         version: 1,
         created_at: now,
         updated_at: now,
+        location: None,
+        address: None,
     };
     let event = Event {
         event_id: uuid::Uuid::new_v4(),

@@ -7,6 +7,7 @@ mod concurrency;
 mod faults;
 mod fuzz;
 mod hostile;
+mod place;
 mod roundtrip;
 
 use std::sync::OnceLock;
