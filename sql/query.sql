@@ -106,3 +106,17 @@ CREATE INDEX IF NOT EXISTS read_reports_bbox
 -- q=: every word of the query in the search vector.
 CREATE INDEX IF NOT EXISTS read_reports_search
     ON read_reports USING gin (search) WHERE deleted_at IS NULL;
+
+-- Every version of every report (SPEC §7.1 `GET /reports/{id}/history`), one row per event,
+-- written by the projection in the same transaction as `read_reports`. Each row keeps the
+-- event's payload (the full snapshot, or the tombstone), so what changed between versions is
+-- worked out when it is read, and rows may arrive in any order or twice. Deleting a report
+-- keeps its history.
+CREATE TABLE IF NOT EXISTS report_history (
+    report_id  uuid        NOT NULL,
+    version    bigint      NOT NULL,
+    event_type text        NOT NULL,
+    at         timestamptz NOT NULL,
+    payload    text        NOT NULL,
+    PRIMARY KEY (report_id, version)
+);

@@ -7,6 +7,7 @@
 //! - [`server`]: the `may_minihttp` service: read the request safely, route, count, write;
 //! - [`routes`]: one `match (method, route)` and the handlers;
 //! - [`paging`]: pure parameter rules (page, per_page, filters, min_version);
+//! - [`search`]: the list with text, place and cursor parameters ([`cursor`]: its tokens);
 //! - [`failover`]: a pool per query DB, probes, failing over and back;
 //! - [`store`]: every SQL statement (unnamed, parameterized: PgBouncer-safe);
 //! - [`render`]: envelopes around the stored JSON documents, spliced as bytes;
@@ -16,11 +17,14 @@
 //! database it has marked down while another one is up.
 
 pub mod config;
+pub mod cursor;
 pub mod failover;
+pub mod history;
 pub mod metrics;
 pub mod paging;
 pub mod render;
 pub mod routes;
+pub mod search;
 pub mod server;
 pub mod store;
 

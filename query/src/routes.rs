@@ -16,8 +16,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::metrics::DbReport;
-use crate::paging::{self, ListParams};
+use crate::history;
+use crate::paging;
 use crate::render::{Frame, Meta};
+use crate::search::{self, ListQuery};
 use crate::store::{self, Lookup};
 use crate::Ctx;
 
@@ -35,6 +37,8 @@ pub enum Route {
     Report,
     Statistics,
     Metrics,
+    /// `/reports/{id}/history` (SPEC §7.1).
+    History,
     /// No such path (404).
     Unmatched,
     /// The request was rejected before routing (bad framing, 400/411/413).
@@ -43,13 +47,14 @@ pub enum Route {
 
 impl Route {
     /// Every route, in metrics order (the index is `route as usize`).
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Health,
         Route::Ready,
         Route::Reports,
         Route::Report,
         Route::Statistics,
         Route::Metrics,
+        Route::History,
         Route::Unmatched,
         Route::Malformed,
     ];
@@ -62,6 +67,7 @@ impl Route {
             Route::Report => "/reports/{id}",
             Route::Statistics => "/statistics",
             Route::Metrics => "/metrics",
+            Route::History => "/reports/{id}/history",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
         }
@@ -75,7 +81,8 @@ impl Route {
             | Route::Reports
             | Route::Report
             | Route::Statistics
-            | Route::Metrics => "GET",
+            | Route::Metrics
+            | Route::History => "GET",
             Route::Unmatched | Route::Malformed => "",
         }
     }
@@ -90,6 +97,12 @@ impl Route {
             "/metrics" => Route::Metrics,
             _ => match path.strip_prefix("/reports/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => return (Route::Report, id),
+                Some(rest) => match rest.strip_suffix("/history") {
+                    Some(id) if !id.is_empty() && !id.contains('/') => {
+                        return (Route::History, id)
+                    }
+                    _ => Route::Unmatched,
+                },
                 _ => Route::Unmatched,
             },
         };
@@ -110,6 +123,7 @@ pub fn handle(ctx: &Ctx, req: &Incoming) -> (Route, Result<Reply, ApiError>) {
         ("GET", Route::Report) => get_report(ctx, req, id),
         ("GET", Route::Statistics) => statistics(ctx, req),
         ("GET", Route::Metrics) => Ok(metrics(ctx)),
+        ("GET", Route::History) => report_history(ctx, id),
         (_, route) => Err(ApiError::MethodNotAllowed {
             allow: route.allow(),
         }),
@@ -167,22 +181,27 @@ fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
     ))
 }
 
-/// `GET /reports`: one page, newest first, with the total from the exact statistics.
+/// `GET /reports`: one page (newest first, or nearest first with `near=`), its total, and
+/// the cursor of the next page (`search.rs`).
 fn list_reports(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
-    let params = ListParams::parse(&req.params()?)?;
-    let ((total, mut body), db) = ctx.dbs.run(|conn| {
+    let params = ListQuery::parse(&req.params()?)?;
+    let ((listed, mut body), db) = ctx.dbs.run(|conn| {
         // A typical document is ~300-600 bytes.
         let mut body = Frame::open(256 + 512 * params.per_page as usize);
         body.push(b'[');
-        let total = store::list(&mut **conn, &params, &mut body)?;
-        Ok((total, body))
+        let listed = search::list(&mut **conn, &params, &mut body)?;
+        Ok((listed, body))
     })?;
     body.push(b']');
     let meta = Meta {
-        total,
+        total: listed.total,
         page: params.page,
         per_page: params.per_page,
-        total_pages: paging::total_pages(total, params.per_page),
+        total_pages: params
+            .page
+            .map(|_| paging::total_pages(listed.total, params.per_page)),
+        next_cursor: listed.next.map(|c| c.encode()),
+        total_capped: listed.capped,
     };
     ctx.frame.close(&mut body, Some(&meta));
     Ok(Reply::new(200, body).with_header(db.header))
@@ -226,6 +245,18 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
         // Yields the coroutine, not the worker thread.
         may::coroutine::sleep(MIN_VERSION_POLL.min(deadline - now));
     }
+}
+
+/// `GET /reports/{id}/history`: every version, oldest first; a deleted report's too.
+fn report_history(ctx: &Ctx, id_text: &str) -> Result<Reply, ApiError> {
+    let id = Uuid::try_parse(id_text)
+        .map_err(|_| ApiError::BadRequest(format!("report id {id_text:?} is not a UUID")))?;
+    let (stored, db) = ctx.dbs.run(|conn| history::load(&mut **conn, &id))?;
+    if stored.is_empty() {
+        return Err(ApiError::NotFound(format!("report {id} not found")));
+    }
+    let entries = history::entries(&stored);
+    Ok(Reply::new(200, ok_body(&ctx.instance, None, entries)).with_header(db.header))
 }
 
 /// One entry of `GET /statistics` (SPEC §2).
@@ -315,6 +346,9 @@ mod tests {
         check("/reports/abc", "/reports/{id} abc");
         check("/reports/", "unmatched");
         check("/reports/a/b", "unmatched");
+        check("/reports/abc/history", "/reports/{id}/history abc");
+        check("/reports//history", "unmatched");
+        check("/reports/a/b/history", "unmatched");
         check("/reports/a/", "unmatched");
         check("/statistics", "/statistics");
         check("/statistics/", "unmatched");
