@@ -17,7 +17,10 @@ pub fn record(tx: &mut Transaction<'_>, entries: &[&Decoded]) -> Result<(), post
     }
     let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.event.report_id).collect();
     let versions: Vec<i64> = entries.iter().map(|e| e.event.version).collect();
-    let types: Vec<&str> = entries.iter().map(|e| e.event.event_type.as_str()).collect();
+    let types: Vec<&str> = entries
+        .iter()
+        .map(|e| e.event.event_type.as_str())
+        .collect();
     let ats: Vec<time::OffsetDateTime> = entries.iter().map(|e| e.event.timestamp).collect();
     let payloads: Vec<&str> = entries.iter().map(|e| e.event.payload.as_str()).collect();
     tx.execute(

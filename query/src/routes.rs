@@ -15,8 +15,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::metrics::DbReport;
 use crate::history;
+use crate::metrics::DbReport;
 use crate::paging;
 use crate::render::{Frame, Meta};
 use crate::search::{self, ListQuery};
@@ -98,9 +98,7 @@ impl Route {
             _ => match path.strip_prefix("/reports/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => return (Route::Report, id),
                 Some(rest) => match rest.strip_suffix("/history") {
-                    Some(id) if !id.is_empty() && !id.contains('/') => {
-                        return (Route::History, id)
-                    }
+                    Some(id) if !id.is_empty() && !id.contains('/') => return (Route::History, id),
                     _ => Route::Unmatched,
                 },
                 _ => Route::Unmatched,

@@ -5,6 +5,7 @@
 mod bad_input;
 mod explain;
 mod failover;
+mod history;
 mod hostile;
 mod listing;
 mod min_version;
