@@ -53,8 +53,9 @@ impl Cursor {
         match kind {
             "n" => {
                 let micros: i128 = key.parse().map_err(|_| bad())?;
+                let nanos = micros.checked_mul(1_000).ok_or_else(bad)?;
                 let created_at =
-                    OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| bad())?;
+                    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
                 Ok(Cursor::Newest { created_at, id })
             }
             "d" => {
@@ -112,6 +113,8 @@ mod tests {
             &format!("d.{:x}.{id}", (-1.0f64).to_bits()),
             &format!("d.zz.{id}"),
             &format!("n.99999999999999999999999999.{id}"),
+            // Found by the fuzzer: overflowed the µs → ns multiplication.
+            &format!("n.179999999999999999999950000000000000.{id}"),
         ] {
             check(bad, "400: cursor");
         }

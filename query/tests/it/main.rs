@@ -5,6 +5,7 @@
 mod bad_input;
 mod explain;
 mod failover;
+mod fuzz;
 mod history;
 mod hostile;
 mod listing;
