@@ -42,3 +42,13 @@ CREATE TABLE IF NOT EXISTS relay_lease (
     epoch      bigint      NOT NULL,
     expires_at timestamptz NOT NULL
 );
+
+-- Second edition (SPEC §7.1): where a report is. Both coordinates or neither (the service
+-- validates; the CHECK keeps a half-located row out even if a bug slipped through).
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS lat float8;
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS lng float8;
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS address text;
+DO $$ BEGIN
+    ALTER TABLE reports ADD CONSTRAINT reports_location_pair CHECK ((lat IS NULL) = (lng IS NULL));
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;

@@ -47,3 +47,76 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     applied    bigint      NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL
 );
+
+-- Second edition (SPEC §7.1): location, address and full-text search.
+--
+-- The columns below are GENERATED from `doc`, the report JSON the projection already writes,
+-- so every writer of the read model (the projection, `xtask rebuild`, test seeders) fills them
+-- without knowing they exist, and they can never disagree with the document served.
+--
+-- Geography, chosen by measurement (README "Location"): contrib `cube` (ships with Debian's
+-- PostgreSQL 15, a trusted extension, no package to install). A report is a 3-D point on a
+-- sphere of the mean Earth radius; the straight-line (chord) distance between two such points
+-- grows strictly with the great-circle distance, so a GiST index on the point answers
+-- "nearest first" as an index-ordered KNN scan (`<->`) that reads only the rows it returns,
+-- however many reports lie inside the radius; the exact metres are 2R·asin(chord / 2R), the
+-- haversine distance itself. `earthdistance` adds nothing this needs (its `earth_distance` is
+-- the same formula on a 6 378 168 m sphere), and PostGIS would be a package to install for a
+-- KNN we already have. The plain alternative measured — a built-in GiST on `point(lng, lat)`,
+-- a bounding box of the radius and a sort — must read and sort every report in the box, which
+-- grows with the density of the city; it is kept for `bbox=`, where the answer is newest first
+-- anyway.
+CREATE EXTENSION IF NOT EXISTS cube;
+CREATE EXTENSION IF NOT EXISTS unaccent;
+
+-- A point on the sphere of radius 6 371 008.8 m (the IUGG mean radius), in metres.
+CREATE OR REPLACE FUNCTION report_earth_point(lat float8, lng float8) RETURNS public.cube
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN public.cube(ARRAY[
+        6371008.8 * cos(radians(lat)) * cos(radians(lng)),
+        6371008.8 * cos(radians(lat)) * sin(radians(lng)),
+        6371008.8 * sin(radians(lat))]);
+
+-- `unaccent` is STABLE (its dictionary could change); pinning the dictionary makes it safe to
+-- call from a generated column and an index, the documented way to index unaccented text.
+CREATE OR REPLACE FUNCTION report_unaccent(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN public.unaccent('public.unaccent'::regdictionary, t);
+
+ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS lat float8
+    GENERATED ALWAYS AS (((doc::jsonb) #>> '{location,lat}')::float8) STORED;
+ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS lng float8
+    GENERATED ALWAYS AS (((doc::jsonb) #>> '{location,lng}')::float8) STORED;
+ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS address text
+    GENERATED ALWAYS AS ((doc::jsonb) ->> 'address') STORED;
+-- The `simple` configuration lower-cases and splits words but never stems: Indonesian words
+-- are not mangled by an English stemmer, and "every word must match" means exactly that.
+ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS search tsvector
+    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, report_unaccent(
+        title || ' ' || description || ' ' || coalesce((doc::jsonb) ->> 'address', '')))) STORED;
+
+-- near=: KNN over the sphere points of live located reports.
+CREATE INDEX IF NOT EXISTS read_reports_near
+    ON read_reports USING gist (report_earth_point(lat, lng))
+    WHERE deleted_at IS NULL AND lat IS NOT NULL;
+-- bbox=: containment of the plain (lng, lat) point.
+CREATE INDEX IF NOT EXISTS read_reports_bbox
+    ON read_reports USING gist (point(lng, lat))
+    WHERE deleted_at IS NULL AND lat IS NOT NULL;
+-- q=: every word of the query in the search vector.
+CREATE INDEX IF NOT EXISTS read_reports_search
+    ON read_reports USING gin (search) WHERE deleted_at IS NULL;
+
+-- Every version of every report (SPEC §7.1 `GET /reports/{id}/history`), one row per event,
+-- written by the projection in the same transaction as `read_reports`. Each row keeps the
+-- event's payload (the full snapshot, or the tombstone), so what changed between versions is
+-- worked out when it is read, and rows may arrive in any order or twice. Deleting a report
+-- keeps its history.
+CREATE TABLE IF NOT EXISTS report_history (
+    report_id  uuid        NOT NULL,
+    version    bigint      NOT NULL,
+    event_type text        NOT NULL,
+    at         timestamptz NOT NULL,
+    payload    text        NOT NULL,
+    PRIMARY KEY (report_id, version)
+);

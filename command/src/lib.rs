@@ -9,6 +9,7 @@ pub mod config;
 pub mod fence;
 pub mod lease;
 pub mod metrics;
+pub mod place;
 pub mod relay;
 pub mod route;
 pub mod routes;

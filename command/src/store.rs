@@ -10,7 +10,7 @@ use postgres::Transaction;
 use shared::db::{classify, Conn, DbErrorKind, Pool};
 use shared::event::EventType;
 use shared::http::ApiError;
-use shared::model::{now_micros, Category, Report, Status, Tombstone};
+use shared::model::{now_micros, Category, Location, Report, Status, Tombstone};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -120,6 +120,8 @@ pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
         version: 1,
         created_at: now,
         updated_at: now,
+        location: cmd.location,
+        address: cmd.address,
     };
     in_transaction(pool, |tx| insert(tx, report, now))
 }
@@ -129,9 +131,10 @@ fn insert(
     report: Report,
     now: OffsetDateTime,
 ) -> Result<Report, StoreError> {
+    let (lat, lng) = coordinates(report.location);
     tx.query_typed(
-        "INSERT INTO reports (id, title, description, category, status, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        "INSERT INTO reports (id, title, description, category, status, version, created_at, updated_at, \
+         lat, lng, address) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9)",
         &[
             (&report.id, Type::UUID),
             (&report.title, Type::TEXT),
@@ -139,6 +142,9 @@ fn insert(
             (&report.category.as_str(), Type::TEXT),
             (&report.status.as_str(), Type::TEXT),
             (&now, Type::TIMESTAMPTZ),
+            (&lat, Type::FLOAT8),
+            (&lng, Type::FLOAT8),
+            (&report.address, Type::TEXT),
         ],
     )?;
     append_event(
@@ -182,15 +188,22 @@ fn change(
     if let Some(s) = cmd.status {
         next.status = s;
     }
+    if let Some(l) = cmd.location {
+        next.location = l;
+    }
+    if let Some(a) = cmd.address {
+        next.address = a;
+    }
     if next == current {
         return Ok(current);
     }
     let now = now_micros();
     next.version = current.version + 1;
     next.updated_at = now;
+    let (lat, lng) = coordinates(next.location);
     tx.query_typed(
         "UPDATE reports SET title = $2, description = $3, category = $4, status = $5, \
-         version = $6, updated_at = $7 WHERE id = $1",
+         version = $6, updated_at = $7, lat = $8, lng = $9, address = $10 WHERE id = $1",
         &[
             (&id, Type::UUID),
             (&next.title, Type::TEXT),
@@ -199,6 +212,9 @@ fn change(
             (&next.status.as_str(), Type::TEXT),
             (&next.version, Type::INT8),
             (&now, Type::TIMESTAMPTZ),
+            (&lat, Type::FLOAT8),
+            (&lng, Type::FLOAT8),
+            (&next.address, Type::TEXT),
         ],
     )?;
     append_event(
@@ -257,8 +273,8 @@ fn lock_live(
     if_match: Option<i64>,
 ) -> Result<Report, StoreError> {
     let rows = tx.query_typed(
-        "SELECT title, description, category, status, version, created_at, updated_at, deleted_at \
-         FROM reports WHERE id = $1 FOR UPDATE",
+        "SELECT title, description, category, status, version, created_at, updated_at, deleted_at, \
+         lat, lng, address FROM reports WHERE id = $1 FOR UPDATE",
         &[(&id, Type::UUID)],
     )?;
     let Some(row) = rows.first() else {
@@ -292,7 +308,17 @@ fn lock_live(
         version,
         created_at: row.try_get(5)?,
         updated_at: row.try_get(6)?,
+        location: match (row.try_get(8)?, row.try_get(9)?) {
+            (Some(lat), Some(lng)) => Some(Location { lat, lng }),
+            _ => None,
+        },
+        address: row.try_get(10)?,
     })
+}
+
+/// The `lat`, `lng` columns of a location (both NULL without one).
+fn coordinates(location: Option<Location>) -> (Option<f64>, Option<f64>) {
+    (location.map(|l| l.lat), location.map(|l| l.lng))
 }
 
 fn append_event(

@@ -4,7 +4,9 @@
 
 use serde_json::{Map, Value};
 use shared::http::{check_text, ApiError};
-use shared::model::{Category, Status, DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS};
+use shared::model::{Category, Location, Status, DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS};
+
+use crate::place::{self, Patch};
 
 /// Create a report: the three required fields, trimmed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +14,9 @@ pub struct CreateReport {
     pub title: String,
     pub description: String,
     pub category: Category,
+    /// Optional (SPEC §7.1), checked by `place.rs`.
+    pub location: Option<Location>,
+    pub address: Option<String>,
 }
 
 /// Change a report: any subset of the fields; an absent field stays as it is.
@@ -21,6 +26,9 @@ pub struct UpdateReport {
     pub description: Option<String>,
     pub category: Option<Category>,
     pub status: Option<Status>,
+    /// Absent: unchanged; `Some(None)`: cleared (`null`).
+    pub location: Patch<Location>,
+    pub address: Patch<String>,
 }
 
 pub fn create(body: &[u8]) -> Result<CreateReport, ApiError> {
@@ -42,6 +50,8 @@ pub fn create(body: &[u8]) -> Result<CreateReport, ApiError> {
         title,
         description,
         category,
+        location: place::location(&obj)?.flatten(),
+        address: place::address(&obj)?.flatten(),
     })
 }
 
@@ -60,10 +70,14 @@ pub fn update(body: &[u8]) -> Result<UpdateReport, ApiError> {
         status: text_field(&obj, "status")?
             .map(|s| parse_enum::<Status>(&s))
             .transpose()?,
+        location: place::location(&obj)?,
+        address: place::address(&obj)?,
     };
     if cmd == UpdateReport::default() {
         return Err(bad(
-            "nothing to update: give at least one of title, description, category, status".into(),
+            "nothing to update: give at least one of title, description, category, status, \
+             location, address"
+                .into(),
         ));
     }
     Ok(cmd)

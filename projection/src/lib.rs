@@ -21,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod dlq;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod stream;

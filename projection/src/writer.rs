@@ -525,6 +525,7 @@ fn transact(
             }
         }
     }
+    crate::history::record(&mut tx, entries).map_err(db_err)?;
     checkpoint::write(&mut tx, cp, applied).map_err(db_err)?;
     tx.commit().map_err(db_err)?;
     Ok(())

@@ -8,6 +8,7 @@
 //! - [`route`]: the closed set of routes (path → route, label, `Allow`);
 //! - [`routes`]: one `match (method, route)` and the handlers;
 //! - [`paging`]: pure parameter rules (page, per_page, filters, min_version);
+//! - [`search`]: the list with text, place and cursor parameters ([`cursor`]: its tokens);
 //! - [`failover`]: a pool per query DB, probes, failing over and back;
 //! - [`store`]: every SQL statement (unnamed, parameterized: PgBouncer-safe);
 //! - [`render`]: envelopes around the stored JSON documents, spliced as bytes;
@@ -17,12 +18,15 @@
 //! database it has marked down while another one is up.
 
 pub mod config;
+pub mod cursor;
 pub mod failover;
+pub mod history;
 pub mod metrics;
 pub mod paging;
 pub mod render;
 pub mod route;
 pub mod routes;
+pub mod search;
 pub mod server;
 pub mod store;
 

@@ -100,7 +100,7 @@ pub fn min_version(
 }
 
 /// The value of a parameter given at most once.
-fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
+pub fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
     let mut found = params.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
     let first = found.next();
     if found.next().is_some() {

@@ -18,13 +18,21 @@ pub struct Frame {
 /// What opens every success body whose data we splice.
 pub const OPEN: &[u8] = br#"{"success":true,"data":"#;
 
-/// `meta` of a list (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `meta` of a list (SPEC §2, §7.1). `page` and `total_pages` describe `page=N` answers and
+/// are left out of cursor answers; `next_cursor` is left out on the last page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Meta {
     pub total: i64,
-    pub page: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<i64>,
     pub per_page: i64,
-    pub total_pages: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_pages: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// More than `total` match (text and place filters count up to a cap).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub total_capped: bool,
 }
 
 impl Frame {
@@ -47,7 +55,7 @@ impl Frame {
         body.extend_from_slice(&self.instance_field);
         if let Some(meta) = meta {
             body.extend_from_slice(br#","meta":"#);
-            // Four integers always serialise.
+            // Integers and a plain string always serialise.
             let _ = serde_json::to_writer(&mut *body, meta);
         }
         body.push(b'}');
@@ -77,9 +85,11 @@ mod tests {
             "[]",
             Some(Meta {
                 total: 0,
-                page: 1,
+                page: Some(1),
                 per_page: 20,
-                total_pages: 0,
+                total_pages: Some(0),
+                next_cursor: None,
+                total_capped: false,
             }),
             serde_json::json!({"success": true, "data": [], "instance": "query-\"1\"",
                 "meta": {"total": 0, "page": 1, "per_page": 20, "total_pages": 0}}),

@@ -13,6 +13,8 @@ pub enum Route {
     Report,
     Statistics,
     Metrics,
+    /// `/reports/{id}/history` (SPEC §7.1).
+    History,
     /// No such path (404).
     Unmatched,
     /// The request was rejected before routing (bad framing, 400/411/413).
@@ -21,13 +23,14 @@ pub enum Route {
 
 impl Route {
     /// Every route, in metrics order (the index is `route as usize`).
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Health,
         Route::Ready,
         Route::Reports,
         Route::Report,
         Route::Statistics,
         Route::Metrics,
+        Route::History,
         Route::Unmatched,
         Route::Malformed,
     ];
@@ -40,6 +43,7 @@ impl Route {
             Route::Report => "/reports/{id}",
             Route::Statistics => "/statistics",
             Route::Metrics => "/metrics",
+            Route::History => "/reports/{id}/history",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
         }
@@ -53,7 +57,8 @@ impl Route {
             | Route::Reports
             | Route::Report
             | Route::Statistics
-            | Route::Metrics => "GET",
+            | Route::Metrics
+            | Route::History => "GET",
             Route::Unmatched | Route::Malformed => "",
         }
     }
@@ -68,6 +73,10 @@ impl Route {
             "/metrics" => Route::Metrics,
             _ => match path.strip_prefix("/reports/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => return (Route::Report, id),
+                Some(rest) => match rest.strip_suffix("/history") {
+                    Some(id) if !id.is_empty() && !id.contains('/') => return (Route::History, id),
+                    _ => Route::Unmatched,
+                },
                 _ => Route::Unmatched,
             },
         };
@@ -96,6 +105,9 @@ mod tests {
         check("/statistics/", "unmatched");
         check("/", "unmatched");
         check("/metrics", "/metrics");
+        check("/reports/abc/history", "/reports/{id}/history abc");
+        check("/reports//history", "unmatched");
+        check("/reports/a/b/history", "unmatched");
         for r in Route::ALL {
             assert_eq!(Route::ALL[r as usize], r);
         }

@@ -16,10 +16,12 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::history;
 use crate::metrics::DbReport;
-use crate::paging::{self, ListParams};
+use crate::paging;
 use crate::render::{Frame, Meta};
 use crate::route::Route;
+use crate::search::{self, ListQuery};
 use crate::store::{self, Lookup};
 use crate::Ctx;
 
@@ -41,6 +43,7 @@ pub fn handle(ctx: &Ctx, req: &Incoming) -> (Route, Result<Reply, ApiError>) {
         ("GET", Route::Report) => get_report(ctx, req, id),
         ("GET", Route::Statistics) => statistics(ctx, req),
         ("GET", Route::Metrics) => Ok(metrics(ctx)),
+        ("GET", Route::History) => report_history(ctx, id),
         (_, route) => Err(ApiError::MethodNotAllowed {
             allow: route.allow(),
         }),
@@ -98,22 +101,27 @@ fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
     ))
 }
 
-/// `GET /reports`: one page, newest first, with the total from the exact statistics.
+/// `GET /reports`: one page (newest first, or nearest first with `near=`), its total, and
+/// the cursor of the next page (`search.rs`).
 fn list_reports(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
-    let params = ListParams::parse(&req.params()?)?;
-    let ((total, mut body), db) = ctx.dbs.run(|conn| {
+    let params = ListQuery::parse(&req.params()?)?;
+    let ((listed, mut body), db) = ctx.dbs.run(|conn| {
         // A typical document is ~300-600 bytes.
         let mut body = Frame::open(256 + 512 * params.per_page as usize);
         body.push(b'[');
-        let total = store::list(&mut **conn, &params, &mut body)?;
-        Ok((total, body))
+        let listed = search::list(&mut **conn, &params, &mut body)?;
+        Ok((listed, body))
     })?;
     body.push(b']');
     let meta = Meta {
-        total,
+        total: listed.total,
         page: params.page,
         per_page: params.per_page,
-        total_pages: paging::total_pages(total, params.per_page),
+        total_pages: params
+            .page
+            .map(|_| paging::total_pages(listed.total, params.per_page)),
+        next_cursor: listed.next.map(|c| c.encode()),
+        total_capped: listed.capped,
     };
     ctx.frame.close(&mut body, Some(&meta));
     Ok(Reply::new(200, body).with_header(db.header))
@@ -168,6 +176,18 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
 /// it would have waited; the client's retry after its own write sees the report.
 fn may_be_in_flight(min_version: Option<i64>) -> bool {
     min_version == Some(1)
+}
+
+/// `GET /reports/{id}/history`: every version, oldest first; a deleted report's too.
+fn report_history(ctx: &Ctx, id_text: &str) -> Result<Reply, ApiError> {
+    let id = Uuid::try_parse(id_text)
+        .map_err(|_| ApiError::BadRequest(format!("report id {id_text:?} is not a UUID")))?;
+    let (stored, db) = ctx.dbs.run(|conn| history::load(&mut **conn, &id))?;
+    if stored.is_empty() {
+        return Err(ApiError::NotFound(format!("report {id} not found")));
+    }
+    let entries = history::entries(&stored);
+    Ok(Reply::new(200, ok_body(&ctx.instance, None, entries)).with_header(db.header))
 }
 
 /// One entry of `GET /statistics` (SPEC §2).

@@ -244,6 +244,8 @@ mod tests {
             version: 1,
             created_at: now,
             updated_at: now,
+            location: None,
+            address: None,
         };
         Event {
             event_id: Uuid::new_v4(),

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod db;
 pub mod event;
+pub mod geo;
 pub mod http;
 pub mod log;
 pub mod migrate;

@@ -14,6 +14,8 @@ use uuid::Uuid;
 pub const TITLE_MAX_CHARS: usize = 255;
 /// Longest description accepted, in characters after trimming (SPEC §2.2).
 pub const DESCRIPTION_MAX_CHARS: usize = 10_000;
+/// Longest address accepted, in characters after trimming (SPEC §7.1).
+pub const ADDRESS_MAX_CHARS: usize = 255;
 
 macro_rules! closed_enum {
     ($(#[$m:meta])* $name:ident, $what:literal { $($variant:ident = $text:literal),+ $(,)? }) => {
@@ -95,7 +97,24 @@ pub struct Report {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Where the problem is (SPEC §7.1). Omitted from the JSON when unknown, so the document of
+    /// a report without a place is byte-for-byte what it was before locations existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// A free-text street address, at most [`ADDRESS_MAX_CHARS`]; omitted when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
+
+/// A point in WGS84 degrees. Only finite values in range are ever built (the command service
+/// validates them, and JSON cannot spell NaN), which is what makes the `Eq` below sound.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub lat: f64,
+    pub lng: f64,
+}
+
+impl Eq for Location {}
 
 /// What a delete leaves behind: enough to order it against other versions of the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

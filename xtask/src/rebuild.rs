@@ -69,7 +69,7 @@ const BATCH: i32 = 1000;
 /// index makes that a point lookup.
 const SELECT_REPORTS: &str = "\
     SELECT r.id, r.title, r.description, r.category, r.status, r.version, r.created_at, \
-           r.updated_at, r.deleted_at, e.payload \
+           r.updated_at, r.deleted_at, e.payload, r.lat, r.lng, r.address \
     FROM reports r \
     LEFT JOIN event_log e ON r.deleted_at IS NOT NULL AND e.report_id = r.id \
          AND e.version = r.version - 1 AND e.event_type <> 'ReportDeleted' \
@@ -291,6 +291,8 @@ struct SourceRow {
     deleted_at: Option<OffsetDateTime>,
     /// For a tombstone: the payload of its last live version, if the log still has it.
     last_live: Option<String>,
+    location: Option<shared::model::Location>,
+    address: Option<String>,
 }
 
 impl SourceRow {
@@ -308,6 +310,11 @@ impl SourceRow {
             updated_at: r.try_get(7).map_err(field)?,
             deleted_at: r.try_get(8).map_err(field)?,
             last_live: r.try_get(9).map_err(field)?,
+            location: match (r.try_get(10).map_err(field)?, r.try_get(11).map_err(field)?) {
+                (Some(lat), Some(lng)) => Some(shared::model::Location { lat, lng }),
+                _ => None,
+            },
+            address: r.try_get(12).map_err(field)?,
         })
     }
 
@@ -340,6 +347,8 @@ impl SourceRow {
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            location: self.location,
+            address: self.address.clone(),
         };
         Ok(serde_json::to_string(&report)?)
     }
@@ -411,6 +420,8 @@ mod tests {
                 version: 1,
                 created_at: now,
                 updated_at: now,
+                location: None,
+                address: None,
             };
             self.0
                 .execute(

@@ -10,6 +10,8 @@ fn corpus_json() -> Vec<Vec<u8>> {
     [
         r#"{"title":"Jalan berlubang","description":"Di Jl. Sudirman","category":"infrastruktur"}"#,
         r#"{"status":"in_progress","category":"kesehatan"}"#,
+        r#"{"title":"t","description":"d","category":"lainnya","location":{"lat":-6.2,"lng":106.8},"address":"Jl. A"}"#,
+        r#"{"location":null,"address":null}"#,
         r#"{"title":"  ","description":null,"category":5}"#,
         r#"[{"title":"x"}]"#,
         r#"{"title":"a\u0000b","description":"\u001b[2J","category":"lainnya"}"#,
@@ -30,6 +32,15 @@ fn fuzz_validators() {
             assert_eq!(cmd.title.trim(), cmd.title);
             assert!(!cmd.description.is_empty());
             assert!(cmd.description.chars().count() <= DESCRIPTION_MAX_CHARS);
+            if let Some(l) = cmd.location {
+                assert!((-90.0..=90.0).contains(&l.lat) && (-180.0..=180.0).contains(&l.lng));
+            }
+            if let Some(a) = &cmd.address {
+                assert!(!a.is_empty() && a.chars().count() <= 255);
+                assert!(!a
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')));
+            }
         }
         if let Ok(cmd) = command::validate::update(input) {
             assert!(cmd != command::validate::UpdateReport::default());
@@ -56,6 +67,8 @@ fn fuzz_stream_entry_decoder() {
         version: 1,
         created_at: now,
         updated_at: now,
+        location: None,
+        address: None,
     };
     let event = Event {
         event_id: uuid::Uuid::new_v4(),

@@ -8,6 +8,7 @@ mod faults;
 mod fuzz;
 mod hostile;
 mod relay;
+mod place;
 mod roundtrip;
 mod startup;
 

@@ -133,7 +133,7 @@ fn command_state(url: &str) -> Vec<RowView> {
     client
         .query(
             "SELECT id, title, description, category, status, version, created_at, updated_at, \
-             deleted_at IS NOT NULL FROM reports ORDER BY id",
+             deleted_at IS NOT NULL, lat, lng, address FROM reports ORDER BY id",
             &[],
         )
         .expect("reports")
@@ -151,6 +151,11 @@ fn command_state(url: &str) -> Vec<RowView> {
                 version: r.get(5),
                 created_at: r.get(6),
                 updated_at: r.get(7),
+                location: match (r.get(9), r.get(10)) {
+                    (Some(lat), Some(lng)) => Some(shared::model::Location { lat, lng }),
+                    _ => None,
+                },
+                address: r.get(11),
             };
             RowView {
                 id: report.id,

@@ -9,5 +9,6 @@ mod converge;
 mod crash;
 mod dlq;
 mod e2e;
+mod history;
 mod outage;
 mod shutdown;

@@ -113,6 +113,8 @@ impl CommandSide {
                     version: 1,
                     created_at: now,
                     updated_at: now,
+                    location: None,
+                    address: None,
                 };
                 let payload = json(&r);
                 let id = r.id;

@@ -11,6 +11,8 @@ fn hostile_http_on_every_endpoint() {
     let svc = start_query(&format!("query-db-primary={url}"), &[]);
     let report_path: &'static str =
         Box::leak(format!("/reports/{}", uuid::Uuid::new_v4()).into_boxed_str());
+    let history_path: &'static str =
+        Box::leak(format!("/reports/{}/history", uuid::Uuid::new_v4()).into_boxed_str());
     let get = |path: &'static str| Endpoint {
         method: "GET",
         path,
@@ -26,6 +28,10 @@ fn hostile_http_on_every_endpoint() {
             get("/reports?category=kebersihan&page=2"),
             get(report_path),
             get("/statistics"),
+            get(history_path),
+            get("/reports?near=-6.2,106.8&radius_m=500&q=jalan&status=pending"),
+            get("/reports?bbox=106.7,-6.3,106.9,-6.1&per_page=5"),
+            get("/reports?cursor=n.1750000000000000.0b6f3c1e2d4a4b5c8d9e0f1a2b3c4d5e"),
         ],
     );
     assert!(svc.is_running());

@@ -5,11 +5,14 @@
 mod bad_input;
 mod explain;
 mod failover;
+mod fuzz;
+mod history;
 mod hostile;
 mod listing;
 mod min_version;
 mod pgbouncer;
 mod read_your_writes;
 mod startup;
+mod search;
 mod statistics;
 mod support;

@@ -59,6 +59,8 @@ pub fn report(n: u32, category: Category, status: Status, created_at: OffsetDate
         version: 1,
         created_at,
         updated_at: created_at,
+        location: None,
+        address: None,
     }
 }
 

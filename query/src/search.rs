@@ -1,0 +1,498 @@
+//! `GET /reports` with everything SPEC §2 and §7.1 allow: `category`, `status`, `q=` (full
+//! text), `near=`+`radius_m=` (nearest first, `distance_m` per item) or `bbox=`, paged by
+//! `page=N` or by `cursor=` (keyset). [`ListQuery::parse`] is pure and tested in-module;
+//! [`list`] builds one statement per request from the same few fragments, so every shape is a
+//! conjunction over one of the read model's indexes (`sql/query.sql`).
+//!
+//! Guarantees:
+//! - every answer says how to go on: `next` is the key of the last item served whenever more
+//!   items match, and a cursor page starts strictly after it (no item twice, none skipped);
+//! - nearest-first pages come from the GiST KNN scan (`<->`), which orders by distance only;
+//!   reports at exactly the same distance (the same spot reported twice) are ordered by id
+//!   here, and a page boundary inside such a group reads the whole group, so ties never break
+//!   the keyset;
+//! - the page and its total are read in one statement (one snapshot); totals of plain filters
+//!   come from the exact `statistics` table, those of text/place filters are counted up to
+//!   [`TOTAL_CAP`] (`capped` says when the real number is larger).
+
+use postgres::types::{ToSql, Type};
+use postgres::GenericClient;
+use shared::geo::{self, BBox};
+use shared::http::ApiError;
+use shared::model::Location;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::cursor::Cursor;
+use crate::paging::{single, Filter, ListParams};
+
+/// Longest `q` accepted (SPEC §7.1): a search phrase, not a document; it bounds the work of
+/// one full-text query.
+pub const Q_MAX_CHARS: usize = 200;
+/// Text and place filters count their matches up to this many: an exact count of a broad
+/// search at a million reports would cost more than the page itself.
+pub const TOTAL_CAP: i64 = 10_000;
+
+/// A validated list request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    /// `page=N` (1 when neither `page` nor `cursor` is given); `None` with a cursor.
+    pub page: Option<i64>,
+    pub per_page: i64,
+    pub filter: Filter,
+    /// The words of `q=`, trimmed; `None` when absent or blank.
+    pub q: Option<String>,
+    /// `near=` and its radius in metres.
+    pub near: Option<(Location, f64)>,
+    pub bbox: Option<BBox>,
+    pub cursor: Option<Cursor>,
+}
+
+impl ListQuery {
+    pub fn parse(params: &[(String, String)]) -> Result<ListQuery, ApiError> {
+        let base = ListParams::parse(params)?;
+        let bad = ApiError::BadRequest;
+        let q = match single(params, "q")? {
+            Some(raw) => {
+                let n = raw.chars().count();
+                if n > Q_MAX_CHARS {
+                    return Err(bad(format!(
+                        "q is too long: {n} characters, the limit is {Q_MAX_CHARS}"
+                    )));
+                }
+                if raw.chars().any(char::is_control) {
+                    return Err(bad("q contains a control character".into()));
+                }
+                Some(raw.trim().to_owned()).filter(|t| !t.is_empty())
+            }
+            None => None,
+        };
+        let radius = single(params, "radius_m")?;
+        let near = match single(params, "near")? {
+            Some(raw) => Some((
+                geo::parse_near(raw).map_err(bad)?,
+                geo::parse_radius(radius).map_err(bad)?,
+            )),
+            None if radius.is_some() => {
+                return Err(bad("radius_m needs near=LAT,LNG".into()));
+            }
+            None => None,
+        };
+        let bbox = single(params, "bbox")?
+            .map(|raw| geo::parse_bbox(raw).map_err(bad))
+            .transpose()?;
+        if near.is_some() && bbox.is_some() {
+            return Err(bad(
+                "near and bbox cannot be combined: give one of them".into()
+            ));
+        }
+        let cursor = single(params, "cursor")?.map(Cursor::decode).transpose()?;
+        if let Some(c) = &cursor {
+            if single(params, "page")?.is_some() {
+                return Err(bad(
+                    "cursor and page cannot be combined: a cursor already says where to go on"
+                        .into(),
+                ));
+            }
+            if matches!(c, Cursor::Near { .. }) != near.is_some() {
+                return Err(bad(
+                    "cursor does not belong to this query: repeat the filters of the request \
+                     that returned it"
+                        .into(),
+                ));
+            }
+        }
+        Ok(ListQuery {
+            page: cursor.is_none().then_some(base.page),
+            per_page: base.per_page,
+            filter: base.filter,
+            q,
+            near,
+            bbox,
+            cursor,
+        })
+    }
+
+    /// Whether the total must be counted rather than read from `statistics`.
+    fn counted(&self) -> bool {
+        self.q.is_some() || self.near.is_some() || self.bbox.is_some()
+    }
+}
+
+/// One listed page: the items were appended to the output, comma-separated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub total: i64,
+    /// The total is [`TOTAL_CAP`] and more match.
+    pub capped: bool,
+    pub next: Option<Cursor>,
+}
+
+/// One row of a page.
+struct Item {
+    doc: String,
+    created_at: OffsetDateTime,
+    id: Uuid,
+    chord: Option<f64>,
+}
+
+/// Parameters of a statement being built, with their types (sent with `query_typed`).
+#[derive(Default)]
+struct Args {
+    values: Vec<(Box<dyn ToSql + Sync>, Type)>,
+}
+
+impl Args {
+    /// Adds a parameter and returns its placeholder.
+    fn add<T: ToSql + Sync + 'static>(&mut self, v: T, ty: Type) -> String {
+        self.values.push((Box::new(v), ty));
+        format!("${}", self.values.len())
+    }
+
+    fn refs(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.values
+            .iter()
+            .map(|(v, t)| (v.as_ref() as &(dyn ToSql + Sync), t.clone()))
+            .collect()
+    }
+}
+
+/// The distance expression of a `near=` query, as the GiST index `read_reports_near` orders.
+fn chord_expr(center: (&str, &str)) -> String {
+    format!(
+        "(report_earth_point(lat, lng) <-> report_earth_point({}, {}))",
+        center.0, center.1
+    )
+}
+
+/// The conditions every row of the answer meets (without the cursor), and the chord
+/// expression when the order is nearest first.
+fn conditions(q: &ListQuery, args: &mut Args) -> (Vec<String>, Option<String>) {
+    let mut conds = vec!["deleted_at IS NULL".to_owned()];
+    if let Some(c) = q.filter.category {
+        conds.push(format!("category = {}", args.add(c.as_str(), Type::TEXT)));
+    }
+    if let Some(s) = q.filter.status {
+        conds.push(format!("status = {}", args.add(s.as_str(), Type::TEXT)));
+    }
+    if let Some(words) = &q.q {
+        let p = args.add(words.clone(), Type::TEXT);
+        conds.push(format!(
+            "search @@ plainto_tsquery('simple'::regconfig, report_unaccent({p}))"
+        ));
+    }
+    if let Some(b) = q.bbox {
+        let (a, bb, c, d) = (
+            args.add(b.min_lng, Type::FLOAT8),
+            args.add(b.min_lat, Type::FLOAT8),
+            args.add(b.max_lng, Type::FLOAT8),
+            args.add(b.max_lat, Type::FLOAT8),
+        );
+        conds.push(format!(
+            "lat IS NOT NULL AND point(lng, lat) <@ box(point({a}, {bb}), point({c}, {d}))"
+        ));
+    }
+    let mut chord = None;
+    if let Some((at, radius)) = q.near {
+        let lat = args.add(at.lat, Type::FLOAT8);
+        let lng = args.add(at.lng, Type::FLOAT8);
+        let r = args.add(geo::metres_to_chord(radius), Type::FLOAT8);
+        let expr = chord_expr((&lat, &lng));
+        conds.push(format!(
+            "lat IS NOT NULL AND report_earth_point(lat, lng) <@ \
+             cube_enlarge(report_earth_point({lat}, {lng}), {r}, 3) AND {expr} <= {r}"
+        ));
+        chord = Some(expr);
+    }
+    (conds, chord)
+}
+
+/// The statement of one page, as [`list`] sends it (also what the EXPLAIN tests check).
+pub struct Statement {
+    pub sql: String,
+    args: Args,
+    /// The conditions of the page, cursor included.
+    conds: Vec<String>,
+    /// The distance expression of a nearest-first page.
+    chord: Option<String>,
+    /// The page comes from the KNN scan (distance order only; ties fixed up in [`list`]).
+    knn: bool,
+}
+
+impl Statement {
+    /// The parameters, typed, for `query_typed`.
+    pub fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.args.refs()
+    }
+
+    pub fn build(q: &ListQuery) -> Statement {
+        let mut args = Args::default();
+        let (mut conds, chord) = conditions(q, &mut args);
+        let base = conds.join(" AND ");
+        let total_sql = if q.counted() {
+            // Ordered like the newest-first index: for a word in nearly every report, a plain
+            // count would be a table scan that stops at the cap; this walks the index instead.
+            format!(
+                "SELECT count(*)::int8 FROM (SELECT 1 FROM read_reports WHERE {base} \
+                 ORDER BY created_at DESC, id DESC LIMIT {}) c",
+                TOTAL_CAP + 1
+            )
+        } else {
+            let mut stats = Vec::new();
+            if let Some(c) = q.filter.category {
+                stats.push(format!("category = {}", args.add(c.as_str(), Type::TEXT)));
+            }
+            if let Some(s) = q.filter.status {
+                stats.push(format!("status = {}", args.add(s.as_str(), Type::TEXT)));
+            }
+            let filter = if stats.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", stats.join(" AND "))
+            };
+            format!("SELECT COALESCE(sum(count), 0)::int8 FROM statistics{filter}")
+        };
+        match (&q.cursor, &chord) {
+            (Some(Cursor::Newest { created_at, id }), _) => {
+                let t = args.add(*created_at, Type::TIMESTAMPTZ);
+                let i = args.add(*id, Type::UUID);
+                conds.push(format!("(created_at, id) < ({t}, {i})"));
+            }
+            (Some(Cursor::Near { chord: c, id }), Some(expr)) => {
+                let c = args.add(*c, Type::FLOAT8);
+                let i = args.add(*id, Type::UUID);
+                conds.push(format!(
+                    "{expr} >= {c} AND NOT ({expr} = {c} AND id <= {i})"
+                ));
+            }
+            _ => {}
+        }
+        let per_page = q.per_page;
+        let offset = (q.page.unwrap_or(1) - 1).saturating_mul(per_page);
+        // One row more than the page tells whether another page follows.
+        let limit = args.add(per_page + 1, Type::INT8);
+        let off = args.add(offset, Type::INT8);
+        // Page N > 1 of a nearest-first list sorts by (distance, id) itself; the first page and
+        // cursor pages use the KNN scan, which orders by distance alone (ties fixed up below).
+        let knn = chord.is_some() && offset == 0;
+        let (select_chord, order) = match &chord {
+            Some(expr) if knn => (expr.clone(), expr.clone()),
+            Some(expr) => (expr.clone(), format!("{expr}, id")),
+            None => (
+                "NULL::float8".to_owned(),
+                "created_at DESC, id DESC".to_owned(),
+            ),
+        };
+        let sql = format!(
+            "WITH page AS (SELECT doc, created_at, id, {select_chord} AS chord FROM read_reports \
+             WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {off}) \
+             SELECT t.total, page.doc, page.created_at, page.id, page.chord \
+             FROM ({total_sql}) AS t(total) LEFT JOIN page ON true",
+            conds.join(" AND ")
+        );
+        Statement {
+            sql,
+            args,
+            conds,
+            chord,
+            knn,
+        }
+    }
+}
+
+/// Appends one page of documents to `out` (comma-separated; the caller writes the brackets).
+pub fn list(
+    client: &mut impl GenericClient,
+    q: &ListQuery,
+    out: &mut Vec<u8>,
+) -> Result<Listed, postgres::Error> {
+    let Statement {
+        sql,
+        mut args,
+        conds,
+        chord,
+        knn,
+    } = Statement::build(q);
+    let rows = client.query_typed(&sql, &args.refs())?;
+    let mut total = 0;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        total = row.try_get::<_, i64>(0)?;
+        if let Some(doc) = row.try_get::<_, Option<String>>(1)? {
+            items.push(Item {
+                doc,
+                created_at: row.try_get(2)?,
+                id: row.try_get(3)?,
+                chord: row.try_get(4)?,
+            });
+        }
+    }
+    let per_page = q.per_page as usize;
+    if chord.is_some() {
+        sort_nearest(&mut items);
+        let boundary =
+            items.len() > per_page && items[per_page - 1].chord == items[per_page].chord && knn;
+        if boundary {
+            // The KNN scan stopped inside a group at one distance: read the whole group, so
+            // the page takes its smallest ids and the cursor skips none.
+            let at = items[per_page].chord;
+            let expr = chord.as_deref().unwrap_or_default();
+            let p = args.add(at, Type::FLOAT8);
+            let group_sql = format!(
+                "SELECT doc, created_at, id, {expr} FROM read_reports WHERE {} AND {expr} = {p}",
+                conds.join(" AND ")
+            );
+            items.retain(|i| i.chord != at);
+            for row in client.query_typed(&group_sql, &args.refs())? {
+                items.push(Item {
+                    doc: row.try_get(0)?,
+                    created_at: row.try_get(1)?,
+                    id: row.try_get(2)?,
+                    chord: row.try_get(3)?,
+                });
+            }
+            sort_nearest(&mut items);
+        }
+    } else {
+        items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    }
+    let more = items.len() > per_page;
+    items.truncate(per_page);
+    let next = match items.last() {
+        Some(last) if more => Some(match last.chord {
+            Some(chord) => Cursor::Near { chord, id: last.id },
+            None => Cursor::Newest {
+                created_at: last.created_at,
+                id: last.id,
+            },
+        }),
+        _ => None,
+    };
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        match item.chord {
+            Some(chord) => with_distance(&item.doc, geo::chord_to_metres(chord), out),
+            None => out.extend_from_slice(item.doc.as_bytes()),
+        }
+    }
+    let capped = q.counted() && total > TOTAL_CAP;
+    Ok(Listed {
+        total: if q.counted() {
+            total.min(TOTAL_CAP)
+        } else {
+            total
+        },
+        capped,
+        next,
+    })
+}
+
+fn sort_nearest(items: &mut [Item]) {
+    items.sort_by(|a, b| {
+        a.chord
+            .unwrap_or(0.0)
+            .total_cmp(&b.chord.unwrap_or(0.0))
+            .then(a.id.cmp(&b.id))
+    });
+}
+
+/// The stored document with `"distance_m"` added as its last field (metres, 0.1 m steps).
+fn with_distance(doc: &str, metres: f64, out: &mut Vec<u8>) {
+    let body = doc.trim_end();
+    match body.strip_suffix('}') {
+        Some(open) => {
+            out.extend_from_slice(open.as_bytes());
+            let sep = if open.trim_end().ends_with('{') {
+                ""
+            } else {
+                ","
+            };
+            let rounded = (metres * 10.0).round() / 10.0;
+            out.extend_from_slice(format!("{sep}\"distance_m\":{rounded}}}").as_bytes());
+        }
+        // Documents are always objects (render.rs invariant); never emit broken JSON anyway.
+        None => out.extend_from_slice(doc.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q: &str) -> Vec<(String, String)> {
+        shared::http::parse_query(q).unwrap()
+    }
+
+    fn check(query: &str, expect: &str) {
+        let got = match ListQuery::parse(&params(query)) {
+            Ok(q) => format!("{q:?}"),
+            Err(e) => format!("{}: {}", e.status(), e.message()),
+        };
+        assert!(
+            got.contains(expect),
+            "{query:?}: expected {expect:?} in {got}"
+        );
+    }
+
+    #[test]
+    fn parameters() {
+        check("", "page: Some(1), per_page: 20");
+        check("q=jalan+rusak", "q: Some(\"jalan rusak\")");
+        check("q=+++", "q: None");
+        check(&format!("q={}", "a".repeat(200)), "q: Some(");
+        check(
+            &format!("q={}", "a".repeat(201)),
+            "400: q is too long: 201 characters, the limit is 200",
+        );
+        check("q=a%00b", "400: q contains a control character");
+        check("q=a&q=b", "400: parameter q given more than once");
+        check("near=-6.2,106.8", "lat: -6.2, lng: 106.8 }, 1000.0))");
+        check("near=-6.2,106.8&radius_m=50000", "50000.0))");
+        check("near=-6.2,106.8&radius_m=50001", "400: radius_m must be");
+        check("near=-6.2,106.8&radius_m=0", "400: radius_m must be");
+        check("radius_m=10", "400: radius_m needs near");
+        check("near=abc", "400: near must be LAT,LNG");
+        check("near=95,1", "400: near: lat must be");
+        check("bbox=106.7,-6.3,106.9,-6.1", "min_lng: 106.7");
+        check("bbox=1,2,3", "400: bbox must be");
+        check(
+            "bbox=106.7,-6.3,106.9,-6.1&near=-6.2,106.8",
+            "400: near and bbox cannot be combined",
+        );
+        let id = "0b6f3c1e2d4a4b5c8d9e0f1a2b3c4d5e";
+        check(&format!("cursor=n.1.{id}"), "page: None");
+        check(
+            &format!("cursor=n.1.{id}&page=2"),
+            "400: cursor and page cannot",
+        );
+        check("cursor=zzz", "400: cursor \"zzz\" is malformed");
+        check(
+            &format!("cursor=n.1.{id}&near=1,1"),
+            "400: cursor does not belong to this query",
+        );
+        check(
+            &format!("cursor=d.0.{id}"),
+            "400: cursor does not belong to this query",
+        );
+        check(&format!("cursor=d.0.{id}&near=1,1"), "Near { chord: 0.0");
+        check(
+            "category=kebersihan&q=x&bbox=0,0,1,1",
+            "category: Some(Kebersihan)",
+        );
+        check("page=0", "400: page must be a positive integer");
+    }
+
+    #[test]
+    fn distances_are_spliced_into_documents() {
+        let check = |doc: &str, metres: f64, expect: &str| {
+            let mut out = Vec::new();
+            with_distance(doc, metres, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), expect);
+        };
+        check(r#"{"id":1}"#, 12.345, r#"{"id":1,"distance_m":12.3}"#);
+        check(r#"{}"#, 0.0, r#"{"distance_m":0}"#);
+        check("[1]", 1.0, "[1]");
+    }
+}

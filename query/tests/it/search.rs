@@ -1,0 +1,350 @@
+//! SPEC §7.1 on the read side: `near=` (nearest first, `distance_m` within 0.5 % of the
+//! haversine reference, ties at one spot paged without loss), `bbox=`, `q=` (every word, case
+//! and accents ignored), each combined with the filters, and cursors that visit every report
+//! existing at the start exactly once while a writer inserts and updates concurrently.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use postgres::types::Type;
+use query::search::{ListQuery, Statement};
+use serde_json::Value;
+use shared::geo::haversine_m;
+use shared::model::{Category, Location, Report, Status};
+use shared::testkit::Service;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::support::{apply, delete, fresh_db, get, newest_first, report, seed, start_query, PG};
+
+/// Follows `meta.next_cursor` from `first` to the end; returns every item served, in order.
+fn follow(svc: &Service, first: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut path = first.to_owned();
+    for _ in 0..10_000 {
+        let r = get(svc, &path);
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        items.extend(v["data"].as_array().expect("data").iter().cloned());
+        match v["meta"]["next_cursor"].as_str() {
+            Some(c) => {
+                let base = first.split("&cursor=").next().unwrap_or(first);
+                path = format!("{base}&cursor={c}");
+            }
+            None => return items,
+        }
+    }
+    panic!("{first}: cursors never ended");
+}
+
+fn ids(items: &[Value]) -> Vec<Uuid> {
+    items
+        .iter()
+        .map(|d| {
+            d["id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .expect("id")
+        })
+        .collect()
+}
+
+#[test]
+fn near_and_bbox_with_filters_and_cursors() {
+    let url = fresh_db("search_geo");
+    let mut c = PG.client("search_geo");
+    let base = OffsetDateTime::from_unix_timestamp(1_760_000_000).expect("time");
+    let center = Location {
+        lat: -6.2,
+        lng: 106.8,
+    };
+    let mut reports: Vec<Report> = Vec::new();
+    for i in 0..80u32 {
+        let category = Category::ALL[i as usize % 2];
+        let mut r = report(
+            i,
+            category,
+            Status::Pending,
+            base + time::Duration::seconds(i.into()),
+        );
+        // A spiral out to ~3.5 km; every fifth report shares a spot with the one before it
+        // (ties in distance), a few have no place at all.
+        let k = if i % 5 == 4 { i - 1 } else { i };
+        let angle = f64::from(k) * 0.7;
+        let d = 0.0004 * f64::from(k);
+        r.location = (i % 13 != 12).then(|| Location {
+            lat: center.lat + d * angle.sin(),
+            lng: center.lng + d * angle.cos(),
+        });
+        r.address = Some(format!("Jl. Nomor {i}"));
+        apply(&mut c, &r);
+        reports.push(r);
+    }
+    let gone = reports.remove(10);
+    delete(&mut c, &gone);
+    let svc = start_query(&format!("only={url}"), &[]);
+
+    let radius = 2_000.0;
+    // Stay clear of the boundary: the reference must not decide by rounding.
+    let dist = |r: &Report| r.location.map(|l| haversine_m(center, l));
+    assert!(reports
+        .iter()
+        .filter_map(dist)
+        .all(|d| (d - radius).abs() > 5.0));
+    let mut expect: Vec<(f64, Uuid)> = reports
+        .iter()
+        .filter_map(|r| dist(r).filter(|d| *d <= radius).map(|d| (d, r.id)))
+        .collect();
+    expect.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    assert!(expect.len() > 20, "the fixture has enough matches");
+
+    for per_page in [1, 3, 4, 100] {
+        let items = follow(
+            &svc,
+            &format!("/reports?near=-6.2,106.8&radius_m={radius}&per_page={per_page}"),
+        );
+        let want: Vec<Uuid> = expect.iter().map(|e| e.1).collect();
+        assert_eq!(
+            ids(&items),
+            want,
+            "near per_page={per_page}: order or membership"
+        );
+        for (item, (d, _)) in items.iter().zip(&expect) {
+            let got = item["distance_m"].as_f64().expect("distance_m");
+            assert!(
+                (got - d).abs() <= d * 0.005 + 0.1,
+                "distance {got} vs haversine {d}"
+            );
+        }
+    }
+    // page=N agrees with the cursor walk.
+    let p2 = get(
+        &svc,
+        "/reports?near=-6.2,106.8&radius_m=2000&per_page=4&page=2",
+    )
+    .json();
+    let want: Vec<Uuid> = expect.iter().skip(4).take(4).map(|e| e.1).collect();
+    assert_eq!(ids(p2["data"].as_array().expect("data")), want);
+    assert_eq!(p2["meta"]["total"], expect.len());
+
+    // Combined with a category.
+    let cat = Category::ALL[1];
+    let items = follow(
+        &svc,
+        &format!("/reports?near=-6.2,106.8&radius_m=2000&category={cat}&per_page=5"),
+    );
+    let want: Vec<Uuid> = expect
+        .iter()
+        .filter(|e| reports.iter().any(|r| r.id == e.1 && r.category == cat))
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(ids(&items), want, "near + category");
+
+    // bbox: inside the box, newest first, with a category, by cursor.
+    let (min_lng, min_lat, max_lng, max_lat) = (106.79, -6.21, 106.81, -6.19);
+    let inside: Vec<Report> = reports
+        .iter()
+        .filter(|r| {
+            r.category == cat
+                && r.location.is_some_and(|l| {
+                    (min_lng..=max_lng).contains(&l.lng) && (min_lat..=max_lat).contains(&l.lat)
+                })
+        })
+        .cloned()
+        .collect();
+    assert!(inside.len() > 3);
+    let items = follow(
+        &svc,
+        &format!("/reports?bbox={min_lng},{min_lat},{max_lng},{max_lat}&category={cat}&per_page=2"),
+    );
+    assert_eq!(ids(&items), newest_first(&inside), "bbox + category");
+    assert!(items.iter().all(|i| i.get("distance_m").is_none()));
+}
+
+#[test]
+fn full_text_every_word_case_and_accent_insensitive() {
+    let url = fresh_db("search_q");
+    let mut c = PG.client("search_q");
+    let base = OffsetDateTime::from_unix_timestamp(1_760_000_000).expect("time");
+    let texts = [
+        (
+            "Jalan berlubang",
+            "Lubang besar dekat sekolah",
+            Some("Jl. Diponegoro 12"),
+        ),
+        (
+            "Lampu jalan mati",
+            "Gelap sejak minggu lalu",
+            Some("Jl. Cikini Raya"),
+        ),
+        ("Sampah menumpuk", "Di depan Café Kopi", None),
+        ("JALAN rusak", "Aspal mengelupas", Some("Jalan Diponegoro")),
+        ("Pohon tumbang", "Menutup jalan", None),
+    ];
+    let mut reports = Vec::new();
+    for (i, (title, description, address)) in texts.iter().enumerate() {
+        let status = if i == 3 {
+            Status::Resolved
+        } else {
+            Status::Pending
+        };
+        let mut r = report(
+            i as u32,
+            Category::Infrastruktur,
+            status,
+            base + time::Duration::seconds(i as i64),
+        );
+        r.title = (*title).into();
+        r.description = (*description).into();
+        r.address = address.map(Into::into);
+        apply(&mut c, &r);
+        reports.push(r);
+    }
+    let svc = start_query(&format!("only={url}"), &[]);
+    let check = |query: &str, expect: &[usize]| {
+        let items = follow(&svc, &format!("/reports?{query}&per_page=2"));
+        let want: Vec<Uuid> = expect.iter().map(|i| reports[*i].id).collect();
+        assert_eq!(ids(&items), want, "{query}");
+        let first = get(&svc, &format!("/reports?{query}")).json();
+        assert_eq!(first["meta"]["total"], expect.len(), "{query}");
+    };
+    // Newest first; every word must match, in any field, in any case.
+    check("q=jalan", &[4, 3, 1, 0]);
+    check("q=JALAN+diponegoro", &[3, 0]);
+    check("q=jalan%20diponegoro&status=resolved", &[3]);
+    check("q=jalan+xyz", &[]);
+    // Accents on either side.
+    check("q=cafe", &[2]);
+    check("q=caf%C3%A9+KOPI", &[2]);
+    check("q=j%C3%A1lan+cikini", &[1]);
+    // Address alone matches.
+    check("q=cikini", &[1]);
+    // Punctuation only: no words, nothing matches, no error.
+    check("q=%21%21", &[]);
+}
+
+#[test]
+fn cursors_see_every_report_once_under_concurrent_writes() {
+    let url = fresh_db("search_cursor");
+    let mut c = PG.client("search_cursor");
+    let initial = seed(&mut c, 300);
+    let svc = start_query(&format!("only={url}"), &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut updates = initial.clone();
+        std::thread::spawn(move || {
+            let mut c = PG.client("search_cursor");
+            let mut n = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                // A new report (newer than all) and an update of an existing one.
+                let r = report(
+                    10_000 + n,
+                    Category::Lainnya,
+                    Status::Pending,
+                    shared::model::now_micros(),
+                );
+                apply(&mut c, &r);
+                let u = &mut updates[(n as usize * 7) % 300];
+                u.version += 1;
+                u.status = Status::ALL[n as usize % 4];
+                u.title = format!("edited {n}");
+                u.updated_at = shared::model::now_micros();
+                apply(&mut c, u);
+                n += 1;
+            }
+            n
+        })
+    };
+    let items = follow(&svc, "/reports?per_page=7");
+    let by_status = follow(&svc, "/reports?status=pending&per_page=50");
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writer");
+    assert!(writes > 5, "the writer made only {writes} rounds");
+
+    let seen = ids(&items);
+    let unique: HashSet<&Uuid> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a report was served twice");
+    for r in &initial {
+        assert!(unique.contains(&r.id), "report {} was skipped", r.id);
+    }
+    // Served in the keyset order, so the walk never went back.
+    let keys: Vec<(String, Uuid)> = items
+        .iter()
+        .map(|d| {
+            (
+                d["created_at"].as_str().unwrap_or_default().to_owned(),
+                ids(std::slice::from_ref(d))[0],
+            )
+        })
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] > w[1]), "not newest first");
+    let filtered = ids(&by_status);
+    let unique: HashSet<&Uuid> = filtered.iter().collect();
+    assert_eq!(
+        unique.len(),
+        filtered.len(),
+        "status walk served a report twice"
+    );
+}
+
+#[test]
+fn search_shapes_use_indexes() {
+    fresh_db("search_explain");
+    let mut c = PG.client("search_explain");
+    c.batch_execute(
+        "INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc) \
+         SELECT md5(i::text)::uuid, 'Laporan ' || i, 'Jalan rusak nomor ' || i, \
+             (ARRAY['kebersihan','kriminalitas','infrastruktur','kesehatan','keamanan','lainnya'])[1 + i % 6], \
+             (ARRAY['pending','in_progress','resolved','rejected'])[1 + (i / 6) % 4], \
+             1, now() - i * interval '1 second', now(), CASE WHEN i % 50 = 0 THEN now() END, \
+             json_build_object('location', json_build_object('lat', -6.2 + (i % 200) * 0.002, \
+                 'lng', 106.8 + (i / 200) * 0.002), 'address', 'Jl. Sudirman ' || i)::text \
+         FROM generate_series(1, 20000) AS i; \
+         INSERT INTO statistics (category, status, count, last_updated) \
+         SELECT category, status, count(*), now() FROM read_reports \
+         WHERE deleted_at IS NULL GROUP BY category, status;",
+    )
+    .expect("seed");
+    // What autovacuum does on a live system: merges GIN's pending list and gathers statistics
+    // (a fresh GIN pending list makes the planner price the index as a full scan).
+    c.batch_execute("VACUUM ANALYZE read_reports")
+        .expect("vacuum");
+    c.batch_execute("ANALYZE statistics").expect("analyze");
+    let id = "0b6f3c1e2d4a4b5c8d9e0f1a2b3c4d5e";
+    for query in [
+        "near=-6.0,106.9&radius_m=500".to_owned(),
+        "near=-6.0,106.9&radius_m=50000&status=resolved".to_owned(),
+        format!("near=-6.0,106.9&cursor=d.40a0000000000000.{id}"),
+        "bbox=106.8,-6.2,106.81,-6.19".to_owned(),
+        "bbox=106.8,-6.2,106.81,-6.19&category=kesehatan".to_owned(),
+        "q=12345".to_owned(),
+        "q=sudirman+12345".to_owned(),
+        "q=jalan+rusak&category=keamanan&per_page=100".to_owned(),
+        format!("cursor=n.1700000000000000.{id}"),
+        format!("cursor=n.1700000000000000.{id}&category=kesehatan&status=pending"),
+    ] {
+        let params = shared::http::parse_query(&query).expect("query");
+        let q = ListQuery::parse(&params).expect("valid");
+        let st = Statement::build(&q);
+        let params: Vec<(&(dyn postgres::types::ToSql + Sync), Type)> = st.params();
+        let plan = c
+            .query_typed(&format!("EXPLAIN {}", st.sql), &params)
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !plan.contains("Seq Scan on read_reports"),
+            "{query}: seq scan\n{plan}"
+        );
+    }
+}
