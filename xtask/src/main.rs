@@ -6,7 +6,6 @@
 //! non-zero exit code; nothing here panics on user input.
 
 mod bench;
-mod check_sync;
 mod cluster;
 mod docker;
 mod drill;
