@@ -9,7 +9,7 @@
 //! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up). [`run`] is the library entry point: tests and other tasks call it with a
 //! [`BenchConfig`] and get a [`BenchReport`] back.
 
-pub mod client;
+pub(crate) use crate::http as client;
 mod engine;
 mod lag;
 pub mod report;

@@ -13,6 +13,15 @@
 //! under `/root`, say): then it is `/var/tmp/laporan-warga-cluster-<hash of the root>`, the
 //! same for every command run from that checkout.
 
+pub mod health;
+pub mod logs;
+pub mod ops;
+pub mod packages;
+pub mod status;
+pub mod supervise;
+pub mod topology;
+pub mod up;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
