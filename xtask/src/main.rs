@@ -12,13 +12,8 @@ mod drill;
 mod flags;
 mod http;
 mod ops;
+mod rng;
 mod test;
-
-// Old paths of the moved modules, until their users are updated.
-use cluster::{health, logs, packages, status, supervise, topology, up};
-use deploy::{docker, render};
-use ops::read_model as rebuild;
-use ops::seed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +44,7 @@ fn try_main() -> Result<()> {
             Ok(())
         }
         Task::Test(t) => t.run(&sh),
+        Task::Up(t) if t.docker => deploy::docker::compose_up(&sh, &t.topo, t.detach, t.auth),
         Task::Up(t) => t.run(&sh),
         Task::Supervise(t) => t.run(&sh),
         Task::Down(t) => t.run(&sh),

@@ -14,9 +14,11 @@
 //! same for every command run from that checkout.
 
 pub mod health;
+pub mod local;
 pub mod logs;
 pub mod ops;
 pub mod packages;
+pub mod secret;
 pub mod status;
 pub mod supervise;
 pub mod topology;
@@ -29,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use crate::topology::{Kind, Topology};
+use crate::cluster::topology::{Kind, Topology};
 
 /// Overrides the state directory (default `<root>/.cluster`).
 pub const STATE_DIR_ENV: &str = "XTASK_STATE_DIR";
@@ -43,9 +45,12 @@ impl Layout {
         let root = sh.current_dir();
         let dir = match std::env::var_os(STATE_DIR_ENV) {
             Some(dir) if !dir.is_empty() => root.join(dir),
-            _ if crate::packages::is_root() && !others_can_traverse(&root) => PathBuf::from(
-                format!("/var/tmp/laporan-warga-cluster-{:016x}", fnv1a(&root)),
-            ),
+            _ if crate::cluster::packages::is_root() && !others_can_traverse(&root) => {
+                PathBuf::from(format!(
+                    "/var/tmp/laporan-warga-cluster-{:016x}",
+                    fnv1a(&root)
+                ))
+            }
             _ => root.join(".cluster"),
         };
         Layout { dir }

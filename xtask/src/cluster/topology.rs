@@ -61,6 +61,16 @@ impl Kind {
         }
     }
 
+    /// The binary of one of our services (the projection's for third-party kinds, which have
+    /// none): the same name locally, in the image and in the rendered files.
+    pub fn bin_name(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+            Kind::Query => "query",
+            _ => "projection",
+        }
+    }
+
     /// Start order: databases and Redis, then PgBouncer, then our services, then nginx.
     pub fn tier(self) -> u8 {
         match self {

@@ -1,5 +1,5 @@
 //! `cargo xtask render`: deployment files for N/M/R generated from the one topology
-//! description in [`crate::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
+//! description in [`crate::cluster::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
 //! `userlist.txt`, `command.env` and Kubernetes manifests under `k8s/`.
 //!
 //! Access control is on by default in what is rendered: the command instances read
@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use xshell::Shell;
 
-use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB};
+use crate::cluster::topology::{
+    Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB,
+};
 
 /// The image the Dockerfile builds; holds all three service binaries.
 pub const IMAGE: &str = "reporting:latest";
@@ -59,7 +61,7 @@ pub fn command_env(tokens: &str) -> String {
 /// The topology `render` uses without flags: the original deployment's 3 command instances,
 /// 3 query instances and 2 query-DB replicas.
 pub fn default_topology() -> Topology {
-    Topology::new(3, 3, 2, crate::topology::Ports::default())
+    Topology::new(3, 3, 2, crate::cluster::topology::Ports::default())
 }
 
 pub struct Render {
@@ -242,7 +244,7 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 let mut value = json!({
                     "image": IMAGE,
                     "build": {"context": context, "dockerfile": "deploy/Dockerfile"},
-                    "command": [crate::supervise::bin_name(svc.kind)],
+                    "command": [svc.kind.bin_name()],
                     "environment": env_map(&topo.env(svc, Target::Compose)),
                     "depends_on": deps,
                     "restart": "unless-stopped",
@@ -313,7 +315,7 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                     "containers": [{
                         "name": app,
                         "image": IMAGE,
-                        "command": [crate::supervise::bin_name(kind)],
+                        "command": [kind.bin_name()],
                         "ports": [{"containerPort": port}],
                         "envFrom": [{"configMapRef": {"name": config}}],
                         "env": env,

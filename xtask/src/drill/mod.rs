@@ -22,10 +22,10 @@ use anyhow::{bail, Context, Result};
 use lexopt::prelude::*;
 use xshell::{cmd, Shell};
 
-use crate::bench::LocalCluster;
+use crate::cluster::health;
+use crate::cluster::local::LocalCluster;
 use crate::cluster::{State, STATE_DIR_ENV};
-use crate::health;
-use crate::rebuild::ProjectionEnv;
+use crate::ops::read_model::ProjectionEnv;
 use load::Load;
 use verify::Verdict;
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use postgres::{Client, NoTls};
 
 use super::load::Ledger;
-use crate::rebuild::ProjectionEnv;
+use crate::ops::read_model::ProjectionEnv;
 
 /// What the verifier found for one fault.
 #[derive(Debug, Default, Clone, serde::Serialize)]

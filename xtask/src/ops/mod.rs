@@ -3,6 +3,3 @@
 
 pub mod read_model;
 pub mod seed;
-
-// Old path of the service operations, until their users are updated.
-pub use crate::cluster::ops::{ServiceAction, ServiceOp};

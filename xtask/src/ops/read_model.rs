@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::cluster::topology::{Target, Topology};
 use crate::cluster::Layout;
-use crate::topology::{Target, Topology};
 
 /// `cargo xtask rebuild --db NAME` on the running local cluster.
 pub struct Rebuild {
@@ -107,7 +107,7 @@ impl ProjectionEnv {
 
 /// The projection binary `up` runs (`target/release`, or `$XTASK_BIN_DIR`).
 pub fn projection_bin(root: &Path) -> Result<PathBuf> {
-    let bin = crate::supervise::bin_dir(root).join("projection");
+    let bin = crate::cluster::supervise::bin_dir(root).join("projection");
     if !bin.exists() {
         bail!(
             "{} is missing; run `cargo build --release --bins` (or `cargo xtask up`)",
