@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -655,15 +655,11 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// UTC wall clock `HH:MM:SS` without a date crate.
+/// UTC wall clock `HH:MM:SS`, for the supervisor's event lines.
 fn clock() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let format = time::macros::format_description!("[hour]:[minute]:[second]");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        // Formatting three always-present fields cannot fail; keep the line anyway.
+        .unwrap_or_else(|_| "--:--:--".into())
 }
