@@ -14,7 +14,6 @@ mod engine;
 mod lag;
 pub mod report;
 pub mod rss;
-pub mod scale;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
@@ -25,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lexopt::prelude::*;
-use xshell::Shell;
+use xshell::{cmd, Shell};
 
 pub use config::BenchConfig;
 use config::DEFAULT_DURATION;
@@ -304,8 +303,15 @@ impl Bench {
                 .first()
                 .map(|(_, url)| url.clone())
                 .context("the local cluster has no query DB")?;
-            let results = scale::run(&primary, rows)?;
-            print!("{}", scale::table(rows, &results));
+            // It runs query::store's own statements, so it lives with the query crate; xtask
+            // does not link the services.
+            let rows = rows.to_string();
+            cmd!(
+                sh,
+                "cargo run --release --quiet -p query --example scale -- {rows} {primary}"
+            )
+            .run()
+            .context("bench --scale failed")?;
             return Ok(());
         }
         let local = (self.write_url.is_none() || self.read_url.is_none())
