@@ -6,25 +6,14 @@
 //! non-zero exit code; nothing here panics on user input.
 
 mod bench;
-mod check_sync;
 mod cluster;
-mod docker;
+mod deploy;
 mod drill;
 mod flags;
-mod health;
-mod logs;
+mod http;
 mod ops;
-mod packages;
-mod rebuild;
-mod render;
-#[cfg(test)]
-mod render_tests;
-mod seed;
-mod status;
-mod supervise;
+mod rng;
 mod test;
-mod topology;
-mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +44,7 @@ fn try_main() -> Result<()> {
             Ok(())
         }
         Task::Test(t) => t.run(&sh),
+        Task::Up(t) if t.docker => deploy::docker::compose_up(&sh, &t.topo, t.detach, t.auth),
         Task::Up(t) => t.run(&sh),
         Task::Supervise(t) => t.run(&sh),
         Task::Down(t) => t.run(&sh),

@@ -7,8 +7,8 @@ mod concurrency;
 mod faults;
 mod fuzz;
 mod hostile;
-mod relay;
 mod place;
+mod relay;
 mod roundtrip;
 mod startup;
 

@@ -12,7 +12,7 @@ mod listing;
 mod min_version;
 mod pgbouncer;
 mod read_your_writes;
-mod startup;
 mod search;
+mod startup;
 mod statistics;
 mod support;

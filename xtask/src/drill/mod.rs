@@ -28,9 +28,11 @@ use lexopt::prelude::*;
 use xshell::{cmd, Shell};
 
 use crate::bench::lag::Sampler;
-use crate::bench::LocalCluster;
+use crate::cluster::health;
+use crate::cluster::local::LocalCluster;
+use crate::cluster::topology::Target;
 use crate::cluster::{State, STATE_DIR_ENV};
-use crate::health;
+use crate::ops::read_model::ProjectionEnv;
 use load::Load;
 use verify::Verdict;
 
@@ -204,7 +206,7 @@ impl Drill {
     fn drill(&self, cluster: &DrillCluster) -> Result<()> {
         let state = cluster.state()?;
         let local = LocalCluster::of(&state.topology);
-        let redis_url = state.topology.redis_url(crate::topology::Target::Local);
+        let redis_url = state.topology.redis_url(Target::Local);
         let (pre, post) = if self.short {
             (Duration::from_secs(2), Duration::from_secs(2))
         } else {
@@ -244,8 +246,8 @@ impl Drill {
             let mut verdict: Verdict = verify::verify(
                 &ledger,
                 &tag,
-                &local.command_db,
-                &local.query_dbs,
+                &cluster.bins.join("projection"),
+                &ProjectionEnv::of(&state.topology),
                 Duration::from_secs(60),
             )?;
             let mut propagation_p99_ms = None;
@@ -435,8 +437,8 @@ impl DrillCluster {
     fn local(&self) -> Result<LeaderView> {
         let topology = self.state()?.topology;
         Ok(LeaderView {
-            command_db: LocalCluster::of(&topology).command_db,
-            redis: topology.redis_url(crate::topology::Target::Local),
+            command_db: topology.command_db_url(Target::Local),
+            redis: topology.redis_url(Target::Local),
         })
     }
 

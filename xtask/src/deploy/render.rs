@@ -1,5 +1,5 @@
 //! `cargo xtask render`: deployment files for N/M/R generated from the one topology
-//! description in [`crate::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
+//! description in [`crate::cluster::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
 //! `userlist.txt`, `command.env` and Kubernetes manifests under `k8s/`.
 //!
 //! Access control is on by default in what is rendered: the command instances read
@@ -8,8 +8,8 @@
 //! it; the real token lives only where the deployment runs.
 //!
 //! Every file goes through [`ensure_file_contents`], so `--check` fails when a committed copy
-//! is stale. YAML is produced from `serde_json` values by a small emitter ([`to_yaml`]); keys
-//! come out sorted, strings are always quoted, so the output cannot be mis-typed by YAML.
+//! is stale. YAML is produced from `serde_json` values by `serde_norway` ([`to_yaml`]); keys
+//! come out sorted and strings are quoted wherever YAML would mis-type them.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use xshell::Shell;
 
-use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB};
+use crate::cluster::topology::{
+    Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB,
+};
 
 /// The image the Dockerfile builds; holds all three service binaries.
 pub const IMAGE: &str = "reporting:latest";
@@ -59,7 +61,7 @@ pub fn command_env(tokens: &str) -> String {
 /// The topology `render` uses without flags: the original deployment's 3 command instances,
 /// 3 query instances and 2 query-DB replicas.
 pub fn default_topology() -> Topology {
-    Topology::new(3, 3, 2, crate::topology::Ports::default())
+    Topology::new(3, 3, 2, crate::cluster::topology::Ports::default())
 }
 
 pub struct Render {
@@ -120,7 +122,7 @@ pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathB
     let mut files = vec![
         (
             out.join("docker-compose.yml"),
-            to_yaml(&compose(topo, &context)),
+            to_yaml(&compose(topo, &context))?,
         ),
         (
             out.join("nginx.conf"),
@@ -134,7 +136,8 @@ pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathB
         (out.join(COMMAND_ENV_FILE), command_env(TOKEN_PLACEHOLDER)),
     ];
     for (name, docs) in kube(topo) {
-        let mut text = docs.iter().map(to_yaml).collect::<Vec<_>>().join("---\n");
+        let docs = docs.iter().map(to_yaml).collect::<Result<Vec<_>>>()?;
+        let mut text = docs.join("---\n");
         if name == "command.yaml" {
             text = format!("# The Secret `{COMMAND_SECRET}` below:\n{SECRET_NOTE}{text}");
         }
@@ -242,7 +245,7 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 let mut value = json!({
                     "image": IMAGE,
                     "build": {"context": context, "dockerfile": "deploy/Dockerfile"},
-                    "command": [crate::supervise::bin_name(svc.kind)],
+                    "command": [svc.kind.bin_name()],
                     "environment": env_map(&topo.env(svc, Target::Compose)),
                     "depends_on": deps,
                     "restart": "unless-stopped",
@@ -313,7 +316,7 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                     "containers": [{
                         "name": app,
                         "image": IMAGE,
-                        "command": [crate::supervise::bin_name(kind)],
+                        "command": [kind.bin_name()],
                         "ports": [{"containerPort": port}],
                         "envFrom": [{"configMapRef": {"name": config}}],
                         "env": env,
@@ -550,100 +553,9 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
     ]
 }
 
-/// Block-style YAML for a JSON value. Strings are double-quoted JSON strings (valid YAML), or
-/// literal blocks when they span lines; keys are quoted unless plainly safe.
-pub fn to_yaml(v: &Value) -> String {
-    let mut out = String::new();
-    emit(v, 0, &mut out);
-    out
-}
-
-fn scalar(v: &Value, indent: usize) -> Option<String> {
-    Some(match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => {
-            let block = s.ends_with('\n')
-                && !s.ends_with("\n\n")
-                && !s.starts_with([' ', '\n'])
-                && !s.contains(['\t', '\r']);
-            if block {
-                let pad = " ".repeat(indent + 2);
-                let body: String = s
-                    .lines()
-                    .map(|l| {
-                        if l.is_empty() {
-                            "\n".to_string()
-                        } else {
-                            format!("{pad}{l}\n")
-                        }
-                    })
-                    .collect();
-                format!("|\n{body}")
-            } else {
-                serde_json::to_string(s).unwrap_or_default()
-            }
-        }
-        Value::Array(a) if a.is_empty() => "[]".into(),
-        Value::Object(o) if o.is_empty() => "{}".into(),
-        _ => return None,
-    })
-}
-
-fn key(k: &str) -> String {
-    let plain = !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
-        && !k.starts_with(['-', '.'])
-        && !matches!(
-            k,
-            "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
-        );
-    if plain {
-        k.to_string()
-    } else {
-        serde_json::to_string(k).unwrap_or_default()
-    }
-}
-
-fn emit(v: &Value, indent: usize, out: &mut String) {
-    let pad = " ".repeat(indent);
-    match v {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                match scalar(v, indent) {
-                    Some(s) if s.starts_with('|') => out.push_str(&format!("{pad}{}: {s}", key(k))),
-                    Some(s) => out.push_str(&format!("{pad}{}: {s}\n", key(k))),
-                    None => {
-                        out.push_str(&format!("{pad}{}:\n", key(k)));
-                        emit(v, indent + 2, out);
-                    }
-                }
-            }
-        }
-        Value::Array(items) if !items.is_empty() => {
-            for item in items {
-                match scalar(item, indent) {
-                    Some(s) if s.starts_with('|') => out.push_str(&format!("{pad}- {s}")),
-                    Some(s) => out.push_str(&format!("{pad}- {s}\n")),
-                    None => {
-                        let mut inner = String::new();
-                        emit(item, indent + 2, &mut inner);
-                        // The first line of the nested block moves up behind the dash.
-                        out.push_str(&format!("{pad}- {}", &inner[indent + 2..]));
-                    }
-                }
-            }
-        }
-        other => {
-            if let Some(s) = scalar(other, indent) {
-                out.push_str(&pad);
-                out.push_str(&s);
-                if !s.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-        }
-    }
+/// Block-style YAML for a JSON value, through `serde_norway` (a maintained serde YAML
+/// emitter): keys in `Value`'s order (sorted), strings quoted wherever YAML would otherwise
+/// read them as another type.
+pub fn to_yaml(v: &Value) -> Result<String> {
+    serde_norway::to_string(v).context("render YAML")
 }

@@ -6,8 +6,8 @@
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::render::{self, IMAGE};
-use crate::topology::Topology;
+use crate::cluster::topology::Topology;
+use crate::deploy::render::{self, IMAGE};
 
 /// Where `up --docker` renders its files (gitignored with the rest of `.cluster/`).
 const COMPOSE_DIR: &str = ".cluster/compose";
@@ -35,11 +35,11 @@ pub fn compose_up(sh: &Shell, topo: &Topology, detach: bool, auth: bool) -> Resu
     // The rendered env file holds a placeholder; here it gets a real token, or none.
     let env_file = out.join(render::COMMAND_ENV_FILE);
     if auth {
-        let token = crate::up::random_token()?;
-        crate::up::write_private(&env_file, &render::command_env(&token))?;
+        let token = crate::cluster::secret::random_token()?;
+        crate::cluster::secret::write_private(&env_file, &render::command_env(&token))?;
         println!("writes need: Authorization: Bearer {token}");
     } else {
-        crate::up::write_private(&env_file, &render::command_env(""))?;
+        crate::cluster::secret::write_private(&env_file, &render::command_env(""))?;
         println!("writes are open: no auth — use --auth");
     }
     let file = out.join("docker-compose.yml");

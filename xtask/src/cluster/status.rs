@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde::Serialize;
 use xshell::Shell;
 
+use crate::cluster::health::{self, DbProgress};
 use crate::cluster::{alive, Layout};
-use crate::health::{self, DbProgress};
 
 pub struct Status {
     pub json: bool,

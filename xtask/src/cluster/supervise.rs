@@ -16,15 +16,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::cluster::health;
+use crate::cluster::packages::{is_root, pg_tool};
+use crate::cluster::topology::{Kind, Service, Target, Topology, COMMAND_DB, PG_USER, QUERY_DB};
 use crate::cluster::{self, Layout, ServiceState, State};
-use crate::health;
-use crate::packages::{is_root, pg_tool};
-use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, PG_USER, QUERY_DB};
 
 /// First restart delay after a crash; doubles per crash up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -438,7 +438,7 @@ impl<'a> Supervisor<'a> {
                 cmd!(sh, "nginx -e stderr -p {prefix} -c {conf}")
             }
             Kind::Command | Kind::Query | Kind::Projection => {
-                let bin = bin_dir(&self.root).join(bin_name(svc.kind));
+                let bin = bin_dir(&self.root).join(svc.kind.bin_name());
                 let mut c = cmd!(sh, "{bin}");
                 for (k, v) in self.topo.env(svc, Target::Local) {
                     c = c.env(k, v);
@@ -619,14 +619,6 @@ pub fn bin_dir(root: &std::path::Path) -> PathBuf {
     }
 }
 
-pub fn bin_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Command => "command",
-        Kind::Query => "query",
-        _ => "projection",
-    }
-}
-
 fn postgres_ids(sh: &Shell) -> Result<(u32, u32)> {
     let uid = cmd!(sh, "id -u {PG_USER}")
         .quiet()
@@ -663,15 +655,11 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// UTC wall clock `HH:MM:SS` without a date crate.
+/// UTC wall clock `HH:MM:SS`, for the supervisor's event lines.
 fn clock() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let format = time::macros::format_description!("[hour]:[minute]:[second]");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        // Formatting three always-present fields cannot fail; keep the line anyway.
+        .unwrap_or_else(|_| "--:--:--".into())
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask bench --scale N`: the read path at N reports (default 1 000 000). Fills a
-//! scratch database on the local cluster's query-db-primary with N rows and their exact
+//! `cargo run --release -p query --example scale -- N POSTGRES_URL` (what `cargo xtask bench
+//! --scale N` runs): the read path at N reports. Fills a scratch database next to the given
+//! query DB (the local cluster's query-db-primary) with N rows and their exact
 //! statistics, then runs the query service's own statements (`query::store`, the same text
 //! the service sends) with the parameters a client would cause: `EXPLAIN` must show index use
 //! and no sequential scan of `read_reports`, and each statement's latency is measured.
@@ -22,17 +23,37 @@ const RUNS: usize = 30;
 type Params<'a> = Vec<(&'a (dyn ToSql + Sync), Type)>;
 
 /// One measured statement.
-#[derive(Debug, serde::Serialize)]
-pub struct ScaleRow {
-    pub what: String,
+#[derive(Debug)]
+struct ScaleRow {
+    what: String,
     /// The plan's access path on `read_reports` (index name), from EXPLAIN.
-    pub plan: String,
-    pub p50_ms: f64,
-    pub max_ms: f64,
+    plan: String,
+    p50_ms: f64,
+    max_ms: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.as_slice() {
+        [rows, url] => rows
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("N expects a positive number, got `{rows}`"))
+            .and_then(|rows| Ok(table(rows, &run(url, rows)?))),
+        _ => Err(anyhow::anyhow!("usage: scale N POSTGRES_URL")),
+    };
+    match result {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Fills `SCRATCH_DB` next to `primary_url` with `rows` reports and measures the read path.
-pub fn run(primary_url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
+fn run(primary_url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
     let admin_url = replace_db(primary_url, "postgres");
     let mut admin = Client::connect(&admin_url, NoTls)
         .with_context(|| format!("connect to {admin_url} (is the local cluster up?)"))?;
@@ -189,7 +210,7 @@ fn replace_db(url: &str, db: &str) -> String {
 }
 
 /// The table printed on screen.
-pub fn table(rows: u64, results: &[ScaleRow]) -> String {
+fn table(rows: u64, results: &[ScaleRow]) -> String {
     let mut t = format!("read path at {rows} reports (no sequential scan of read_reports)\n");
     t.push_str("| statement | index used | p50 ms | max ms |\n|---|---|---|---|\n");
     for r in results {
