@@ -392,6 +392,31 @@ fn local_cluster_end_to_end() {
     );
     converged(&c, &[0, 1, 2]);
 
+    // A deliberate 503 is an answer, not an outage: nginx passes it on at once instead of
+    // retrying it on every other instance (3 × the 2 s wait), and counts no failure for it,
+    // so every instance stays in rotation afterwards.
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let r = c.read(&format!("/reports/{}?min_version=999", ids[1]));
+        expect_status(&r, 503, "min_version far ahead");
+        assert!(
+            asked.elapsed() < Duration::from_millis(4_500),
+            "the 503 took {:?}: nginx retried it on other instances",
+            asked.elapsed()
+        );
+    }
+    let mut readers = BTreeSet::new();
+    for _ in 0..30 {
+        let r = c.read("/reports?per_page=5");
+        expect_status(&r, 200, "list after 503s");
+        readers.insert(instance(&r));
+    }
+    assert_eq!(
+        readers,
+        BTreeSet::from(["query-1", "query-2", "query-3"].map(String::from)),
+        "an instance that answered 503 was taken out of rotation"
+    );
+
     // A command instance killed hard: writes still succeed (nginx tries the next one, the
     // supervisor restarts it). Once the process is gone, that is: a POST already sent to it
     // when it dies gets a 502/503, because nginx rightly never re-sends a non-idempotent
