@@ -6,24 +6,11 @@
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::render::{self, IMAGE};
+use crate::render;
 use crate::topology::Topology;
 
 /// Where `up --docker` renders its files (gitignored with the rest of `.cluster/`).
 const COMPOSE_DIR: &str = ".cluster/compose";
-
-pub struct Images;
-
-impl Images {
-    pub fn run(self, sh: &Shell) -> Result<()> {
-        require_engine(sh)?;
-        cmd!(sh, "docker build -f deploy/Dockerfile -t {IMAGE} .")
-            .run()
-            .context("docker build failed")?;
-        println!("built {IMAGE} (binaries: command, query, projection)");
-        Ok(())
-    }
-}
 
 pub fn compose_up(sh: &Shell, topo: &Topology, detach: bool, auth: bool) -> Result<()> {
     require_engine(sh)?;

@@ -30,7 +30,9 @@ Commands:
   render [--commands N --queries M --replicas R] [--out DIR] [--check]
                                          docker-compose.yml, nginx.conf, pgbouncer.ini, k8s/
                                          (default 3/3/2 into deploy/generated, committed)
-  images                                 docker build of the service image
+  images [--no-build]                    every image of the deployment (services, PostgreSQL 15,
+                                         Redis 7, nginx, PgBouncer) from one Debian bookworm base;
+                                         installs and starts the Docker engine if needed
   drill [--short] [--keep] [--base-port P]
                                          fault drills under load on a separate cluster:
                                          kills, hangs, restarts; 0 writes lost or it fails
@@ -71,7 +73,7 @@ pub enum Task {
     Logs(crate::logs::Logs),
     Service(ServiceOp),
     Render(crate::render::Render),
-    Images(crate::docker::Images),
+    Images(crate::images::Images),
     Rebuild(crate::rebuild::Rebuild),
     Drill(crate::drill::Drill),
     Bench(Box<crate::bench::Bench>),
@@ -166,8 +168,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
         "rebuild" => Task::Rebuild(crate::rebuild::Rebuild::parse(&mut p)?),
         "drill" => Task::Drill(crate::drill::Drill::parse(&mut p)?),
         "images" => {
-            no_more(&mut p)?;
-            Task::Images(crate::docker::Images)
+            let mut no_build = false;
+            while let Some(arg) = p.next()? {
+                match arg {
+                    Long("no-build") => no_build = true,
+                    _ => bail!("{}", arg.unexpected()),
+                }
+            }
+            Task::Images(crate::images::Images { no_build })
         }
         other => bail!("unknown command `{other}`\n\n{HELP}"),
     };
