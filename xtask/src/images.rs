@@ -309,3 +309,85 @@ impl Fnv {
         self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `image:` a rendered file names, for `check`.
+    fn images_named(topo: &crate::topology::Topology) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = crate::render::render_all(topo, dir.path(), dir.path()).expect("render");
+        let mut names: Vec<String> = files
+            .iter()
+            .flat_map(|(_, text)| text.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("image: ")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn check(commands: u32, queries: u32, replicas: u32) {
+        let topo = crate::topology::Topology::new(
+            commands,
+            queries,
+            replicas,
+            crate::topology::Ports::default(),
+        );
+        let named = images_named(&topo);
+        let mut expect: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();
+        expect.sort();
+        assert_eq!(named, expect, "{commands}/{queries}/{replicas}");
+        for image in &named {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "{image} has no pinned tag"
+            );
+        }
+    }
+
+    #[test]
+    fn rendered_files_name_only_our_pinned_images() {
+        check(3, 3, 2);
+        check(1, 1, 0);
+        check(2, 4, 1);
+    }
+
+    #[test]
+    fn every_image_runs_as_a_non_root_user() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/docker");
+        for dir in ["postgres", "redis", "nginx", "pgbouncer", "service"] {
+            let text = std::fs::read_to_string(root.join(dir).join("Dockerfile"))
+                .expect("read Dockerfile");
+            let user = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("USER "))
+                .last()
+                .unwrap_or("root");
+            assert!(
+                !user.starts_with("root") && !user.starts_with('0'),
+                "{dir} runs as {user}"
+            );
+        }
+    }
+
+    #[test]
+    fn inputs_hash_tells_inputs_apart() {
+        let h = |parts: &[&[u8]]| {
+            let mut f = Fnv::new();
+            for p in parts {
+                f.write(p);
+            }
+            f.0
+        };
+        assert_eq!(h(&[b"a", b"bc"]), h(&[b"a", b"bc"]));
+        assert_ne!(h(&[b"ab", b"c"]), h(&[b"a", b"bc"]));
+        assert_ne!(h(&[b"a"]), h(&[b"b"]));
+    }
+}

@@ -8,7 +8,7 @@
 mod bench;
 mod check_sync;
 mod cluster;
-mod docker;
+mod compose;
 mod drill;
 mod engine;
 mod flags;

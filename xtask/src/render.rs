@@ -19,12 +19,11 @@ use xshell::Shell;
 
 use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB};
 
-/// The image the Dockerfile builds; holds all three service binaries.
-pub const IMAGE: &str = "reporting:latest";
-const POSTGRES_IMAGE: &str = "postgres:15";
-const REDIS_IMAGE: &str = "redis:7";
-const PGBOUNCER_IMAGE: &str = "edoburu/pgbouncer:latest";
-const NGINX_IMAGE: &str = "nginx:1.25";
+// Every image is built by `cargo xtask images` from one Debian base (see `crate::images`).
+use crate::images::{
+    NGINX as NGINX_IMAGE, PGBOUNCER as PGBOUNCER_IMAGE, POSTGRES as POSTGRES_IMAGE,
+    REDIS as REDIS_IMAGE, SERVICE as IMAGE,
+};
 
 /// Where `render` writes by default; the committed copy is kept fresh by a test.
 pub const DEFAULT_OUT: &str = "deploy/generated";
@@ -113,15 +112,11 @@ pub fn ensure_file_contents(path: &Path, text: &str, check: bool) -> Result<bool
     Ok(true)
 }
 
-/// Every generated file: (absolute path, contents). `root` is the repository root, used for
-/// the Compose build context.
-pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let context = relative(out, root);
+/// Every generated file: (absolute path, contents). `_root` (the repository root) is no longer
+/// needed: Compose runs images built by `cargo xtask images`, it builds nothing itself.
+pub fn render_all(topo: &Topology, out: &Path, _root: &Path) -> Result<Vec<(PathBuf, String)>> {
     let mut files = vec![
-        (
-            out.join("docker-compose.yml"),
-            to_yaml(&compose(topo, &context)),
-        ),
+        (out.join("docker-compose.yml"), to_yaml(&compose(topo))),
         (
             out.join("nginx.conf"),
             topo.nginx_conf(Target::Compose, None),
@@ -143,34 +138,48 @@ pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathB
     Ok(files)
 }
 
-/// Path from `from` to `to`, both absolute (for `build.context`).
-fn relative(from: &Path, to: &Path) -> String {
-    let from: Vec<_> = from.components().collect();
-    let to: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut parts: Vec<String> = vec!["..".to_string(); from.len() - common];
-    parts.extend(
-        to[common..]
-            .iter()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
-    );
-    if parts.is_empty() {
-        ".".into()
-    } else {
-        parts.join("/")
-    }
-}
-
 fn env_map(env: &[(&str, String)]) -> Value {
     Value::Object(env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 fn pg_healthcheck() -> Value {
-    json!({"test": ["CMD", "pg_isready", "-U", "postgres"], "interval": "2s", "timeout": "2s", "retries": 30})
+    json!({"test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "postgres"], "interval": "2s", "timeout": "2s", "retries": 30})
+}
+
+/// Health of one of our services inside its container: `/ready` where the service has one
+/// (its dependencies answer), `/health` for the projection (it has only that).
+fn service_healthcheck(kind: Kind) -> Value {
+    let path = if kind == Kind::Projection {
+        "/health"
+    } else {
+        "/ready"
+    };
+    let url = format!("http://127.0.0.1:{}{path}", kind.container_port());
+    json!({"test": ["CMD", "curl", "-fsS", "-o", "/dev/null", url], "interval": "2s", "timeout": "2s", "retries": 60})
+}
+
+/// Published ports: every service on the host's loopback at its `up` port (so `status`,
+/// `check-sync` and `bench` reach them as they reach a local cluster), nginx on every
+/// interface (the user-facing endpoints).
+fn published(svc: &Service) -> Value {
+    let ports: Vec<String> = match svc.kind {
+        Kind::Nginx => svc
+            .ports
+            .iter()
+            .zip([8080, 8090])
+            .map(|((host, _), inner)| format!("{host}:{inner}"))
+            .collect(),
+        kind => vec![format!(
+            "127.0.0.1:{}:{}",
+            svc.port(),
+            kind.container_port()
+        )],
+    };
+    json!(ports)
 }
 
 /// docker-compose.yml: one container per service of the topology.
-pub fn compose(topo: &Topology, context: &str) -> Value {
+pub fn compose(topo: &Topology) -> Value {
     let mut services = Map::new();
     let mut volumes = Map::new();
     let all = topo.services();
@@ -190,7 +199,8 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 };
                 json!({
                     "image": POSTGRES_IMAGE,
-                    "environment": {"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_DB": db},
+                    "environment": {"POSTGRES_DB": db},
+                    "ports": published(svc),
                     "volumes": [format!("{}:/var/lib/postgresql/data", svc.name)],
                     "healthcheck": pg_healthcheck(),
                     "restart": "unless-stopped",
@@ -200,7 +210,8 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 volumes.insert("redis".into(), json!({}));
                 json!({
                     "image": REDIS_IMAGE,
-                    "command": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec"],
+                    "command": ["redis-server", "--dir", "/data", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no"],
+                    "ports": published(svc),
                     "volumes": ["redis:/data"],
                     "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s", "timeout": "2s", "retries": 30},
                     "restart": "unless-stopped",
@@ -213,6 +224,9 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                     .collect();
                 json!({
                     "image": PGBOUNCER_IMAGE,
+                    "command": ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
+                    "healthcheck": {"test": ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6432"], "interval": "2s", "timeout": "2s", "retries": 30},
+                    "ports": published(svc),
                     "volumes": ["./pgbouncer.ini:/etc/pgbouncer/pgbouncer.ini:ro", "./userlist.txt:/etc/pgbouncer/userlist.txt:ro"],
                     "depends_on": deps,
                     "restart": "unless-stopped",
@@ -227,7 +241,7 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                         deps.insert("redis".into(), healthy);
                     }
                     Kind::Query => {
-                        deps.insert("pgbouncer".into(), json!({"condition": "service_started"}));
+                        deps.insert("pgbouncer".into(), healthy.clone());
                         for n in names(Kind::Postgres).filter(|n| n != "command-db") {
                             deps.insert(n, healthy.clone());
                         }
@@ -241,8 +255,9 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 }
                 let mut value = json!({
                     "image": IMAGE,
-                    "build": {"context": context, "dockerfile": "deploy/Dockerfile"},
                     "command": [crate::supervise::bin_name(svc.kind)],
+                    "healthcheck": service_healthcheck(svc.kind),
+                    "ports": published(svc),
                     "environment": env_map(&topo.env(svc, Target::Compose)),
                     "depends_on": deps,
                     "restart": "unless-stopped",
@@ -256,13 +271,13 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
             Kind::Nginx => {
                 let deps: Map<String, Value> = names(Kind::Command)
                     .chain(names(Kind::Query))
-                    .map(|n| (n, json!({"condition": "service_started"})))
+                    .map(|n| (n, json!({"condition": "service_healthy"})))
                     .collect();
                 json!({
                     "image": NGINX_IMAGE,
                     "command": ["nginx", "-c", "/etc/nginx/nginx.conf"],
                     "volumes": ["./nginx.conf:/etc/nginx/nginx.conf:ro"],
-                    "ports": [format!("{0}:8080", topo.ports.write), format!("{0}:8090", topo.ports.read)],
+                    "ports": published(svc),
                     "depends_on": deps,
                     "restart": "unless-stopped",
                 })
@@ -270,7 +285,8 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
         };
         services.insert(svc.name.clone(), value);
     }
-    json!({"name": "reporting", "services": services, "volumes": volumes})
+    // No top-level `name`: Compose v1 (Debian's) rejects it; the project is `-p` instead.
+    json!({"services": services, "volumes": volumes})
 }
 
 fn meta(name: &str, app: &str) -> Value {

@@ -36,7 +36,13 @@ pub struct Up {
 impl Up {
     pub fn run(self, sh: &Shell) -> Result<()> {
         if self.docker {
-            return crate::docker::compose_up(sh, &self.topo, self.detach, self.auth);
+            return crate::compose::UpDocker {
+                topo: &self.topo,
+                detach: self.detach,
+                auth: self.auth,
+                no_build: self.no_build,
+            }
+            .run(sh);
         }
         let layout = Layout::new(sh);
         if let Ok(state) = layout.read_state() {
@@ -185,7 +191,7 @@ pub fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
 }
 
 /// A clear error naming the port, its service and the flag that moves it.
-fn check_ports_free(topo: &Topology) -> Result<()> {
+pub fn check_ports_free(topo: &Topology) -> Result<()> {
     for svc in topo.services() {
         for (port, flag) in &svc.ports {
             if TcpListener::bind(("127.0.0.1", *port)).is_err() {
