@@ -17,7 +17,7 @@ cargo xtask <COMMAND>
 
 Commands:
   test                                   install what is missing, fmt + clippy + cargo test
-  up --commands N --queries M [--replicas R] [--detach] [--docker] [--auth]
+  up --commands N --queries M [--replicas R (default 2)] [--detach] [--docker] [--auth]
      [--base-port P] [--no-rate-limit] [--no-build] [--no-install] [port flags]
                                          run the whole topology as local processes
                                          (--auth: writes need a generated bearer token;
@@ -185,7 +185,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
 fn parse_up(p: &mut lexopt::Parser) -> Result<crate::up::Up> {
     let mut commands = None;
     let mut queries = None;
-    let mut replicas = 0;
+    // The original deployment: a primary query DB and two replicas.
+    let mut replicas = 2;
     let mut up = crate::up::Up::default();
     let mut base_port: Option<u16> = None;
     let mut explicit: Vec<(&'static str, u16)> = Vec::new();
@@ -272,6 +273,23 @@ mod tests {
         assert!(up.detach);
         assert_eq!(up.topo.ports.redis, 7000);
         assert_eq!(up.topo.ports.write, 8080);
+    }
+
+    #[test]
+    fn up_defaults_to_the_original_two_replicas() {
+        let Ok(Task::Up(up)) = parse_str("up --commands 3 --queries 3") else {
+            panic!("expected up");
+        };
+        assert_eq!(up.topo.replicas, 2);
+        let Ok(Task::Up(up)) = parse_str("up --commands 3 --queries 3 --replicas 0") else {
+            panic!("expected up");
+        };
+        assert_eq!(up.topo.replicas, 0);
+        assert_eq!(up.topo.query_db_names(), ["query-db-primary"]);
+        let Ok(Task::Render(render)) = parse_str("render") else {
+            panic!("expected render");
+        };
+        assert_eq!(render.topo.replicas, 2);
     }
 
     #[test]
