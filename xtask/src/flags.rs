@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use lexopt::prelude::*;
 
-use crate::ops::{ServiceAction, ServiceOp};
-use crate::topology::{Ports, Topology};
+use crate::cluster::ops::{ServiceAction, ServiceOp};
+use crate::cluster::topology::{Ports, Topology};
 
 pub const HELP: &str = "\
 cargo xtask <COMMAND>
@@ -66,19 +66,19 @@ Port flags (defaults; --base-port P shifts all of them by P-8080):
 pub enum Task {
     Help,
     Test(crate::test::Test),
-    Up(crate::up::Up),
-    Supervise(crate::supervise::Supervise),
+    Up(crate::cluster::up::Up),
+    Supervise(crate::cluster::supervise::Supervise),
     Down(crate::cluster::Down),
-    Status(crate::status::Status),
-    Logs(crate::logs::Logs),
+    Status(crate::cluster::status::Status),
+    Logs(crate::cluster::logs::Logs),
     Service(ServiceOp),
-    Render(crate::render::Render),
-    Images(crate::images::Images),
-    Rebuild(crate::rebuild::Rebuild),
+    Render(crate::deploy::render::Render),
+    Images(crate::deploy::images::Images),
+    Rebuild(crate::ops::read_model::Rebuild),
     Drill(crate::drill::Drill),
     Bench(Box<crate::bench::Bench>),
-    Seed(crate::seed::Seed),
-    CheckSync(crate::check_sync::CheckSync),
+    Seed(crate::ops::seed::Seed),
+    CheckSync(crate::ops::read_model::CheckSync),
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
@@ -98,7 +98,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
         "up" => Task::Up(parse_up(&mut p)?),
         "supervise" => {
             no_more(&mut p)?;
-            Task::Supervise(crate::supervise::Supervise)
+            Task::Supervise(crate::cluster::supervise::Supervise)
         }
         "down" => {
             let mut volumes = false;
@@ -118,7 +118,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
                     _ => bail!("{}", arg.unexpected()),
                 }
             }
-            Task::Status(crate::status::Status { json })
+            Task::Status(crate::cluster::status::Status { json })
         }
         "logs" => {
             let mut service = None;
@@ -128,7 +128,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
                     _ => bail!("{}", arg.unexpected()),
                 }
             }
-            Task::Logs(crate::logs::Logs { service })
+            Task::Logs(crate::cluster::logs::Logs { service })
         }
         "stop" | "start" | "restart" => {
             let action = match sub.as_str() {
@@ -147,8 +147,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
             Task::Service(ServiceOp { action, service })
         }
         "render" => {
-            let mut topo = crate::render::default_topology();
-            let mut out = PathBuf::from(crate::render::DEFAULT_OUT);
+            let mut topo = crate::deploy::render::default_topology();
+            let mut out = PathBuf::from(crate::deploy::render::DEFAULT_OUT);
             let mut check = false;
             while let Some(arg) = p.next()? {
                 match arg {
@@ -160,12 +160,49 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
                     _ => bail!("{}", arg.unexpected()),
                 }
             }
-            Task::Render(crate::render::Render { topo, out, check })
+            Task::Render(crate::deploy::render::Render { topo, out, check })
         }
         "bench" => Task::Bench(Box::new(crate::bench::Bench::parse(&mut p)?)),
-        "seed" => Task::Seed(crate::seed::Seed::parse(&mut p)?),
-        "check-sync" => Task::CheckSync(crate::check_sync::CheckSync::parse(&mut p)?),
-        "rebuild" => Task::Rebuild(crate::rebuild::Rebuild::parse(&mut p)?),
+        "seed" => Task::Seed(crate::ops::seed::Seed::parse(&mut p)?),
+        "check-sync" => {
+            let mut c = crate::ops::read_model::CheckSync {
+                command_db: None,
+                query_dbs: Vec::new(),
+                wait: None,
+            };
+            while let Some(arg) = p.next()? {
+                match arg {
+                    Long("command-db") => c.command_db = Some(p.value()?.string()?),
+                    Long("query-db") => {
+                        let raw = p.value()?.string()?;
+                        c.query_dbs
+                            .push(crate::bench::parse_named_url("--query-db", &raw)?);
+                    }
+                    Long("wait") => {
+                        let secs: f64 = number(&mut p, "--wait")?;
+                        if !(0.0..=3600.0).contains(&secs) {
+                            bail!("--wait expects seconds (0..3600), got `{secs}`");
+                        }
+                        c.wait = Some(std::time::Duration::from_secs_f64(secs));
+                    }
+                    _ => bail!("{}", arg.unexpected()),
+                }
+            }
+            Task::CheckSync(c)
+        }
+        "rebuild" => {
+            let mut db = None;
+            while let Some(arg) = p.next()? {
+                match arg {
+                    Long("db") => db = Some(p.value()?.string()?),
+                    Value(v) if db.is_none() => db = Some(v.string()?),
+                    _ => bail!("{}", arg.unexpected()),
+                }
+            }
+            let db =
+                db.context("`rebuild` needs --db NAME (query-db-primary, query-db-replicaK)")?;
+            Task::Rebuild(crate::ops::read_model::Rebuild { db })
+        }
         "drill" => Task::Drill(crate::drill::Drill::parse(&mut p)?),
         "images" => {
             let mut no_build = false;
@@ -175,19 +212,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
                     _ => bail!("{}", arg.unexpected()),
                 }
             }
-            Task::Images(crate::images::Images { no_build })
+            Task::Images(crate::deploy::images::Images { no_build })
         }
         other => bail!("unknown command `{other}`\n\n{HELP}"),
     };
     Ok(task)
 }
 
-fn parse_up(p: &mut lexopt::Parser) -> Result<crate::up::Up> {
+fn parse_up(p: &mut lexopt::Parser) -> Result<crate::cluster::up::Up> {
     let mut commands = None;
     let mut queries = None;
     // The original deployment: a primary query DB and two replicas.
     let mut replicas = 2;
-    let mut up = crate::up::Up::default();
+    let mut up = crate::cluster::up::Up::default();
     let mut base_port: Option<u16> = None;
     let mut explicit: Vec<(&'static str, u16)> = Vec::new();
     let mut no_rate_limit = false;
@@ -308,13 +345,17 @@ mod tests {
             panic!("expected up");
         };
         assert!(on.topo.rate_limits);
-        let conf = on.topo.nginx_conf(crate::topology::Target::Local, None);
+        let conf = on
+            .topo
+            .nginx_conf(crate::cluster::topology::Target::Local, None);
         assert_eq!(conf.matches("limit_req zone=").count(), 2, "{conf}");
         let Ok(Task::Up(off)) = parse_str("up --commands 1 --queries 1 --no-rate-limit") else {
             panic!("expected up");
         };
         assert!(!off.topo.rate_limits);
-        let conf = off.topo.nginx_conf(crate::topology::Target::Local, None);
+        let conf = off
+            .topo
+            .nginx_conf(crate::cluster::topology::Target::Local, None);
         assert_eq!(conf.matches("limit_req zone=").count(), 0, "{conf}");
     }
 

@@ -6,27 +6,14 @@
 //! non-zero exit code; nothing here panics on user input.
 
 mod bench;
-mod check_sync;
 mod cluster;
-mod compose;
+mod deploy;
 mod drill;
-mod engine;
 mod flags;
-mod health;
-mod images;
-mod logs;
+mod http;
 mod ops;
-mod packages;
-mod rebuild;
-mod render;
-#[cfg(test)]
-mod render_tests;
-mod seed;
-mod status;
-mod supervise;
+mod rng;
 mod test;
-mod topology;
-mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +44,13 @@ fn try_main() -> Result<()> {
             Ok(())
         }
         Task::Test(t) => t.run(&sh),
+        Task::Up(t) if t.docker => deploy::compose::UpDocker {
+            topo: &t.topo,
+            detach: t.detach,
+            auth: t.auth,
+            no_build: t.no_build,
+        }
+        .run(&sh),
         Task::Up(t) => t.run(&sh),
         Task::Supervise(t) => t.run(&sh),
         Task::Down(t) => t.run(&sh),

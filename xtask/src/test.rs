@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::packages;
+use crate::cluster::packages;
 
 pub struct Test;
 

@@ -5,9 +5,11 @@
 
 mod support;
 
+mod check_sync;
 mod converge;
 mod crash;
 mod dlq;
 mod e2e;
 mod outage;
+mod rebuild;
 mod shutdown;

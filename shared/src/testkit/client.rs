@@ -1,5 +1,9 @@
 //! A deliberately tiny blocking HTTP/1.1 client for tests: one request per connection, so a
 //! test can also send bytes no real client would.
+//!
+//! Separate on purpose from xtask's client (`xtask/src/http.rs`, keep-alive, for load): this
+//! one must be able to write malformed requests and read whatever comes back raw, which a
+//! well-behaved client would refuse to do; and the services' tests must not link xtask.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -20,12 +20,13 @@ use crossbeam_channel::{select, Receiver, Sender};
 use hdrhistogram::Histogram;
 use uuid::Uuid;
 
-use super::client::{Conn, HttpError, Response, Target};
+use super::config::BenchConfig;
 use super::lag::{LagFeed, Sample, Sampler};
 use super::report::{new_histogram, record, BenchReport, EndpointReport, Generator, Latency};
-use super::schedule::{Endpoint, Rng, Schedule, Side, Wrr, WRITE_MIX};
-use super::BenchConfig;
-use crate::seed::{report_body, CATEGORIES};
+use super::schedule::{Endpoint, Schedule, Side, Wrr, WRITE_MIX};
+use crate::http::{Conn, HttpError, Response, Target};
+use crate::ops::seed::{report_body, CATEGORIES};
+use crate::rng::Rng;
 
 /// A worker that picks its request up later than this after the intended time counts as a
 /// late dispatch. 5 ms is far above scheduling noise (tens of µs) and below the latencies

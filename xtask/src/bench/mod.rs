@@ -3,13 +3,13 @@
 //! per-endpoint tables, instance distribution, propagation lag to every query DB, a JSON file
 //! and a comparison with an earlier JSON.
 //!
-//! Layout: [`schedule`] (intended times, mixes), [`client`] (keep-alive HTTP/1.1), [`engine`]
+//! Layout: [`config`] (what one run needs, the levels), [`schedule`] (intended times, mixes), (requests go through `crate::http`), [`engine`]
 //! (scheduler, workers, collector), [`lag`] (query-DB pollers), [`report`] (figures, table,
 //! JSON, compare), [`rss`] (each service's memory at the end of a run), [`throughput`] (the
 //! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up). [`run`] is the library entry point: tests and other tasks call it with a
 //! [`BenchConfig`] and get a [`BenchReport`] back.
 
-pub mod client;
+pub mod config;
 mod engine;
 mod lag;
 pub mod report;
@@ -27,22 +27,14 @@ use anyhow::{bail, Context, Result};
 use lexopt::prelude::*;
 use xshell::Shell;
 
+pub use config::BenchConfig;
+use config::DEFAULT_DURATION;
 pub use report::BenchReport;
 use report::Step;
 pub use schedule::Mix;
 
-use crate::topology::{Target as Where, Topology};
-
-/// Default run length of a level (SPEC §6: 10 s).
-const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-/// A request without a complete answer after this long is a timeout error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on worker threads (= concurrent requests). Each blocks on one request; 2000
-/// covers 1000 req/s against a server answering in 2 s, beyond which the report says the
-/// generator was the limit.
-const MAX_WORKERS: usize = 2000;
-/// Every Nth successful create/update is followed to the query DBs (SPEC: "sampling").
-const LAG_EVERY: u64 = 10;
+use crate::cluster::local::LocalCluster;
+use crate::cluster::topology::Topology;
 
 /// `--level max`: length of a step, unless `--duration` says otherwise.
 const MAX_STEP: Duration = Duration::from_secs(5);
@@ -67,75 +59,6 @@ impl MaxSearch {
         p99_bound_ms: 50.0,
         max_steps: 10,
     };
-}
-
-/// Seed load levels (SPEC §6): (name, write req/s, read req/s).
-pub const LEVELS: [(&str, f64, f64); 5] = [
-    ("light", 10.0, 40.0),
-    ("medium", 20.0, 80.0),
-    ("heavy", 50.0, 200.0),
-    ("extreme", 100.0, 400.0),
-    ("stress", 200.0, 800.0),
-];
-
-/// Everything one bench run needs; [`BenchConfig::new`] fills the defaults.
-#[derive(Clone, Debug)]
-pub struct BenchConfig {
-    /// A level name, `max`, or `custom`.
-    pub level: String,
-    pub write_url: String,
-    pub read_url: String,
-    pub write_rps: f64,
-    pub read_rps: f64,
-    /// Run length; for `max`, the length of each step.
-    pub duration: Duration,
-    pub mix: Mix,
-    /// Sent as `Authorization: Bearer` with writes.
-    pub token: Option<String>,
-    /// Query DBs (`name`, `postgres://…`) to measure propagation lag on; empty = no lag.
-    pub query_dbs: Vec<(String, String)>,
-    pub timeout: Duration,
-    pub max_workers: usize,
-    pub lag_every: u64,
-    /// A progress line on stderr once per second.
-    pub progress: bool,
-}
-
-impl BenchConfig {
-    pub fn new(write_url: &str, read_url: &str, write_rps: f64, read_rps: f64) -> BenchConfig {
-        BenchConfig {
-            level: "custom".into(),
-            write_url: write_url.into(),
-            read_url: read_url.into(),
-            write_rps,
-            read_rps,
-            duration: DEFAULT_DURATION,
-            mix: Mix::default(),
-            token: None,
-            query_dbs: Vec::new(),
-            timeout: REQUEST_TIMEOUT,
-            max_workers: MAX_WORKERS,
-            lag_every: LAG_EVERY,
-            progress: false,
-        }
-    }
-
-    /// The same endpoints at a named level's rates.
-    pub fn level(mut self, name: &str) -> Result<BenchConfig> {
-        if name == "max" {
-            self.level = "max".into();
-            return Ok(self);
-        }
-        let Some((n, w, r)) = LEVELS.iter().find(|l| l.0 == name) else {
-            bail!(
-                "unknown level `{name}`; valid levels: light, medium, heavy, extreme, stress, max"
-            );
-        };
-        self.level = (*n).to_string();
-        self.write_rps = *w;
-        self.read_rps = *r;
-        Ok(self)
-    }
 }
 
 /// Runs the bench `cfg` describes: one fixed-rate run, or the step search of `max`.
@@ -211,46 +134,6 @@ pub fn run_max(cfg: &BenchConfig, search: &MaxSearch) -> Result<BenchReport> {
     report.steps = steps;
     report.max_sustained_rps = max_sustained;
     Ok(report)
-}
-
-/// Where the local cluster (`cargo xtask up`) listens: from `.cluster/state.json` when there
-/// is one, else the default ports.
-#[derive(Clone, Debug)]
-pub struct LocalCluster {
-    pub write_url: String,
-    pub read_url: String,
-    pub command_db: String,
-    /// Every query DB by its service name, reached directly (not through PgBouncer).
-    pub query_dbs: Vec<(String, String)>,
-}
-
-impl LocalCluster {
-    pub fn discover(sh: &Shell) -> LocalCluster {
-        let topo = match crate::cluster::Layout::new(sh).read_state() {
-            Ok(state) => state.topology,
-            Err(err) => {
-                eprintln!("note: {err:#}; assuming the default local ports");
-                Topology::default()
-            }
-        };
-        LocalCluster::of(&topo)
-    }
-
-    pub fn of(topo: &Topology) -> LocalCluster {
-        LocalCluster {
-            write_url: format!("http://127.0.0.1:{}", topo.ports.write),
-            read_url: format!("http://127.0.0.1:{}", topo.ports.read),
-            command_db: topo.command_db_url(Where::Local),
-            query_dbs: topo
-                .query_db_names()
-                .into_iter()
-                .map(|name| {
-                    let url = topo.query_db_url(&name, Where::Local);
-                    (name, url)
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Parses `name=URL` of `--query-db`.

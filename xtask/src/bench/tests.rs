@@ -481,7 +481,7 @@ fn max_steps_up_until_the_bound_breaks() {
 #[test]
 fn seed_creates_and_walks_the_workflow() {
     let server = start_fake(Behaviour::default());
-    let summary = crate::seed::seed(&server.url, 20, Some("t0ken")).unwrap();
+    let summary = crate::ops::seed::seed(&server.url, 20, Some("t0ken")).unwrap();
     assert_eq!(summary.created, 20);
     assert_eq!(summary.categories.values().sum::<u64>(), 20);
     let statuses: Vec<(&str, u64)> = summary

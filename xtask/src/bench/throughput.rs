@@ -26,13 +26,13 @@ use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use super::client::{Conn, Target};
 use super::rss::{self, ServiceRss};
-use super::schedule::Rng;
+use crate::cluster::ops::{ServiceAction, ServiceOp};
+use crate::cluster::packages::pg_tool;
+use crate::cluster::topology::{Target as Where, Topology, PG_USER, QUERY_PRIMARY};
 use crate::cluster::Layout;
-use crate::ops::{ServiceAction, ServiceOp};
-use crate::packages::pg_tool;
-use crate::topology::{Target as Where, Topology, PG_USER, QUERY_PRIMARY};
+use crate::http::{Conn, Target};
+use crate::rng::Rng;
 
 /// Default length of each measurement.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);
@@ -293,7 +293,7 @@ fn existing_id(query_1: &str, write_url: &str, token: Option<&str>) -> Result<St
         return Ok(id);
     }
     eprintln!("throughput: query-1 has no reports; seeding {SEED_REPORTS} through {write_url}");
-    crate::seed::seed(write_url, SEED_REPORTS, token)?;
+    crate::ops::seed::seed(write_url, SEED_REPORTS, token)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(id) = first() {
@@ -558,7 +558,7 @@ fn wrk_figure(
 
 /// wrk's Lua script for `POST /reports` with one valid report (and the bearer token).
 fn post_script(token: Option<&str>) -> String {
-    let (body, _) = crate::seed::report_body(&mut Rng::new(7));
+    let (body, _) = crate::ops::seed::report_body(&mut Rng::new(7));
     let body = String::from_utf8_lossy(&body).into_owned();
     let mut s = String::from("wrk.method = \"POST\"\n");
     // A long bracket needs no escaping; the body never contains `]==]`.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::bench::client::{Conn, Target};
-use crate::seed::{CATEGORIES, STATUSES};
+use crate::http::{Conn, Target};
+use crate::ops::seed::{CATEGORIES, STATUSES};
 
 /// The last acknowledged state of one report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde::Serialize;
 use xshell::Shell;
 
+use crate::cluster::health::{self, DbProgress};
 use crate::cluster::{alive, Layout};
-use crate::health::{self, DbProgress};
 
 pub struct Status {
     pub json: bool,
@@ -40,7 +40,7 @@ struct Report {
 
 impl Status {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        if let Some(deployment) = crate::compose::Deployment::find(sh) {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
             return deployment.status(sh, self.json);
         }
         let layout = Layout::new(sh);

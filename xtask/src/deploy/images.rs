@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::engine::Engine;
+use crate::deploy::engine::Engine;
 
 /// The raw Debian bookworm every image descends from (pulled or debootstrap'd, then tagged).
 pub const RAW: &str = "reporting-debian:bookworm";
@@ -61,7 +61,7 @@ pub struct Images {
 
 impl Images {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let engine = crate::engine::ensure(sh)?;
+        let engine = crate::deploy::engine::ensure(sh)?;
         build_all(sh, &engine, !self.no_build)
     }
 }
@@ -69,7 +69,7 @@ impl Images {
 /// Builds (or reuses) every image; `cargo_build` first builds the release binaries.
 pub fn build_all(sh: &Shell, engine: &Engine, cargo_build: bool) -> Result<()> {
     let root = sh.current_dir();
-    let bins = crate::supervise::bin_dir(&root);
+    let bins = crate::cluster::supervise::bin_dir(&root);
     if cargo_build && std::env::var_os("XTASK_BIN_DIR").is_none() {
         println!("building release binaries (cargo build --release --bins)");
         cmd!(
@@ -315,9 +315,9 @@ mod tests {
     use super::*;
 
     /// Every `image:` a rendered file names, for `check`.
-    fn images_named(topo: &crate::topology::Topology) -> Vec<String> {
+    fn images_named(topo: &crate::cluster::topology::Topology) -> Vec<String> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let files = crate::render::render_all(topo, dir.path(), dir.path()).expect("render");
+        let files = crate::deploy::render::render_all(topo, dir.path(), dir.path()).expect("render");
         let mut names: Vec<String> = files
             .iter()
             .flat_map(|(_, text)| text.lines().map(str::to_owned).collect::<Vec<_>>())
@@ -333,11 +333,11 @@ mod tests {
     }
 
     fn check(commands: u32, queries: u32, replicas: u32) {
-        let topo = crate::topology::Topology::new(
+        let topo = crate::cluster::topology::Topology::new(
             commands,
             queries,
             replicas,
-            crate::topology::Ports::default(),
+            crate::cluster::topology::Ports::default(),
         );
         let named = images_named(&topo);
         let mut expect: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();

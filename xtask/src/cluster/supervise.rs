@@ -21,10 +21,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::cluster::health;
+use crate::cluster::packages::{is_root, pg_tool};
+use crate::cluster::topology::{Kind, Service, Target, Topology, COMMAND_DB, PG_USER, QUERY_DB};
 use crate::cluster::{self, Layout, ServiceState, State};
-use crate::health;
-use crate::packages::{is_root, pg_tool};
-use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, PG_USER, QUERY_DB};
 
 /// First restart delay after a crash; doubles per crash up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -438,7 +438,7 @@ impl<'a> Supervisor<'a> {
                 cmd!(sh, "nginx -e stderr -p {prefix} -c {conf}")
             }
             Kind::Command | Kind::Query | Kind::Projection => {
-                let bin = bin_dir(&self.root).join(bin_name(svc.kind));
+                let bin = bin_dir(&self.root).join(svc.kind.bin_name());
                 let mut c = cmd!(sh, "{bin}");
                 for (k, v) in self.topo.env(svc, Target::Local) {
                     c = c.env(k, v);
@@ -616,14 +616,6 @@ pub fn bin_dir(root: &std::path::Path) -> PathBuf {
     match std::env::var_os("XTASK_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => root.join("target/release"),
-    }
-}
-
-pub fn bin_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Command => "command",
-        Kind::Query => "query",
-        _ => "projection",
     }
 }
 

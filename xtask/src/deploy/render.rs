@@ -1,5 +1,5 @@
 //! `cargo xtask render`: deployment files for N/M/R generated from the one topology
-//! description in [`crate::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
+//! description in [`crate::cluster::topology`]: `docker-compose.yml`, `nginx.conf`, `pgbouncer.ini`,
 //! `userlist.txt`, `command.env` and Kubernetes manifests under `k8s/`.
 //!
 //! Access control is on by default in what is rendered: the command instances read
@@ -17,10 +17,12 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use xshell::Shell;
 
-use crate::topology::{Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB};
+use crate::cluster::topology::{
+    Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB,
+};
 
-// Every image is built by `cargo xtask images` from one Debian base (see `crate::images`).
-use crate::images::{
+// Every image is built by `cargo xtask images` from one Debian base (see `crate::deploy::images`).
+use crate::deploy::images::{
     NGINX as NGINX_IMAGE, PGBOUNCER as PGBOUNCER_IMAGE, POSTGRES as POSTGRES_IMAGE,
     REDIS as REDIS_IMAGE, SERVICE as IMAGE,
 };
@@ -58,7 +60,7 @@ pub fn command_env(tokens: &str) -> String {
 /// The topology `render` uses without flags: the original deployment's 3 command instances,
 /// 3 query instances and 2 query-DB replicas.
 pub fn default_topology() -> Topology {
-    Topology::new(3, 3, 2, crate::topology::Ports::default())
+    Topology::new(3, 3, 2, crate::cluster::topology::Ports::default())
 }
 
 pub struct Render {
@@ -255,7 +257,7 @@ pub fn compose(topo: &Topology) -> Value {
                 }
                 let mut value = json!({
                     "image": IMAGE,
-                    "command": [crate::supervise::bin_name(svc.kind)],
+                    "command": [svc.kind.bin_name()],
                     "healthcheck": service_healthcheck(svc.kind),
                     "ports": published(svc),
                     "environment": env_map(&topo.env(svc, Target::Compose)),
@@ -329,7 +331,7 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                     "containers": [{
                         "name": app,
                         "image": IMAGE,
-                        "command": [crate::supervise::bin_name(kind)],
+                        "command": [kind.bin_name()],
                         "ports": [{"containerPort": port}],
                         "envFrom": [{"configMapRef": {"name": config}}],
                         "env": env,

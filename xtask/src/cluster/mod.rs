@@ -13,6 +13,17 @@
 //! under `/root`, say): then it is `/var/tmp/laporan-warga-cluster-<hash of the root>`, the
 //! same for every command run from that checkout.
 
+pub mod health;
+pub mod local;
+pub mod logs;
+pub mod ops;
+pub mod packages;
+pub mod secret;
+pub mod status;
+pub mod supervise;
+pub mod topology;
+pub mod up;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use crate::topology::{Kind, Topology};
+use crate::cluster::topology::{Kind, Topology};
 
 /// Overrides the state directory (default `<root>/.cluster`).
 pub const STATE_DIR_ENV: &str = "XTASK_STATE_DIR";
@@ -34,9 +45,12 @@ impl Layout {
         let root = sh.current_dir();
         let dir = match std::env::var_os(STATE_DIR_ENV) {
             Some(dir) if !dir.is_empty() => root.join(dir),
-            _ if crate::packages::is_root() && !others_can_traverse(&root) => PathBuf::from(
-                format!("/var/tmp/laporan-warga-cluster-{:016x}", fnv1a(&root)),
-            ),
+            _ if crate::cluster::packages::is_root() && !others_can_traverse(&root) => {
+                PathBuf::from(format!(
+                    "/var/tmp/laporan-warga-cluster-{:016x}",
+                    fnv1a(&root)
+                ))
+            }
             _ => root.join(".cluster"),
         };
         Layout { dir }
@@ -98,6 +112,18 @@ impl Layout {
     }
 
     /// The running supervisor's state, or an error saying the cluster is not up.
+    /// The local cluster's topology from its state file, or the default one (saying so) when
+    /// there is none: commands that only need addresses work against default ports too.
+    pub fn topology_or_default(&self) -> Topology {
+        match self.read_state() {
+            Ok(state) => state.topology,
+            Err(err) => {
+                eprintln!("note: {err:#}; assuming the default local ports");
+                Topology::default()
+            }
+        }
+    }
+
     pub fn running_state(&self) -> Result<State> {
         let state = self.read_state()?;
         if !state.supervisor_pid.is_some_and(alive) {
@@ -194,7 +220,7 @@ pub struct Down {
 
 impl Down {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        if let Some(deployment) = crate::compose::Deployment::find(sh) {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
             return deployment.down(self.volumes);
         }
         let layout = Layout::new(sh);

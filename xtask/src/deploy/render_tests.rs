@@ -1,5 +1,5 @@
 //! Tests of the rendered deployment files for several topologies: every service, upstream and
-//! environment variable present and consistent with [`crate::topology`], the YAML parses, and
+//! environment variable present and consistent with [`crate::cluster::topology`], the YAML parses, and
 //! the real nginx and PgBouncer accept the generated configs.
 
 use std::collections::BTreeSet;
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::render::render_all;
-use crate::topology::{Kind, Ports, Target, Topology};
+use crate::cluster::topology::{Kind, Ports, Target, Topology};
+use crate::deploy::render::render_all;
 
 const SHAPES: [(u32, u32, u32); 3] = [(1, 1, 0), (3, 3, 2), (8, 6, 4)];
 
@@ -25,7 +25,7 @@ fn rendered(t: &Topology) -> (tempfile::TempDir, Vec<(String, String)>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = render_all(t, dir.path(), Path::new("/repo")).expect("render");
     for (path, text) in &files {
-        crate::render::ensure_file_contents(path, text, false).expect("write");
+        crate::deploy::render::ensure_file_contents(path, text, false).expect("write");
     }
     let rel = files
         .into_iter()
@@ -419,7 +419,7 @@ fn pgbouncer_accepts_the_configs() {
         std::fs::write(&path, ini).expect("ini");
         let mut cmd = Command::new("pgbouncer");
         cmd.arg(&path).stdout(Stdio::null()).stderr(Stdio::piped());
-        if crate::packages::is_root() {
+        if crate::cluster::packages::is_root() {
             let id = |flag: &str| -> u32 {
                 let out = Command::new("id")
                     .arg(flag)
@@ -461,9 +461,9 @@ fn render_check_detects_stale_files() {
     let t = topo(1, 1, 0);
     let (dir, files) = rendered(&t);
     let path = dir.path().join(&files[0].0);
-    assert!(!crate::render::ensure_file_contents(&path, &files[0].1, true).expect("check"));
+    assert!(!crate::deploy::render::ensure_file_contents(&path, &files[0].1, true).expect("check"));
     std::fs::write(&path, "stale").expect("write");
-    assert!(crate::render::ensure_file_contents(&path, &files[0].1, true).expect("check"));
+    assert!(crate::deploy::render::ensure_file_contents(&path, &files[0].1, true).expect("check"));
     assert_eq!(
         std::fs::read_to_string(&path).expect("read"),
         "stale",
@@ -476,12 +476,12 @@ fn committed_render_is_fresh() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root");
-    let out = root.join(crate::render::DEFAULT_OUT);
-    let files = render_all(&crate::render::default_topology(), &out, root).expect("render");
+    let out = root.join(crate::deploy::render::DEFAULT_OUT);
+    let files = render_all(&crate::deploy::render::default_topology(), &out, root).expect("render");
     let stale: Vec<String> = files
         .iter()
         .filter(|(path, text)| {
-            crate::render::ensure_file_contents(path, text, true).expect("check")
+            crate::deploy::render::ensure_file_contents(path, text, true).expect("check")
         })
         .map(|(path, _)| path.display().to_string())
         .collect();

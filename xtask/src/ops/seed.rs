@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use lexopt::prelude::*;
 use xshell::Shell;
 
-use crate::bench::client::{Conn, Target};
-use crate::bench::schedule::Rng;
+use crate::http::{Conn, Target};
+use crate::rng::Rng;
 
 /// Reports created when `seed` is given no N.
 pub const DEFAULT_COUNT: u64 = 100;
@@ -200,7 +200,7 @@ impl Seed {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let url = match self.write_url {
             Some(u) => u,
-            None => crate::bench::LocalCluster::discover(sh).write_url,
+            None => crate::cluster::local::LocalCluster::discover(sh).write_url,
         };
         let token = self.token.or_else(|| std::env::var("XTASK_TOKEN").ok());
         let summary = seed(&url, self.count, token.as_deref())?;

@@ -12,7 +12,7 @@ pub struct Logs {
 
 impl Logs {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        if let Some(deployment) = crate::compose::Deployment::find(sh) {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
             return deployment.logs(self.service.as_deref());
         }
         let layout = Layout::new(sh);

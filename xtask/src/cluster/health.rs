@@ -1,17 +1,16 @@
 //! Health probes for every kind of service of the local cluster: `GET /health` for HTTP
-//! services (a tiny HTTP/1.1 client on `TcpStream`, no HTTP crate), `pg_isready` for
+//! services (through `crate::http`, xtask's one HTTP client), `pg_isready` for
 //! PostgreSQL, `redis-cli ping` for Redis, a TCP connect for PgBouncer; plus a reader for the
 //! projection's Prometheus `/metrics`.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::packages::pg_tool;
-use crate::topology::{Kind, Service};
+use crate::cluster::packages::pg_tool;
+use crate::cluster::topology::{Kind, Service};
 
 /// How long one probe may take; a stuck service must not stall the supervisor's loop.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,59 +69,9 @@ pub fn check(sh: &Shell, svc: &Service) -> Result<String> {
     }
 }
 
-/// `GET path` on 127.0.0.1:port; returns status code and body.
+/// `GET path` on 127.0.0.1:port through xtask's one HTTP client; status code and body.
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
-        .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    // Servers that ignore `Connection: close` keep the socket open: stop at the timeout or
-    // once the announced body has arrived.
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if raw.is_empty() => {
-                return Err(e).with_context(|| format!("read from 127.0.0.1:{port}"))
-            }
-            Err(_) => break,
-        }
-        if response_complete(&raw) {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no HTTP status line from 127.0.0.1:{port}{path}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
-}
-
-fn response_complete(raw: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    matches!(len, Some(n) if body.len() >= n)
+    crate::http::get(port, path, PROBE_TIMEOUT)
 }
 
 /// The `instance` field of a JSON health body, if any.

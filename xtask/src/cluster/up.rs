@@ -2,7 +2,7 @@
 //!
 //! Prepares everything that does not need a running process (packages, release binaries,
 //! free ports, `.cluster/` with initdb'd PostgreSQL clusters and the Redis, PgBouncer and nginx
-//! configs rendered from [`crate::topology`]), then hands over to the supervisor: in this
+//! configs rendered from [`crate::cluster::topology`]), then hands over to the supervisor: in this
 //! process (foreground) or in a detached `cargo xtask supervise` process (`--detach`).
 
 use std::net::TcpListener;
@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::cluster::packages::{self, is_root, pg_tool};
+use crate::cluster::secret::{random_token, write_private};
+use crate::cluster::supervise::{bin_dir, tail, Supervisor};
+use crate::cluster::topology::{Kind, Target, Topology, PG_USER};
 use crate::cluster::{alive, Layout};
-use crate::packages::{self, is_root, pg_tool};
-use crate::supervise::{bin_dir, bin_name, tail, Supervisor};
-use crate::topology::{Kind, Target, Topology, PG_USER};
 
 /// How long `up --detach` waits for the supervisor to report the cluster ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -35,15 +36,6 @@ pub struct Up {
 
 impl Up {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        if self.docker {
-            return crate::compose::UpDocker {
-                topo: &self.topo,
-                detach: self.detach,
-                auth: self.auth,
-                no_build: self.no_build,
-            }
-            .run(sh);
-        }
         let layout = Layout::new(sh);
         if let Ok(state) = layout.read_state() {
             if let Some(pid) = state.supervisor_pid.filter(|p| alive(*p)) {
@@ -60,7 +52,7 @@ impl Up {
                 .context("release build failed")?;
         }
         for kind in [Kind::Command, Kind::Query, Kind::Projection] {
-            let bin = bin_dir(&sh.current_dir()).join(bin_name(kind));
+            let bin = bin_dir(&sh.current_dir()).join(kind.bin_name());
             if !bin.exists() {
                 bail!(
                     "{} is missing; run `cargo build --release --bins`",
@@ -158,36 +150,6 @@ fn write_token(path: &std::path::Path) -> Result<String> {
     let token = random_token()?;
     write_private(path, &format!("{token}\n"))?;
     Ok(token)
-}
-
-/// 16 bytes from /dev/urandom as 32 hex digits.
-pub fn random_token() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("read /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Writes `text` to a file only its owner can read (mode 0600).
-pub fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // Removed first so that `mode` applies: it only takes effect when the file is created.
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("write {}", path.display()))
 }
 
 /// A clear error naming the port, its service and the flag that moves it.

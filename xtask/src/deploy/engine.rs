@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::packages;
+use crate::cluster::packages;
 
 /// Debian packages the container paths need, with a file proving each is installed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -118,7 +118,7 @@ fn start_dockerd(sh: &Shell, engine: &Engine) -> Result<()> {
         if let Ok(Some(status)) = child.try_wait() {
             bail!(
                 "dockerd exited during start-up ({status}); last lines of {DOCKERD_LOG}:\n{}",
-                crate::supervise::tail(Path::new(DOCKERD_LOG), 20)
+                crate::cluster::supervise::tail(Path::new(DOCKERD_LOG), 20)
             );
         }
         if start.elapsed() > DOCKERD_START_TIMEOUT {

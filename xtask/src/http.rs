@@ -1,5 +1,8 @@
-//! A small blocking HTTP/1.1 client for `bench` and `seed`: one keep-alive connection per
-//! [`Conn`], `Content-Length` framing only (our services and nginx always send it), no TLS.
+//! xtask's one HTTP client (`bench`, `seed`, the drills' load, health probes, `status`): a
+//! small blocking HTTP/1.1 client, one keep-alive connection per [`Conn`], no TLS. It reads
+//! every body framing HTTP/1.1 allows — `Content-Length`, `Transfer-Encoding: chunked`, and
+//! until-close — and honours `Connection: close` by opening a new connection next time.
+//! (The testkit's client in `shared` stays separate on purpose: it sends hostile bytes.)
 //!
 //! It is deliberately minimal so that what the bench measures is the server, not a client
 //! library: one `write` per request, buffered reads, the connection reused until the server
@@ -239,33 +242,26 @@ impl Conn {
                 Err(e) => return Err(io_failure(e, self.buf.is_empty())),
             }
         };
-        let head = parse_head(&self.buf[..head_end]).map_err(Failure::Error)?;
-        let body_len = head.content_length.unwrap_or(0);
-        if head.content_length.is_none() && !matches!(head.status, 204 | 304) {
-            return Err(Failure::Error(HttpError::Protocol(format!(
-                "status {} without Content-Length",
-                head.status
-            ))));
-        }
-        if body_len > MAX_BODY {
-            return Err(Failure::Error(HttpError::Protocol(format!(
-                "body of {body_len} bytes is too large"
-            ))));
-        }
-        while self.buf.len() < head_end + body_len {
-            match stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(Failure::Error(HttpError::Io(
-                        "connection closed mid-body".into(),
-                    )))
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_failure(e, false)),
+        let mut head = parse_head(&self.buf[..head_end]).map_err(Failure::Error)?;
+        self.buf.drain(..head_end);
+        let no_body = matches!(head.status, 100..=199 | 204 | 304);
+        let body = if no_body {
+            Vec::new()
+        } else if head.chunked {
+            read_chunked(stream, &mut self.buf)?
+        } else if let Some(len) = head.content_length {
+            if len > MAX_BODY {
+                return Err(Failure::Error(HttpError::Protocol(format!(
+                    "body of {len} bytes is too large"
+                ))));
             }
-        }
-        let body = self.buf[head_end..head_end + body_len].to_vec();
-        self.buf.drain(..head_end + body_len);
+            fill(stream, &mut self.buf, len)?;
+            self.buf.drain(..len).collect()
+        } else {
+            // Neither length nor chunks: the body ends when the server closes (RFC 9112 §6.3).
+            head.close = true;
+            read_to_close(stream, &mut self.buf)?
+        };
         Ok((
             Response {
                 status: head.status,
@@ -319,9 +315,103 @@ fn io_failure_eof(nothing_read: bool) -> Failure {
     }
 }
 
+/// Reads until `buf` holds at least `want` bytes.
+fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> Result<(), Failure> {
+    let mut chunk = [0u8; 8192];
+    while buf.len() < want {
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return Err(Failure::Error(HttpError::Io(
+                    "connection closed mid-body".into(),
+                )))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_failure(e, false)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one CRLF-terminated line at the start of `buf` (more from `stream` as needed) and
+/// removes it, CRLF included.
+fn take_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, Failure> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..i + 2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(Failure::Error(HttpError::Protocol(
+                "chunk line larger than 64 KiB".into(),
+            )));
+        }
+        let want = buf.len() + 1;
+        fill(stream, buf, want)?;
+    }
+}
+
+/// A `Transfer-Encoding: chunked` body: `size[;ext] CRLF data CRLF` … `0 CRLF` trailers CRLF.
+fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Failure> {
+    let protocol = |what: String| Failure::Error(HttpError::Protocol(what));
+    let mut body = Vec::new();
+    loop {
+        let line = take_line(stream, buf)?;
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| protocol(format!("bad chunk size {line:?}")))?;
+        if size == 0 {
+            // Trailer fields, if any, up to the empty line.
+            while !take_line(stream, buf)?.is_empty() {}
+            return Ok(body);
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(protocol(format!(
+                "chunked body larger than {MAX_BODY} bytes"
+            )));
+        }
+        fill(stream, buf, size + 2)?;
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(protocol("chunk not followed by CRLF".into()));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+/// A body without framing: everything until the server closes the connection.
+fn read_to_close(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Failure> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(std::mem::take(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_failure(e, false)),
+        }
+        if buf.len() > MAX_BODY {
+            return Err(Failure::Error(HttpError::Protocol(format!(
+                "body larger than {MAX_BODY} bytes"
+            ))));
+        }
+    }
+}
+
+/// `GET path` on `127.0.0.1:port` on a connection of its own: status and body as text.
+/// For probes (`status`, health checks), where one request per connection is fine.
+pub fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let target = Target::parse(&format!("127.0.0.1:{port}"))?;
+    let r = Conn::new(target, timeout)
+        .request("GET", path, None)
+        .with_context(|| format!("GET 127.0.0.1:{port}{path}"))?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
 struct Head {
     status: u16,
     content_length: Option<usize>,
+    chunked: bool,
     close: bool,
     instance: Option<String>,
     etag: Option<String>,
@@ -346,6 +436,7 @@ fn parse_head(raw: &[u8]) -> Result<Head, HttpError> {
     let mut head = Head {
         status,
         content_length: None,
+        chunked: false,
         close: version == "HTTP/1.0",
         instance: None,
         etag: None,
@@ -367,9 +458,11 @@ fn parse_head(raw: &[u8]) -> Result<Head, HttpError> {
         } else if name.eq_ignore_ascii_case("etag") {
             head.etag = Some(value.trim_matches('"').to_string());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::Protocol(
-                "chunked responses are not supported".into(),
-            ));
+            // `chunked` is always the last coding when present (RFC 9112 §6.1).
+            head.chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         }
     }
     Ok(head)
@@ -412,5 +505,62 @@ mod tests {
                 .close
         );
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
+    }
+
+    /// A server of our own answers a chunked response on a keep-alive connection, then a
+    /// body delimited by `Connection: close`; the client reads both and reconnects for a third.
+    #[test]
+    fn reads_chunked_and_close_delimited_bodies() {
+        use std::io::BufRead;
+        use std::net::TcpListener;
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Instance-ID: q-1\r\n\r\n\
+              5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\nno such thing",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ];
+        let server = std::thread::spawn(move || {
+            let mut connections = 0;
+            let mut answered = 0;
+            while answered < answers.len() {
+                let (stream, _) = listener.accept().expect("accept");
+                connections += 1;
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                // Answer requests on this connection until one of ours says close.
+                loop {
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).expect("read") > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    writer.write_all(answers[answered]).expect("write");
+                    answered += 1;
+                    if answered == 2 || answered == answers.len() {
+                        break;
+                    }
+                }
+            }
+            connections
+        });
+
+        let target = Target::parse(&format!("127.0.0.1:{port}")).expect("target");
+        let mut conn = Conn::new(target, Duration::from_secs(5));
+        let r = conn.request("GET", "/a", None).expect("chunked");
+        assert_eq!(
+            (r.status, r.body.as_slice(), r.instance.as_deref()),
+            (200, &b"hello, world"[..], Some("q-1"))
+        );
+        let r = conn.request("GET", "/b", None).expect("close-delimited");
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"no such thing"[..]));
+        let r = conn.request("GET", "/c", None).expect("after close");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+        assert_eq!(
+            server.join().expect("server"),
+            2,
+            "a new connection after close"
+        );
     }
 }

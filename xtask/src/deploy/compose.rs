@@ -1,8 +1,8 @@
 //! The topology under Docker Compose: `up --docker` and, for a deployment it started, `down`,
 //! `status` and `logs`.
 //!
-//! `up --docker` installs and starts the engine ([`crate::engine`]), builds or reuses every
-//! image ([`crate::images`]), renders the Compose files into `<state dir>/compose/` and starts
+//! `up --docker` installs and starts the engine ([`crate::deploy::engine`]), builds or reuses every
+//! image ([`crate::deploy::images`]), renders the Compose files into `<state dir>/compose/` and starts
 //! the project, then waits until every container is running and healthy before it prints the
 //! endpoints — the same ones `up` prints, because every service is published on the host's
 //! loopback at its `up` port.
@@ -23,9 +23,9 @@ use serde::Serialize;
 use xshell::{cmd, Shell};
 
 use crate::cluster::{alive, Layout};
-use crate::engine::Engine;
-use crate::render;
-use crate::topology::{Target, Topology};
+use crate::deploy::engine::Engine;
+use crate::deploy::render;
+use crate::cluster::topology::{Target, Topology};
 
 /// How long `up --docker` waits for every container to be healthy. A cold start (initdb of
 /// each PostgreSQL, migrations) takes ~20–40 s on 2 busy cores; the rest is margin.
@@ -64,7 +64,7 @@ impl Deployment {
         if local_running || !marker.exists() {
             return None;
         }
-        let engine = crate::engine::ensure(sh).ok()?;
+        let engine = crate::deploy::engine::ensure(sh).ok()?;
         Some(Deployment::at(&layout, engine))
     }
 
@@ -185,8 +185,8 @@ impl Deployment {
                 }
             })
             .collect();
-        let dbs = match crate::health::http_get(topo.ports.projection, "/metrics") {
-            Ok((200, body)) => Ok(crate::health::parse_projection_metrics(&body)),
+        let dbs = match crate::cluster::health::http_get(topo.ports.projection, "/metrics") {
+            Ok((200, body)) => Ok(crate::cluster::health::parse_projection_metrics(&body)),
             Ok((code, _)) => Err(format!("projection /metrics answered {code}")),
             Err(err) => Err(format!("projection /metrics: {err:#}")),
         };
@@ -291,13 +291,13 @@ pub struct UpDocker<'a> {
 
 impl UpDocker<'_> {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let engine = crate::engine::ensure(sh)?;
-        crate::images::build_all(sh, &engine, !self.no_build)?;
+        let engine = crate::deploy::engine::ensure(sh)?;
+        crate::deploy::images::build_all(sh, &engine, !self.no_build)?;
         let layout = Layout::new(sh);
         let dep = Deployment::at(&layout, engine);
         let fresh = !dep.dir.join("project").exists();
         if fresh {
-            crate::up::check_ports_free(self.topo)?;
+            crate::cluster::up::check_ports_free(self.topo)?;
         }
         let root = sh.current_dir();
         for (path, text) in render::render_all(self.topo, &dep.dir, &root)? {
@@ -314,11 +314,11 @@ impl UpDocker<'_> {
         // here it gets a real token, or none.
         let env_file = dep.dir.join(render::COMMAND_ENV_FILE);
         let token = if self.auth {
-            Some(crate::up::random_token()?)
+            Some(crate::cluster::secret::random_token()?)
         } else {
             None
         };
-        crate::up::write_private(
+        crate::cluster::secret::write_private(
             &env_file,
             &render::command_env(token.as_deref().unwrap_or("")),
         )?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
+use crate::cluster::health;
 use crate::cluster::{wait_until, Layout};
-use crate::health;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceAction {

@@ -61,6 +61,16 @@ impl Kind {
         }
     }
 
+    /// The binary of one of our services (the projection's for third-party kinds, which have
+    /// none): the same name locally, in the image and in the rendered files.
+    pub fn bin_name(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+            Kind::Query => "query",
+            _ => "projection",
+        }
+    }
+
     /// Start order: databases and Redis, then PgBouncer, then our services, then nginx.
     pub fn tier(self) -> u8 {
         match self {
@@ -386,6 +396,9 @@ impl Topology {
                 env.push(("QUERY_DATABASE_URLS", self.query_urls_for(k, target)));
             }
             Kind::Projection => {
+                // Its operator subcommands (`projection rebuild`, `check-sync`) read the
+                // command DB, so every deployment can run them in the projection's container.
+                env.push(("COMMAND_DATABASE_URL", self.command_db_url(target)));
                 env.push(("REDIS_URL", self.redis_url(target)));
                 env.push(("QUERY_DATABASE_URLS", self.projection_urls(target)));
             }
