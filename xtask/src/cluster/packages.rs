@@ -161,7 +161,10 @@ pub fn install(sh: &Shell, names: &[&str], what_for: &str) -> Result<()> {
             names.join(" ")
         );
     }
-    println!("installing missing system packages for {what_for}: {}", names.join(" "));
+    println!(
+        "installing missing system packages for {what_for}: {}",
+        names.join(" ")
+    );
     let sudo = if is_root() { "env" } else { "sudo" };
     cmd!(sh, "{sudo} apt-get update -q")
         .run()

@@ -22,10 +22,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
+use crate::cluster::topology::{Target, Topology};
 use crate::cluster::{alive, Layout};
 use crate::deploy::engine::Engine;
 use crate::deploy::render;
-use crate::cluster::topology::{Target, Topology};
 
 /// How long `up --docker` waits for every container to be healthy. A cold start (initdb of
 /// each PostgreSQL, migrations) takes ~20–40 s on 2 busy cores; the rest is margin.
@@ -89,7 +89,11 @@ impl Deployment {
             .status()
             .with_context(|| format!("run {} {}", self.engine.compose, args.join(" ")))?;
         if !status.success() {
-            bail!("{} {} failed ({status})", self.engine.compose, args.join(" "));
+            bail!(
+                "{} {} failed ({status})",
+                self.engine.compose,
+                args.join(" ")
+            );
         }
         Ok(())
     }
@@ -143,6 +147,15 @@ impl Deployment {
             println!("removed the project's volumes and {}", self.dir.display());
         }
         Ok(())
+    }
+
+    /// Runs `projection ARGS` (rebuild, check-sync) inside the running projection container,
+    /// with the projection's own environment — what an operator does with
+    /// `docker-compose exec projection projection check-sync`.
+    pub fn projection_op(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["exec", "-T", "projection", "projection"];
+        full.extend_from_slice(args);
+        self.run(&full)
     }
 
     /// Follows the logs of one service or all (`docker-compose logs -f`).
@@ -202,10 +215,7 @@ impl Deployment {
             return Ok(());
         }
         println!("cluster: Docker Compose project {}", self.project);
-        println!(
-            "{:<20} {:<30} {:<11} HEALTH",
-            "SERVICE", "ADDRESS", "STATE"
-        );
+        println!("{:<20} {:<30} {:<11} HEALTH", "SERVICE", "ADDRESS", "STATE");
         for r in &rows {
             println!(
                 "{:<20} {:<30} {:<11} {}",
@@ -329,7 +339,10 @@ impl UpDocker<'_> {
         );
         dep.run(&["up", "--detach", "--no-build", "--remove-orphans"])?;
         dep.wait_healthy(sh, self.topo)?;
-        println!("ready: {} services, all healthy", self.topo.services().len());
+        println!(
+            "ready: {} services, all healthy",
+            self.topo.services().len()
+        );
         for (what, url) in endpoints(self.topo) {
             println!("  {what:<22} {url}");
         }

@@ -52,7 +52,11 @@ pub fn ensure(sh: &Shell) -> Result<Engine> {
         .map(|(name, _)| *name)
         .collect();
     if !missing.is_empty() {
-        packages::install(sh, &missing, "the Docker engine, Compose and the base image builder")?;
+        packages::install(
+            sh,
+            &missing,
+            "the Docker engine, Compose and the base image builder",
+        )?;
     }
     let docker = if Path::new("/usr/bin/docker").exists() {
         "/usr/bin/docker".to_string()

@@ -151,14 +151,11 @@ fn debootstrap_import(sh: &Shell, engine: &Engine, mirror: &str, work: &Path) ->
     let tree = work.join("rootfs");
     let tar = work.join("rootfs.tar");
     std::fs::create_dir_all(&tree).with_context(|| format!("create {}", tree.display()))?;
-    cmd!(
-        sh,
-        "debootstrap --variant=minbase bookworm {tree} {mirror}"
-    )
-    .quiet()
-    .ignore_stdout()
-    .run()
-    .context("debootstrap of Debian bookworm failed")?;
+    cmd!(sh, "debootstrap --variant=minbase bookworm {tree} {mirror}")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("debootstrap of Debian bookworm failed")?;
     // Downloaded .debs and package lists are dead weight in every image built on top.
     for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         let _ = cmd!(sh, "find {tree}/{dir} -type f -delete").quiet().run();
@@ -286,7 +283,11 @@ fn hash_dir(hash: &mut Fnv, dir: &Path) -> Result<()> {
         .collect();
     entries.sort();
     for path in entries {
-        hash.write(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b""));
+        hash.write(
+            path.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or(b""),
+        );
         hash.write(&std::fs::read(&path).with_context(|| format!("read {}", path.display()))?);
     }
     Ok(())
@@ -317,7 +318,8 @@ mod tests {
     /// Every `image:` a rendered file names, for `check`.
     fn images_named(topo: &crate::cluster::topology::Topology) -> Vec<String> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let files = crate::deploy::render::render_all(topo, dir.path(), dir.path()).expect("render");
+        let files =
+            crate::deploy::render::render_all(topo, dir.path(), dir.path()).expect("render");
         let mut names: Vec<String> = files
             .iter()
             .flat_map(|(_, text)| text.lines().map(str::to_owned).collect::<Vec<_>>())

@@ -2,3 +2,4 @@
 //! test binary for the crate, a module per area.
 
 mod cluster;
+mod docker;
