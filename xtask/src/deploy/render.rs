@@ -303,8 +303,51 @@ fn service(name: &str, app: &str, ports: &[(&str, u16)]) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(name, app), "spec": {"selector": {"app": app}, "ports": ports}})
 }
 
-fn http_probe(port: u16) -> Value {
-    json!({"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5, "failureThreshold": 3})
+fn http_probe(path: &str, port: u16) -> Value {
+    json!({"httpGet": {"path": path, "port": port}, "periodSeconds": 5, "failureThreshold": 3})
+}
+
+fn exec_probe(command: &[&str]) -> Value {
+    json!({"exec": {"command": command}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 6})
+}
+
+fn tcp_probe(port: u16) -> Value {
+    json!({"tcpSocket": {"port": port}, "periodSeconds": 5, "failureThreshold": 3})
+}
+
+/// Requests (what the scheduler reserves) and limits (where the kernel stops a container) as
+/// (cpu request, memory request, cpu limit, memory limit). Sized from the measured footprint
+/// on the 2-core test machine (README, RSS per service) with room for load: a service uses
+/// tens of MB, PostgreSQL's shared buffers and work memory need more.
+fn resources(kind: Kind) -> Value {
+    let (cpu, mem, cpu_max, mem_max) = match kind {
+        Kind::Postgres => ("250m", "256Mi", "2", "1Gi"),
+        Kind::Redis => ("100m", "64Mi", "1", "512Mi"),
+        Kind::Command | Kind::Query | Kind::Projection => ("100m", "64Mi", "1", "512Mi"),
+        Kind::Pgbouncer | Kind::Nginx => ("50m", "32Mi", "500m", "128Mi"),
+    };
+    json!({"requests": {"cpu": cpu, "memory": mem}, "limits": {"cpu": cpu_max, "memory": mem_max}})
+}
+
+/// The uid/gid each image runs as (its Dockerfile's numeric `USER`): Kubernetes verifies
+/// runAsNonRoot against it, and `fsGroup` makes volume claims writable for it.
+fn run_as(kind: Kind) -> u32 {
+    match kind {
+        Kind::Postgres | Kind::Redis | Kind::Pgbouncer => 999,
+        Kind::Nginx => 33,
+        Kind::Command | Kind::Query | Kind::Projection => 10001,
+    }
+}
+
+/// Pod security context: never root, and the volume group of [`run_as`].
+fn pod_security(kind: Kind) -> Value {
+    let id = run_as(kind);
+    json!({"runAsNonRoot": true, "runAsUser": id, "runAsGroup": id, "fsGroup": id, "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+/// Container security context: no privilege escalation, no Linux capabilities.
+fn container_security() -> Value {
+    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
 }
 
 /// A Deployment of our image running one binary; INSTANCE_ID is the pod name.
@@ -313,6 +356,12 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
     let mut env = vec![
         json!({"name": "INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
     ];
+    // The projection has no /ready; its /health answers once its threads run.
+    let ready = if kind == Kind::Projection {
+        "/health"
+    } else {
+        "/ready"
+    };
     for secret in Topology::secret_env(kind) {
         env.push(json!({"name": secret, "valueFrom": {"secretKeyRef": {"name": COMMAND_SECRET, "key": secret}}}));
     }
@@ -328,6 +377,7 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                 "metadata": {"labels": {"app": app, "deployment": name, "part-of": "reporting"}},
                 "spec": {
                     "terminationGracePeriodSeconds": 20,
+                    "securityContext": pod_security(kind),
                     "containers": [{
                         "name": app,
                         "image": IMAGE,
@@ -335,8 +385,10 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                         "ports": [{"containerPort": port}],
                         "envFrom": [{"configMapRef": {"name": config}}],
                         "env": env,
-                        "readinessProbe": http_probe(port),
-                        "livenessProbe": http_probe(port),
+                        "readinessProbe": http_probe(ready, port),
+                        "livenessProbe": http_probe("/health", port),
+                        "resources": resources(kind),
+                        "securityContext": container_security(),
                     }],
                 },
             },
@@ -369,7 +421,15 @@ fn stateful_set(svc: &Service, image: &str, container: Value) -> Value {
             "selector": {"matchLabels": {"app": svc.name}},
             "template": {
                 "metadata": {"labels": {"app": svc.name, "part-of": "reporting"}},
-                "spec": {"containers": [merge(json!({"name": svc.name, "image": image}), container)]},
+                "spec": {
+                    "securityContext": pod_security(svc.kind),
+                    "containers": [merge(json!({
+                        "name": svc.name,
+                        "image": image,
+                        "resources": resources(svc.kind),
+                        "securityContext": container_security(),
+                    }), container)],
+                },
             },
             "volumeClaimTemplates": [{
                 "metadata": {"name": "data"},
@@ -402,12 +462,12 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
             json!({
                 "ports": [{"containerPort": 5432}],
                 "env": [
-                    {"name": "POSTGRES_HOST_AUTH_METHOD", "value": "trust"},
                     {"name": "POSTGRES_DB", "value": db},
                     {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
                 ],
                 "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
-                "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
+                "readinessProbe": exec_probe(&["pg_isready", "-h", "127.0.0.1", "-U", "postgres"]),
+                "livenessProbe": exec_probe(&["pg_isready", "-h", "127.0.0.1", "-U", "postgres"]),
             }),
         ));
         databases.push(service(&svc.name, &svc.name, &[("postgres", 5432)]));
@@ -418,10 +478,11 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
             svc,
             REDIS_IMAGE,
             json!({
-                "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data"],
+                "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data", "--protected-mode", "no"],
                 "ports": [{"containerPort": 6379}],
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+                "readinessProbe": exec_probe(&["redis-cli", "ping"]),
+                "livenessProbe": exec_probe(&["redis-cli", "ping"]),
             }),
         ));
         redis.push(service("redis", "redis", &[("redis", 6379)]));
@@ -442,10 +503,17 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
                 "template": {
                     "metadata": {"labels": {"app": "pgbouncer", "part-of": "reporting"}},
                     "spec": {
+                        "securityContext": pod_security(Kind::Pgbouncer),
                         "containers": [{
                             "name": "pgbouncer",
                             "image": PGBOUNCER_IMAGE,
+                            "command": ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
                             "ports": [{"containerPort": 6432}],
+                            // Listening is what PgBouncer promises; the query DBs have their own probes.
+                            "readinessProbe": tcp_probe(6432),
+                            "livenessProbe": tcp_probe(6432),
+                            "resources": resources(Kind::Pgbouncer),
+                            "securityContext": container_security(),
                             "volumeMounts": [{"name": "config", "mountPath": "/etc/pgbouncer", "readOnly": true}],
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": "pgbouncer-config"}}],
@@ -543,11 +611,18 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
                 "template": {
                     "metadata": {"labels": {"app": "nginx", "part-of": "reporting"}},
                     "spec": {
+                        "securityContext": pod_security(Kind::Nginx),
                         "containers": [{
                             "name": "nginx",
                             "image": NGINX_IMAGE,
                             "command": ["nginx", "-c", "/etc/nginx/conf/nginx.conf"],
                             "ports": [{"containerPort": 8080}, {"containerPort": 8090}],
+                            // Ready when reads pass through to a query instance; alive while
+                            // it accepts connections (a query outage must not restart nginx).
+                            "readinessProbe": http_probe("/health", 8090),
+                            "livenessProbe": tcp_probe(8080),
+                            "resources": resources(Kind::Nginx),
+                            "securityContext": container_security(),
                             "volumeMounts": [{"name": "config", "mountPath": "/etc/nginx/conf", "readOnly": true}],
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": "nginx-config"}}],

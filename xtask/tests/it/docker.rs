@@ -30,6 +30,9 @@ use shared::testkit::http;
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
+/// The service image `up --docker` runs (`images::SERVICE`: the workspace version).
+const SERVICE_IMAGE: &str = concat!("reporting:", env!("CARGO_PKG_VERSION"));
+
 /// Writes per second of the light load that runs through the faults.
 const LOAD_WRITES_PER_SEC: u64 = 10;
 
@@ -415,6 +418,32 @@ fn up_docker_serves_survives_crashes_and_leaves_nothing() {
     }
     let project = d.project();
     assert!(!project.is_empty(), "no project marker");
+
+    // The committed command.env still holds the placeholder: the command service (same image,
+    // same variable as the Kubernetes Secret feeds) refuses to start and says what to do.
+    let env_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/generated/command.env");
+    let env_file = env_file.to_string_lossy();
+    let refused = docker()
+        .args([
+            "run",
+            "--rm",
+            "--env-file",
+            &env_file,
+            SERVICE_IMAGE,
+            "command",
+        ])
+        .output()
+        .expect("docker run");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "placeholder token: {stderr}"
+    );
+    assert!(
+        stderr.contains("COMMAND_API_TOKENS") && stderr.contains("openssl rand"),
+        "the refusal says how to set a token: {stderr}"
+    );
 
     // Writes reach all 3 command containers through nginx; reads all 3 query containers.
     let mut writers = BTreeSet::new();
