@@ -20,18 +20,36 @@ fn python() -> &'static str {
     "python3"
 }
 
+/// Where the validator is installed when Python does not have it: a directory of our own
+/// under target/ (`pip install --target`), so no system or user site is touched (and
+/// Debian's externally-managed Python does not refuse).
+fn private_site() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kubernetes-validate")
+}
+
+fn python_cmd() -> Command {
+    let mut c = Command::new(python());
+    c.env("PYTHONPATH", private_site());
+    c
+}
+
 /// Installs the validator when `import kubernetes_validate` fails.
 fn ensure_validator() {
-    let present = Command::new(python())
+    let present = python_cmd()
         .args(["-c", "import kubernetes_validate"])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
         return;
     }
-    println!("installing {VALIDATOR} with pip");
+    println!(
+        "installing {VALIDATOR} with pip into {}",
+        private_site().display()
+    );
     let out = Command::new(python())
-        .args(["-m", "pip", "install", "--quiet", VALIDATOR])
+        .args(["-m", "pip", "install", "--quiet", "--target"])
+        .arg(private_site())
+        .arg(VALIDATOR)
         .output()
         .expect("run pip");
     assert!(
@@ -43,7 +61,7 @@ fn ensure_validator() {
 
 /// Runs the validator on `files`: (success, output).
 fn validate(files: &[PathBuf]) -> (bool, String) {
-    let out = Command::new(python())
+    let out = python_cmd()
         .args([
             "-m",
             "kubernetes_validate",
