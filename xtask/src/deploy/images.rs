@@ -369,8 +369,9 @@ mod tests {
                 .expect("read Dockerfile");
             let user = text
                 .lines()
+                .rev()
                 .filter_map(|l| l.strip_prefix("USER "))
-                .last()
+                .next()
                 .unwrap_or("root");
             // Numeric, so Kubernetes can verify runAsNonRoot; never uid 0.
             let uid: Option<u32> = user.split(':').next().and_then(|u| u.trim().parse().ok());
