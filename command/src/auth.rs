@@ -15,7 +15,31 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// How the placeholder in rendered deployment files starts (`cargo xtask render` writes
+/// `REPLACE-ME-with-…` into `command.env` and the Kubernetes Secret). A deployment that still
+/// holds it must not start: it would accept a token printed in the repository.
+pub const PLACEHOLDER_PREFIX: &str = "REPLACE-ME";
+
+/// Why a token list is refused, for the start-up error.
+pub const PLACEHOLDER_REASON: &str =
+    "still holds the placeholder of the rendered deployment files; \
+     set a real token (e.g. the output of `openssl rand -hex 16`) in command.env (Compose) or in \
+     the Secret command-api-tokens (Kubernetes), or an empty value to run with writes open";
+
 impl Tokens {
+    /// Parses the configured list, refusing the rendered placeholder ([`PLACEHOLDER_REASON`]).
+    pub fn from_setting(list: &str) -> Result<Tokens, &'static str> {
+        let tokens = Tokens::parse(list);
+        if tokens
+            .0
+            .iter()
+            .any(|t| t.starts_with(PLACEHOLDER_PREFIX.as_bytes()))
+        {
+            return Err(PLACEHOLDER_REASON);
+        }
+        Ok(tokens)
+    }
+
     /// Parses a comma-separated list; blanks are ignored.
     pub fn parse(list: &str) -> Tokens {
         Tokens(
@@ -81,6 +105,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(list: &str, expect: Result<usize, ()>) {
+        let got = Tokens::from_setting(list).map(|t| t.len()).map_err(|_| ());
+        assert_eq!(got, expect, "{list:?}");
+    }
+
+    #[test]
+    fn the_rendered_placeholder_is_refused() {
+        check("", Ok(0));
+        check("s3cret", Ok(1));
+        check("a,b", Ok(2));
+        check("not-REPLACE-ME", Ok(1));
+        check("REPLACE-ME-with-the-output-of-openssl-rand-hex-16", Err(()));
+        check(
+            "s3cret, REPLACE-ME-with-the-output-of-openssl-rand-hex-16",
+            Err(()),
+        );
+        check(" REPLACE-ME ", Err(()));
+        assert!(PLACEHOLDER_REASON.contains("openssl rand"));
+    }
 
     #[test]
     fn tokens() {

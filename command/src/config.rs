@@ -69,7 +69,14 @@ impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let workers = config::parse(MAY_WORKERS, MAY_WORKERS_DEFAULT)?.max(1);
         Ok(Config {
-            tokens: Tokens::parse(&config::string(COMMAND_API_TOKENS, "")),
+            tokens: Tokens::from_setting(&config::string(COMMAND_API_TOKENS, "")).map_err(
+                |reason| ConfigError {
+                    name: COMMAND_API_TOKENS,
+                    // Other tokens of the list may be real: never echo them.
+                    value: "(redacted)".to_owned(),
+                    reason: reason.to_owned(),
+                },
+            )?,
             instance: config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT),
             port: config::parse(PORT, PORT_DEFAULT)?,
             database_url: config::string(COMMAND_DATABASE_URL, COMMAND_DATABASE_URL_DEFAULT),

@@ -17,7 +17,7 @@ cargo xtask <COMMAND>
 
 Commands:
   test                                   install what is missing, fmt + clippy + cargo test
-  up --commands N --queries M [--replicas R] [--detach] [--docker] [--auth]
+  up --commands N --queries M [--replicas R (default 2)] [--detach] [--docker] [--auth]
      [--base-port P] [--no-rate-limit] [--no-build] [--no-install] [port flags]
                                          run the whole topology as local processes
                                          (--auth: writes need a generated bearer token;
@@ -30,7 +30,9 @@ Commands:
   render [--commands N --queries M --replicas R] [--out DIR] [--check]
                                          docker-compose.yml, nginx.conf, pgbouncer.ini, k8s/
                                          (default 3/3/2 into deploy/generated, committed)
-  images                                 docker build of the service image
+  images [--no-build]                    every image of the deployment (services, PostgreSQL 15,
+                                         Redis 7, nginx, PgBouncer) from one Debian bookworm base;
+                                         installs and starts the Docker engine if needed
   drill [--short] [--keep] [--base-port P]
                                          fault drills under load on a separate cluster:
                                          kills, hangs, restarts; 0 writes lost or it fails
@@ -71,7 +73,7 @@ pub enum Task {
     Logs(crate::cluster::logs::Logs),
     Service(ServiceOp),
     Render(crate::deploy::render::Render),
-    Images(crate::deploy::docker::Images),
+    Images(crate::deploy::images::Images),
     Rebuild(crate::ops::read_model::Rebuild),
     Drill(crate::drill::Drill),
     Bench(Box<crate::bench::Bench>),
@@ -203,8 +205,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
         }
         "drill" => Task::Drill(crate::drill::Drill::parse(&mut p)?),
         "images" => {
-            no_more(&mut p)?;
-            Task::Images(crate::deploy::docker::Images)
+            let mut no_build = false;
+            while let Some(arg) = p.next()? {
+                match arg {
+                    Long("no-build") => no_build = true,
+                    _ => bail!("{}", arg.unexpected()),
+                }
+            }
+            Task::Images(crate::deploy::images::Images { no_build })
         }
         other => bail!("unknown command `{other}`\n\n{HELP}"),
     };
@@ -214,7 +222,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
 fn parse_up(p: &mut lexopt::Parser) -> Result<crate::cluster::up::Up> {
     let mut commands = None;
     let mut queries = None;
-    let mut replicas = 0;
+    // The original deployment: a primary query DB and two replicas.
+    let mut replicas = 2;
     let mut up = crate::cluster::up::Up::default();
     let mut base_port: Option<u16> = None;
     let mut explicit: Vec<(&'static str, u16)> = Vec::new();
@@ -301,6 +310,23 @@ mod tests {
         assert!(up.detach);
         assert_eq!(up.topo.ports.redis, 7000);
         assert_eq!(up.topo.ports.write, 8080);
+    }
+
+    #[test]
+    fn up_defaults_to_the_original_two_replicas() {
+        let Ok(Task::Up(up)) = parse_str("up --commands 3 --queries 3") else {
+            panic!("expected up");
+        };
+        assert_eq!(up.topo.replicas, 2);
+        let Ok(Task::Up(up)) = parse_str("up --commands 3 --queries 3 --replicas 0") else {
+            panic!("expected up");
+        };
+        assert_eq!(up.topo.replicas, 0);
+        assert_eq!(up.topo.query_db_names(), ["query-db-primary"]);
+        let Ok(Task::Render(render)) = parse_str("render") else {
+            panic!("expected render");
+        };
+        assert_eq!(render.topo.replicas, 2);
     }
 
     #[test]

@@ -44,7 +44,13 @@ fn try_main() -> Result<()> {
             Ok(())
         }
         Task::Test(t) => t.run(&sh),
-        Task::Up(t) if t.docker => deploy::docker::compose_up(&sh, &t.topo, t.detach, t.auth),
+        Task::Up(t) if t.docker => deploy::compose::UpDocker {
+            topo: &t.topo,
+            detach: t.detach,
+            auth: t.auth,
+            no_build: t.no_build,
+        }
+        .run(&sh),
         Task::Up(t) => t.run(&sh),
         Task::Supervise(t) => t.run(&sh),
         Task::Down(t) => t.run(&sh),

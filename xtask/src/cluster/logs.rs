@@ -12,6 +12,9 @@ pub struct Logs {
 
 impl Logs {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
+            return deployment.logs(self.service.as_deref());
+        }
         let layout = Layout::new(sh);
         let files: Vec<std::path::PathBuf> = match &self.service {
             Some(name) => {

@@ -220,6 +220,9 @@ pub struct Down {
 
 impl Down {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
+            return deployment.down(self.volumes);
+        }
         let layout = Layout::new(sh);
         if let Ok(state) = layout.read_state() {
             if let Some(pid) = state.supervisor_pid.filter(|p| alive(*p)) {

@@ -151,6 +151,33 @@ pub fn ensure_installed(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
+/// Installs the Debian packages `names` with apt-get (through sudo unless we are root), saying
+/// what they are `for`. Used for packages only some commands need (the Docker engine).
+pub fn install(sh: &Shell, names: &[&str], what_for: &str) -> Result<()> {
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "missing system packages {} ({what_for}) and this is not a Debian/Ubuntu machine \
+             (no apt-get); install them by hand",
+            names.join(" ")
+        );
+    }
+    println!(
+        "installing missing system packages for {what_for}: {}",
+        names.join(" ")
+    );
+    let sudo = if is_root() { "env" } else { "sudo" };
+    cmd!(sh, "{sudo} apt-get update -q")
+        .run()
+        .context("apt-get update failed")?;
+    cmd!(
+        sh,
+        "{sudo} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {names...}"
+    )
+    .run()
+    .with_context(|| format!("apt-get install {} failed", names.join(" ")))?;
+    Ok(())
+}
+
 /// Full path of a PostgreSQL server tool (15 preferred, see `shared::db::server_bin_dir`),
 /// falling back to `$PATH`.
 pub fn pg_tool(name: &str) -> String {

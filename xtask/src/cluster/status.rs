@@ -40,6 +40,9 @@ struct Report {
 
 impl Status {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
+            return deployment.status(sh, self.json);
+        }
         let layout = Layout::new(sh);
         let state = layout.read_state()?;
         let supervisor_alive = state.supervisor_pid.is_some_and(alive);

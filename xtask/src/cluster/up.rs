@@ -153,7 +153,7 @@ fn write_token(path: &std::path::Path) -> Result<String> {
 }
 
 /// A clear error naming the port, its service and the flag that moves it.
-fn check_ports_free(topo: &Topology) -> Result<()> {
+pub fn check_ports_free(topo: &Topology) -> Result<()> {
     for svc in topo.services() {
         for (port, flag) in &svc.ports {
             if TcpListener::bind(("127.0.0.1", *port)).is_err() {

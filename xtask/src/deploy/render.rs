@@ -21,12 +21,11 @@ use crate::cluster::topology::{
     Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB,
 };
 
-/// The image the Dockerfile builds; holds all three service binaries.
-pub const IMAGE: &str = "reporting:latest";
-const POSTGRES_IMAGE: &str = "postgres:15";
-const REDIS_IMAGE: &str = "redis:7";
-const PGBOUNCER_IMAGE: &str = "edoburu/pgbouncer:latest";
-const NGINX_IMAGE: &str = "nginx:1.25";
+// Every image is built by `cargo xtask images` from one Debian base (see `crate::deploy::images`).
+use crate::deploy::images::{
+    NGINX as NGINX_IMAGE, PGBOUNCER as PGBOUNCER_IMAGE, POSTGRES as POSTGRES_IMAGE,
+    REDIS as REDIS_IMAGE, SERVICE as IMAGE,
+};
 
 /// Where `render` writes by default; the committed copy is kept fresh by a test.
 pub const DEFAULT_OUT: &str = "deploy/generated";
@@ -115,15 +114,11 @@ pub fn ensure_file_contents(path: &Path, text: &str, check: bool) -> Result<bool
     Ok(true)
 }
 
-/// Every generated file: (absolute path, contents). `root` is the repository root, used for
-/// the Compose build context.
-pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let context = relative(out, root);
+/// Every generated file: (absolute path, contents). `_root` (the repository root) is no longer
+/// needed: Compose runs images built by `cargo xtask images`, it builds nothing itself.
+pub fn render_all(topo: &Topology, out: &Path, _root: &Path) -> Result<Vec<(PathBuf, String)>> {
     let mut files = vec![
-        (
-            out.join("docker-compose.yml"),
-            to_yaml(&compose(topo, &context))?,
-        ),
+        (out.join("docker-compose.yml"), to_yaml(&compose(topo))?),
         (
             out.join("nginx.conf"),
             topo.nginx_conf(Target::Compose, None),
@@ -146,34 +141,48 @@ pub fn render_all(topo: &Topology, out: &Path, root: &Path) -> Result<Vec<(PathB
     Ok(files)
 }
 
-/// Path from `from` to `to`, both absolute (for `build.context`).
-fn relative(from: &Path, to: &Path) -> String {
-    let from: Vec<_> = from.components().collect();
-    let to: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut parts: Vec<String> = vec!["..".to_string(); from.len() - common];
-    parts.extend(
-        to[common..]
-            .iter()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
-    );
-    if parts.is_empty() {
-        ".".into()
-    } else {
-        parts.join("/")
-    }
-}
-
 fn env_map(env: &[(&str, String)]) -> Value {
     Value::Object(env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 fn pg_healthcheck() -> Value {
-    json!({"test": ["CMD", "pg_isready", "-U", "postgres"], "interval": "2s", "timeout": "2s", "retries": 30})
+    json!({"test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "postgres"], "interval": "2s", "timeout": "2s", "retries": 30})
+}
+
+/// Health of one of our services inside its container: `/ready` where the service has one
+/// (its dependencies answer), `/health` for the projection (it has only that).
+fn service_healthcheck(kind: Kind) -> Value {
+    let path = if kind == Kind::Projection {
+        "/health"
+    } else {
+        "/ready"
+    };
+    let url = format!("http://127.0.0.1:{}{path}", kind.container_port());
+    json!({"test": ["CMD", "curl", "-fsS", "-o", "/dev/null", url], "interval": "2s", "timeout": "2s", "retries": 60})
+}
+
+/// Published ports: every service on the host's loopback at its `up` port (so `status`,
+/// `check-sync` and `bench` reach them as they reach a local cluster), nginx on every
+/// interface (the user-facing endpoints).
+fn published(svc: &Service) -> Value {
+    let ports: Vec<String> = match svc.kind {
+        Kind::Nginx => svc
+            .ports
+            .iter()
+            .zip([8080, 8090])
+            .map(|((host, _), inner)| format!("{host}:{inner}"))
+            .collect(),
+        kind => vec![format!(
+            "127.0.0.1:{}:{}",
+            svc.port(),
+            kind.container_port()
+        )],
+    };
+    json!(ports)
 }
 
 /// docker-compose.yml: one container per service of the topology.
-pub fn compose(topo: &Topology, context: &str) -> Value {
+pub fn compose(topo: &Topology) -> Value {
     let mut services = Map::new();
     let mut volumes = Map::new();
     let all = topo.services();
@@ -193,7 +202,8 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 };
                 json!({
                     "image": POSTGRES_IMAGE,
-                    "environment": {"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_DB": db},
+                    "environment": {"POSTGRES_DB": db},
+                    "ports": published(svc),
                     "volumes": [format!("{}:/var/lib/postgresql/data", svc.name)],
                     "healthcheck": pg_healthcheck(),
                     "restart": "unless-stopped",
@@ -203,7 +213,8 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 volumes.insert("redis".into(), json!({}));
                 json!({
                     "image": REDIS_IMAGE,
-                    "command": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec"],
+                    "command": ["redis-server", "--dir", "/data", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no"],
+                    "ports": published(svc),
                     "volumes": ["redis:/data"],
                     "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s", "timeout": "2s", "retries": 30},
                     "restart": "unless-stopped",
@@ -216,6 +227,9 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                     .collect();
                 json!({
                     "image": PGBOUNCER_IMAGE,
+                    "command": ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
+                    "healthcheck": {"test": ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6432"], "interval": "2s", "timeout": "2s", "retries": 30},
+                    "ports": published(svc),
                     "volumes": ["./pgbouncer.ini:/etc/pgbouncer/pgbouncer.ini:ro", "./userlist.txt:/etc/pgbouncer/userlist.txt:ro"],
                     "depends_on": deps,
                     "restart": "unless-stopped",
@@ -230,7 +244,7 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                         deps.insert("redis".into(), healthy);
                     }
                     Kind::Query => {
-                        deps.insert("pgbouncer".into(), json!({"condition": "service_started"}));
+                        deps.insert("pgbouncer".into(), healthy.clone());
                         for n in names(Kind::Postgres).filter(|n| n != "command-db") {
                             deps.insert(n, healthy.clone());
                         }
@@ -244,8 +258,9 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
                 }
                 let mut value = json!({
                     "image": IMAGE,
-                    "build": {"context": context, "dockerfile": "deploy/Dockerfile"},
                     "command": [svc.kind.bin_name()],
+                    "healthcheck": service_healthcheck(svc.kind),
+                    "ports": published(svc),
                     "environment": env_map(&topo.env(svc, Target::Compose)),
                     "depends_on": deps,
                     "restart": "unless-stopped",
@@ -259,13 +274,13 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
             Kind::Nginx => {
                 let deps: Map<String, Value> = names(Kind::Command)
                     .chain(names(Kind::Query))
-                    .map(|n| (n, json!({"condition": "service_started"})))
+                    .map(|n| (n, json!({"condition": "service_healthy"})))
                     .collect();
                 json!({
                     "image": NGINX_IMAGE,
                     "command": ["nginx", "-c", "/etc/nginx/nginx.conf"],
                     "volumes": ["./nginx.conf:/etc/nginx/nginx.conf:ro"],
-                    "ports": [format!("{0}:8080", topo.ports.write), format!("{0}:8090", topo.ports.read)],
+                    "ports": published(svc),
                     "depends_on": deps,
                     "restart": "unless-stopped",
                 })
@@ -273,7 +288,8 @@ pub fn compose(topo: &Topology, context: &str) -> Value {
         };
         services.insert(svc.name.clone(), value);
     }
-    json!({"name": "reporting", "services": services, "volumes": volumes})
+    // No top-level `name`: Compose v1 (Debian's) rejects it; the project is `-p` instead.
+    json!({"services": services, "volumes": volumes})
 }
 
 fn meta(name: &str, app: &str) -> Value {
@@ -288,8 +304,51 @@ fn service(name: &str, app: &str, ports: &[(&str, u16)]) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(name, app), "spec": {"selector": {"app": app}, "ports": ports}})
 }
 
-fn http_probe(port: u16) -> Value {
-    json!({"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5, "failureThreshold": 3})
+fn http_probe(path: &str, port: u16) -> Value {
+    json!({"httpGet": {"path": path, "port": port}, "periodSeconds": 5, "failureThreshold": 3})
+}
+
+fn exec_probe(command: &[&str]) -> Value {
+    json!({"exec": {"command": command}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 6})
+}
+
+fn tcp_probe(port: u16) -> Value {
+    json!({"tcpSocket": {"port": port}, "periodSeconds": 5, "failureThreshold": 3})
+}
+
+/// Requests (what the scheduler reserves) and limits (where the kernel stops a container) as
+/// (cpu request, memory request, cpu limit, memory limit). Sized from the measured footprint
+/// on the 2-core test machine (README, RSS per service) with room for load: a service uses
+/// tens of MB, PostgreSQL's shared buffers and work memory need more.
+fn resources(kind: Kind) -> Value {
+    let (cpu, mem, cpu_max, mem_max) = match kind {
+        Kind::Postgres => ("250m", "256Mi", "2", "1Gi"),
+        Kind::Redis => ("100m", "64Mi", "1", "512Mi"),
+        Kind::Command | Kind::Query | Kind::Projection => ("100m", "64Mi", "1", "512Mi"),
+        Kind::Pgbouncer | Kind::Nginx => ("50m", "32Mi", "500m", "128Mi"),
+    };
+    json!({"requests": {"cpu": cpu, "memory": mem}, "limits": {"cpu": cpu_max, "memory": mem_max}})
+}
+
+/// The uid/gid each image runs as (its Dockerfile's numeric `USER`): Kubernetes verifies
+/// runAsNonRoot against it, and `fsGroup` makes volume claims writable for it.
+fn run_as(kind: Kind) -> u32 {
+    match kind {
+        Kind::Postgres | Kind::Redis | Kind::Pgbouncer => 999,
+        Kind::Nginx => 33,
+        Kind::Command | Kind::Query | Kind::Projection => 10001,
+    }
+}
+
+/// Pod security context: never root, and the volume group of [`run_as`].
+fn pod_security(kind: Kind) -> Value {
+    let id = run_as(kind);
+    json!({"runAsNonRoot": true, "runAsUser": id, "runAsGroup": id, "fsGroup": id, "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+/// Container security context: no privilege escalation, no Linux capabilities.
+fn container_security() -> Value {
+    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
 }
 
 /// A Deployment of our image running one binary; INSTANCE_ID is the pod name.
@@ -298,6 +357,12 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
     let mut env = vec![
         json!({"name": "INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
     ];
+    // The projection has no /ready; its /health answers once its threads run.
+    let ready = if kind == Kind::Projection {
+        "/health"
+    } else {
+        "/ready"
+    };
     for secret in Topology::secret_env(kind) {
         env.push(json!({"name": secret, "valueFrom": {"secretKeyRef": {"name": COMMAND_SECRET, "key": secret}}}));
     }
@@ -313,6 +378,7 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                 "metadata": {"labels": {"app": app, "deployment": name, "part-of": "reporting"}},
                 "spec": {
                     "terminationGracePeriodSeconds": 20,
+                    "securityContext": pod_security(kind),
                     "containers": [{
                         "name": app,
                         "image": IMAGE,
@@ -320,8 +386,10 @@ fn app_deployment(name: &str, app: &str, replicas: u32, kind: Kind, config: &str
                         "ports": [{"containerPort": port}],
                         "envFrom": [{"configMapRef": {"name": config}}],
                         "env": env,
-                        "readinessProbe": http_probe(port),
-                        "livenessProbe": http_probe(port),
+                        "readinessProbe": http_probe(ready, port),
+                        "livenessProbe": http_probe("/health", port),
+                        "resources": resources(kind),
+                        "securityContext": container_security(),
                     }],
                 },
             },
@@ -354,7 +422,15 @@ fn stateful_set(svc: &Service, image: &str, container: Value) -> Value {
             "selector": {"matchLabels": {"app": svc.name}},
             "template": {
                 "metadata": {"labels": {"app": svc.name, "part-of": "reporting"}},
-                "spec": {"containers": [merge(json!({"name": svc.name, "image": image}), container)]},
+                "spec": {
+                    "securityContext": pod_security(svc.kind),
+                    "containers": [merge(json!({
+                        "name": svc.name,
+                        "image": image,
+                        "resources": resources(svc.kind),
+                        "securityContext": container_security(),
+                    }), container)],
+                },
             },
             "volumeClaimTemplates": [{
                 "metadata": {"name": "data"},
@@ -387,12 +463,12 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
             json!({
                 "ports": [{"containerPort": 5432}],
                 "env": [
-                    {"name": "POSTGRES_HOST_AUTH_METHOD", "value": "trust"},
                     {"name": "POSTGRES_DB", "value": db},
                     {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
                 ],
                 "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
-                "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
+                "readinessProbe": exec_probe(&["pg_isready", "-h", "127.0.0.1", "-U", "postgres"]),
+                "livenessProbe": exec_probe(&["pg_isready", "-h", "127.0.0.1", "-U", "postgres"]),
             }),
         ));
         databases.push(service(&svc.name, &svc.name, &[("postgres", 5432)]));
@@ -403,10 +479,11 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
             svc,
             REDIS_IMAGE,
             json!({
-                "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data"],
+                "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data", "--protected-mode", "no"],
                 "ports": [{"containerPort": 6379}],
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+                "readinessProbe": exec_probe(&["redis-cli", "ping"]),
+                "livenessProbe": exec_probe(&["redis-cli", "ping"]),
             }),
         ));
         redis.push(service("redis", "redis", &[("redis", 6379)]));
@@ -427,10 +504,17 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
                 "template": {
                     "metadata": {"labels": {"app": "pgbouncer", "part-of": "reporting"}},
                     "spec": {
+                        "securityContext": pod_security(Kind::Pgbouncer),
                         "containers": [{
                             "name": "pgbouncer",
                             "image": PGBOUNCER_IMAGE,
+                            "command": ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
                             "ports": [{"containerPort": 6432}],
+                            // Listening is what PgBouncer promises; the query DBs have their own probes.
+                            "readinessProbe": tcp_probe(6432),
+                            "livenessProbe": tcp_probe(6432),
+                            "resources": resources(Kind::Pgbouncer),
+                            "securityContext": container_security(),
                             "volumeMounts": [{"name": "config", "mountPath": "/etc/pgbouncer", "readOnly": true}],
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": "pgbouncer-config"}}],
@@ -528,11 +612,18 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
                 "template": {
                     "metadata": {"labels": {"app": "nginx", "part-of": "reporting"}},
                     "spec": {
+                        "securityContext": pod_security(Kind::Nginx),
                         "containers": [{
                             "name": "nginx",
                             "image": NGINX_IMAGE,
                             "command": ["nginx", "-c", "/etc/nginx/conf/nginx.conf"],
                             "ports": [{"containerPort": 8080}, {"containerPort": 8090}],
+                            // Ready when reads pass through to a query instance; alive while
+                            // it accepts connections (a query outage must not restart nginx).
+                            "readinessProbe": http_probe("/health", 8090),
+                            "livenessProbe": tcp_probe(8080),
+                            "resources": resources(Kind::Nginx),
+                            "securityContext": container_security(),
                             "volumeMounts": [{"name": "config", "mountPath": "/etc/nginx/conf", "readOnly": true}],
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": "nginx-config"}}],

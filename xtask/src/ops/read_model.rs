@@ -22,6 +22,9 @@ pub struct Rebuild {
 
 impl Rebuild {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
+            return deployment.projection_op(&["rebuild", "--db", &self.db]);
+        }
         let state = Layout::new(sh).running_state()?;
         let env = ProjectionEnv::of(&state.topology);
         let bin = projection_bin(&sh.current_dir())?;
@@ -44,6 +47,14 @@ pub struct CheckSync {
 
 impl CheckSync {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if self.command_db.is_none() && self.query_dbs.is_empty() {
+            if let Some(deployment) = crate::deploy::compose::Deployment::find(sh) {
+                let wait = self.wait.map(|w| w.as_secs_f64().to_string());
+                let mut args = vec!["check-sync"];
+                args.extend(wait.iter().flat_map(|w| ["--wait", w.as_str()]));
+                return deployment.projection_op(&args);
+            }
+        }
         let mut env = match (&self.command_db, self.query_dbs.is_empty()) {
             (Some(_), false) => ProjectionEnv::default(),
             _ => ProjectionEnv::of(&Layout::new(sh).topology_or_default()),

@@ -2,3 +2,5 @@
 //! test binary for the crate, a module per area.
 
 mod cluster;
+mod docker;
+mod kube;
