@@ -647,6 +647,36 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
 /// Block-style YAML for a JSON value, through `serde_norway` (a maintained serde YAML
 /// emitter): keys in `Value`'s order (sorted), strings quoted wherever YAML would otherwise
 /// read them as another type.
+///
+/// `serde_norway` quotes for YAML 1.2, where `yes`, `no`, `on`, `off` are plain strings. The
+/// readers of these files are YAML 1.1 (Compose v1 through PyYAML, Kubernetes through
+/// go-yaml), which read them as booleans: `redis-server --appendonly yes` became
+/// `--appendonly True` and both tools rejected the file. Such strings are therefore marked
+/// before emitting and single-quoted after; the marker cannot occur in our own values.
 pub fn to_yaml(v: &Value) -> Result<String> {
-    serde_norway::to_string(v).context("render YAML")
+    let yaml = serde_norway::to_string(&mark_yaml11_scalars(v)).context("render YAML")?;
+    Ok(yaml.replace(YAML11_MARK, "'"))
+}
+
+/// Prefix of a string that must come out single-quoted (see [`to_yaml`]).
+const YAML11_MARK: &str = "__yaml11_quote__";
+
+/// Every string a YAML 1.1 reader takes for a boolean or null, marked for quoting: a marked
+/// string is a plain scalar for the emitter, which ends up as `'yes'`.
+fn mark_yaml11_scalars(v: &Value) -> Value {
+    const YAML11_SPECIAL: [&str; 10] = [
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~",
+    ];
+    match v {
+        Value::String(s) if YAML11_SPECIAL.contains(&s.to_ascii_lowercase().as_str()) => {
+            Value::String(format!("{YAML11_MARK}{s}{YAML11_MARK}"))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(mark_yaml11_scalars).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), mark_yaml11_scalars(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }

@@ -616,3 +616,31 @@ fn pipelined(port: u16, requests: &str) -> String {
     let _ = sender.join();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Strings a YAML 1.1 reader (Compose v1, Kubernetes) takes for booleans come out quoted, and
+/// read back as the same strings; everything else is left to the emitter.
+#[test]
+fn yaml_1_1_booleans_stay_strings() {
+    let value = serde_json::json!({
+        "args": ["redis-server", "--appendonly", "yes", "--save", "", "x"],
+        "flag": "off",
+        "upper": "On",
+        "real": true,
+        "null_word": "null",
+    });
+    let text = crate::deploy::render::to_yaml(&value).expect("yaml");
+    for line in [
+        "- 'yes'",
+        "flag: 'off'",
+        "upper: 'On'",
+        "real: true",
+        "null_word: 'null'",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim() == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(!text.contains("__yaml11"), "{text}");
+    assert_eq!(yaml_docs(&text), vec![value]);
+}
