@@ -69,6 +69,7 @@ fn fuzz_stream_entry_decoder() {
         updated_at: now,
         location: None,
         address: None,
+        media_url: None,
     };
     let event = Event {
         event_id: uuid::Uuid::new_v4(),
