@@ -212,7 +212,7 @@ impl Form {
 /// A W3C datetime (the profile of ISO 8601 GeoReport v2 names): `2010-04-14T06:37:38-08:00`,
 /// with or without seconds or fractions, `Z` or an offset; or a bare date (`2010-04-14`,
 /// midnight UTC). A `+` sent unescaped in a query string arrives as a space and is read as
-/// the `+` the client meant. Anything else: 400 naming `name`.
+/// the `+` the client meant. The result is in UTC. Anything else: 400 naming `name`.
 pub fn parse_datetime(name: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
     let bad = || {
         ApiError::BadRequest(format!(
@@ -242,7 +242,9 @@ pub fn parse_datetime(name: &str, raw: &str) -> Result<OffsetDateTime, ApiError>
     {
         s.insert_str(16, ":00");
     }
-    OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| bad())
+    OffsetDateTime::parse(&s, &Rfc3339)
+        .map(|t| t.to_offset(UtcOffset::UTC))
+        .map_err(|_| bad())
 }
 
 /// A timestamp as GeoReport v2 shows them: seconds precision with a numeric offset, in UTC
