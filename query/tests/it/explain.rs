@@ -1,6 +1,7 @@
 //! Acceptance (7): at 20 000 rows (ANALYZEd) every list shape, the lookup by id and the totals
-//! are planned on an index: no Seq Scan on `read_reports`; so are the Open311 statements. The statements checked are the very
-//! ones the service sends (`query::store`), with parameters bound the same way.
+//! are planned on an index: no Seq Scan on `read_reports`; so are the Open311 statements. The
+//! statements checked are the very ones the service sends (`query::store`,
+//! `query::open311`), with parameters bound the same way.
 
 use postgres::types::{ToSql, Type};
 use query::paging::Filter;
