@@ -48,7 +48,9 @@ impl CommandDb {
             }),
             address: (n % 2 == 1).then(|| format!("Jl. Sudirman No. {n}")),
             // And every third an Open311 photo link, which a rebuild must keep too.
-            media_url: (n % 3 == 0).then(|| format!("https://foto.example/{n}.jpg")),
+            media_url: n
+                .is_multiple_of(3)
+                .then(|| format!("https://foto.example/{n}.jpg")),
         };
         let (lat, lng) = match r.location {
             Some(l) => (Some(l.lat), Some(l.lng)),

@@ -141,7 +141,7 @@ fn open311_queries_use_indexes(c: &mut postgres::Client) {
         "start_date=2000-01-01&end_date=2000-01-02",
         "service_request_id=6a1b8a8e-2c1f-4d0e-9b7a-2f1c3d4e5f60,7a1b8a8e-2c1f-4d0e-9b7a-2f1c3d4e5f60",
     ] {
-        let query = ListQuery::parse(&Form::parse(q.as_bytes()).unwrap(), now).unwrap();
+        let query = ListQuery::parse(&Form::parse(q.as_bytes()).expect("form"), now).expect("query");
         let plan = match &query {
             ListQuery::Ids(ids) => explain_open311(c, open311::BY_IDS, &[(ids, Type::UUID_ARRAY)]),
             ListQuery::Filtered { start, end, categories, statuses } => explain_open311(

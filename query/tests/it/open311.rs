@@ -25,7 +25,12 @@ fn ids(r: &HttpResponse) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("not an array"))
         .iter()
-        .map(|x| x["service_request_id"].as_str().unwrap().to_owned())
+        .map(|x| {
+            x["service_request_id"]
+                .as_str()
+                .expect("service_request_id")
+                .to_owned()
+        })
         .collect()
 }
 
