@@ -52,3 +52,8 @@ DO $$ BEGIN
     ALTER TABLE reports ADD CONSTRAINT reports_location_pair CHECK ((lat IS NULL) = (lng IS NULL));
 EXCEPTION WHEN duplicate_object THEN NULL;
 END $$;
+
+-- Second edition (SPEC §7.2): the photo link an Open311 client sent with a request. A column
+-- of its own (not only in the event payload) because `xtask rebuild` rebuilds read models
+-- from these columns.
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS media_url text;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod fence;
 pub mod lease;
 pub mod metrics;
+pub mod open311;
 pub mod place;
 pub mod relay;
 pub mod route;

@@ -15,18 +15,24 @@ pub enum Route {
     CreateReport,
     UpdateReport,
     DeleteReport,
+    /// `GET /open311/v2/services.json` (SPEC §7.2).
+    Open311Services,
+    /// `POST /open311/v2/requests.json` (SPEC §7.2).
+    Open311CreateRequest,
     Other,
 }
 
 impl Route {
     /// Every route, in metrics order (the index is `route as usize`).
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 9] = [
         Route::Health,
         Route::Ready,
         Route::Metrics,
         Route::CreateReport,
         Route::UpdateReport,
         Route::DeleteReport,
+        Route::Open311Services,
+        Route::Open311CreateRequest,
         Route::Other,
     ];
 
@@ -39,6 +45,8 @@ impl Route {
             Route::CreateReport => "POST /reports",
             Route::UpdateReport => "PUT /reports/{id}",
             Route::DeleteReport => "DELETE /reports/{id}",
+            Route::Open311Services => "GET /open311/v2/services.json",
+            Route::Open311CreateRequest => "POST /open311/v2/requests.json",
             Route::Other => "other",
         }
     }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::auth::Tokens;
 use crate::metrics::Metrics;
 use crate::route::Route;
-use crate::{store, validate};
+use crate::{open311, store, validate};
 
 /// What every request handler may use.
 pub struct Ctx {
@@ -35,6 +35,10 @@ enum Path<'a> {
     Metrics,
     Reports,
     Report(&'a str),
+    /// `/open311/v2/services.json` (SPEC §7.2).
+    Open311Services,
+    /// `/open311/v2/requests.json` (SPEC §7.2).
+    Open311Requests,
 }
 
 impl Path<'_> {
@@ -44,6 +48,8 @@ impl Path<'_> {
             "/ready" => Some(Path::Ready),
             "/metrics" => Some(Path::Metrics),
             "/reports" | "/reports/" => Some(Path::Reports),
+            "/open311/v2/services.json" => Some(Path::Open311Services),
+            "/open311/v2/requests.json" => Some(Path::Open311Requests),
             _ => {
                 let id = path.strip_prefix("/reports/")?;
                 (!id.contains('/')).then_some(Path::Report(id))
@@ -53,8 +59,8 @@ impl Path<'_> {
 
     fn allow(&self) -> &'static str {
         match self {
-            Path::Health | Path::Ready | Path::Metrics => "GET",
-            Path::Reports => "POST",
+            Path::Health | Path::Ready | Path::Metrics | Path::Open311Services => "GET",
+            Path::Reports | Path::Open311Requests => "POST",
             Path::Report(_) => "PUT, DELETE",
         }
     }
@@ -75,6 +81,10 @@ pub fn dispatch(ctx: &Ctx, req: Incoming) -> (Route, Result<Reply, ApiError>) {
         ("POST", Path::Reports) => (Route::CreateReport, create(ctx, &req)),
         ("PUT", Path::Report(id)) => (Route::UpdateReport, update(ctx, id, &req)),
         ("DELETE", Path::Report(id)) => (Route::DeleteReport, delete(ctx, id, &req)),
+        ("GET", Path::Open311Services) => (Route::Open311Services, Ok(open311::services())),
+        ("POST", Path::Open311Requests) => {
+            (Route::Open311CreateRequest, open311::create(ctx, &req))
+        }
         (_, path) => (
             Route::Other,
             Err(ApiError::MethodNotAllowed {
@@ -127,7 +137,7 @@ fn metrics(ctx: &Ctx) -> Reply {
     Reply::text(200, ctx.metrics.render(&ctx.instance, backlog))
 }
 
-fn require_schema(ctx: &Ctx) -> Result<(), ApiError> {
+pub(crate) fn require_schema(ctx: &Ctx) -> Result<(), ApiError> {
     if ctx.schema_ready.load(Ordering::SeqCst) {
         Ok(())
     } else {

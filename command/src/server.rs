@@ -23,11 +23,19 @@ struct Service(Arc<Ctx>);
 impl HttpService for Service {
     fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
         let ctx = &*self.0;
+        // Known before the body is read, so even a 413 under /open311/ has the standard's shape.
+        let open311 = shared::open311::is_open311(req.path());
         let (route, result) = match Incoming::read(req) {
             Ok(incoming) => routes::dispatch(ctx, incoming),
             Err(e) => (Route::Other, Err(e)),
         };
-        let reply = result.unwrap_or_else(|e| e.into_reply(&ctx.instance));
+        let reply = result.unwrap_or_else(|e| {
+            if open311 {
+                shared::open311::error_reply(e, &ctx.instance)
+            } else {
+                e.into_reply(&ctx.instance)
+            }
+        });
         ctx.metrics.record(route, reply.status);
         reply.write(ctx.instance_header, rsp);
         Ok(())

@@ -122,6 +122,7 @@ pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
         updated_at: now,
         location: cmd.location,
         address: cmd.address,
+        media_url: cmd.media_url,
     };
     in_transaction(pool, |tx| insert(tx, report, now))
 }
@@ -134,7 +135,7 @@ fn insert(
     let (lat, lng) = coordinates(report.location);
     tx.query_typed(
         "INSERT INTO reports (id, title, description, category, status, version, created_at, updated_at, \
-         lat, lng, address) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9)",
+         lat, lng, address, media_url) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10)",
         &[
             (&report.id, Type::UUID),
             (&report.title, Type::TEXT),
@@ -145,6 +146,7 @@ fn insert(
             (&lat, Type::FLOAT8),
             (&lng, Type::FLOAT8),
             (&report.address, Type::TEXT),
+            (&report.media_url, Type::TEXT),
         ],
     )?;
     append_event(
@@ -274,7 +276,7 @@ fn lock_live(
 ) -> Result<Report, StoreError> {
     let rows = tx.query_typed(
         "SELECT title, description, category, status, version, created_at, updated_at, deleted_at, \
-         lat, lng, address FROM reports WHERE id = $1 FOR UPDATE",
+         lat, lng, address, media_url FROM reports WHERE id = $1 FOR UPDATE",
         &[(&id, Type::UUID)],
     )?;
     let Some(row) = rows.first() else {
@@ -313,6 +315,7 @@ fn lock_live(
             _ => None,
         },
         address: row.try_get(10)?,
+        media_url: row.try_get(11)?,
     })
 }
 

@@ -17,6 +17,8 @@ pub struct CreateReport {
     /// Optional (SPEC §7.1), checked by `place.rs`.
     pub location: Option<Location>,
     pub address: Option<String>,
+    /// Only through Open311 (SPEC §7.2), checked by `open311.rs`; the JSON API has none.
+    pub media_url: Option<String>,
 }
 
 /// Change a report: any subset of the fields; an absent field stays as it is.
@@ -52,6 +54,7 @@ pub fn create(body: &[u8]) -> Result<CreateReport, ApiError> {
         category,
         location: place::location(&obj)?.flatten(),
         address: place::address(&obj)?.flatten(),
+        media_url: None,
     })
 }
 

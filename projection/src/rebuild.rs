@@ -85,7 +85,8 @@ const INSERT_HISTORY: &str = "\
 
 const SELECT_REPORTS: &str = "\
     SELECT r.id, r.title, r.description, r.category, r.status, r.version, r.created_at, \
-           r.updated_at, r.deleted_at, e.payload, r.lat, r.lng, r.address \
+           r.updated_at, r.deleted_at, e.payload, r.lat, r.lng, r.address, \
+           r.media_url \
     FROM reports r \
     LEFT JOIN event_log e ON r.deleted_at IS NOT NULL AND e.report_id = r.id \
          AND e.version = r.version - 1 AND e.event_type <> 'ReportDeleted' \
@@ -369,6 +370,7 @@ struct SourceRow {
     last_live: Option<String>,
     location: Option<Location>,
     address: Option<String>,
+    media_url: Option<String>,
 }
 
 impl SourceRow {
@@ -389,6 +391,7 @@ impl SourceRow {
                 _ => None,
             },
             address: r.try_get(12)?,
+            media_url: r.try_get(13)?,
         })
     }
 
@@ -414,6 +417,7 @@ impl SourceRow {
             updated_at: self.updated_at,
             location: self.location,
             address: self.address.clone(),
+            media_url: self.media_url.clone(),
         }))
     }
 
@@ -486,6 +490,7 @@ mod tests {
             updated_at: OffsetDateTime::UNIX_EPOCH,
             location: None,
             address: None,
+            media_url: None,
         })
     }
 

@@ -22,6 +22,7 @@ pub mod cursor;
 pub mod failover;
 pub mod history;
 pub mod metrics;
+pub mod open311;
 pub mod paging;
 pub mod render;
 pub mod route;

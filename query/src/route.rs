@@ -15,6 +15,12 @@ pub enum Route {
     Metrics,
     /// `/reports/{id}/history` (SPEC §7.1).
     History,
+    /// `/open311/v2/services.json` (SPEC §7.2).
+    Open311Services,
+    /// `/open311/v2/requests.json` (SPEC §7.2).
+    Open311Requests,
+    /// `/open311/v2/requests/{id}.json` (SPEC §7.2).
+    Open311Request,
     /// No such path (404).
     Unmatched,
     /// The request was rejected before routing (bad framing, 400/411/413).
@@ -23,7 +29,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in metrics order (the index is `route as usize`).
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 12] = [
         Route::Health,
         Route::Ready,
         Route::Reports,
@@ -31,6 +37,9 @@ impl Route {
         Route::Statistics,
         Route::Metrics,
         Route::History,
+        Route::Open311Services,
+        Route::Open311Requests,
+        Route::Open311Request,
         Route::Unmatched,
         Route::Malformed,
     ];
@@ -44,6 +53,9 @@ impl Route {
             Route::Statistics => "/statistics",
             Route::Metrics => "/metrics",
             Route::History => "/reports/{id}/history",
+            Route::Open311Services => "/open311/v2/services.json",
+            Route::Open311Requests => "/open311/v2/requests.json",
+            Route::Open311Request => "/open311/v2/requests/{id}.json",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
         }
@@ -58,7 +70,10 @@ impl Route {
             | Route::Report
             | Route::Statistics
             | Route::Metrics
-            | Route::History => "GET",
+            | Route::History
+            | Route::Open311Services
+            | Route::Open311Requests
+            | Route::Open311Request => "GET",
             Route::Unmatched | Route::Malformed => "",
         }
     }
@@ -71,6 +86,18 @@ impl Route {
             "/reports" => Route::Reports,
             "/statistics" => Route::Statistics,
             "/metrics" => Route::Metrics,
+            "/open311/v2/services.json" => Route::Open311Services,
+            "/open311/v2/requests.json" => Route::Open311Requests,
+            _ if path.starts_with("/open311/v2/requests/") => {
+                // The whole `{id}.json` segment: the handler strips `.json` and checks the id.
+                return match path["/open311/v2/requests/".len()..].strip_suffix(".json") {
+                    Some(id) if !id.is_empty() && !id.contains('/') => (
+                        Route::Open311Request,
+                        &path["/open311/v2/requests/".len()..],
+                    ),
+                    _ => (Route::Unmatched, ""),
+                };
+            }
             _ => match path.strip_prefix("/reports/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => return (Route::Report, id),
                 Some(rest) => match rest.strip_suffix("/history") {
@@ -108,6 +135,16 @@ mod tests {
         check("/reports/abc/history", "/reports/{id}/history abc");
         check("/reports//history", "unmatched");
         check("/reports/a/b/history", "unmatched");
+        check("/open311/v2/services.json", "/open311/v2/services.json");
+        check("/open311/v2/requests.json", "/open311/v2/requests.json");
+        check(
+            "/open311/v2/requests/abc.json",
+            "/open311/v2/requests/{id}.json abc.json",
+        );
+        check("/open311/v2/requests/.json", "unmatched");
+        check("/open311/v2/requests/abc", "unmatched");
+        check("/open311/v2/requests/a/b.json", "unmatched");
+        check("/open311/v2/services.xml", "unmatched");
         for r in Route::ALL {
             assert_eq!(Route::ALL[r as usize], r);
         }

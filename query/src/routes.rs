@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::history;
 use crate::metrics::DbReport;
+use crate::open311;
 use crate::paging;
 use crate::render::{Frame, Meta};
 use crate::route::Route;
@@ -44,6 +45,9 @@ pub fn handle(ctx: &Ctx, req: &Incoming) -> (Route, Result<Reply, ApiError>) {
         ("GET", Route::Statistics) => statistics(ctx, req),
         ("GET", Route::Metrics) => Ok(metrics(ctx)),
         ("GET", Route::History) => report_history(ctx, id),
+        ("GET", Route::Open311Services) => Ok(open311::services()),
+        ("GET", Route::Open311Requests) => open311::list(ctx, req),
+        ("GET", Route::Open311Request) => open311::one(ctx, id),
         (_, route) => Err(ApiError::MethodNotAllowed {
             allow: route.allow(),
         }),

@@ -246,6 +246,7 @@ mod tests {
             updated_at: now,
             location: None,
             address: None,
+            media_url: None,
         };
         Event {
             event_id: Uuid::new_v4(),

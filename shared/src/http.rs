@@ -404,7 +404,7 @@ pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> Result<String, ApiError> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, ApiError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -13,6 +13,7 @@ pub mod http;
 pub mod log;
 pub mod migrate;
 pub mod model;
+pub mod open311;
 pub mod prometheus;
 pub mod retry;
 pub mod startup;

@@ -16,6 +16,9 @@ pub const TITLE_MAX_CHARS: usize = 255;
 pub const DESCRIPTION_MAX_CHARS: usize = 10_000;
 /// Longest address accepted, in characters after trimming (SPEC §7.1).
 pub const ADDRESS_MAX_CHARS: usize = 255;
+/// Longest `media_url` accepted (SPEC §7.2), in characters: the longest URL every browser and
+/// proxy in common use still passes along whole.
+pub const MEDIA_URL_MAX_CHARS: usize = 2048;
 
 macro_rules! closed_enum {
     ($(#[$m:meta])* $name:ident, $what:literal { $($variant:ident = $text:literal),+ $(,)? }) => {
@@ -104,6 +107,12 @@ pub struct Report {
     /// A free-text street address, at most [`ADDRESS_MAX_CHARS`]; omitted when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// A photo of the problem, as an http(s) URL given through Open311 (SPEC §7.2). The
+    /// report keeps only the link (the media lives wherever the client uploaded it); it is a
+    /// report field like `address`, so it travels in the event, the read model's document
+    /// and a rebuild, and a PUT leaves it as it is. Omitted when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
 }
 
 /// A point in WGS84 degrees. Only finite values in range are ever built (the command service

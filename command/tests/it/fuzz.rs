@@ -1,6 +1,7 @@
 //! Property tests under a time-boxed mutation fuzzer (`FUZZ_SECONDS` per target; `cargo
-//! xtask test` runs 60 s each). Targets: the request validators, the stream-entry decoder and
-//! the query-string parser. Property: never a panic, and anything accepted obeys the rules.
+//! xtask test` runs 60 s each). Targets: the request validators, the stream-entry decoder,
+//! the query-string parser and the Open311 form decoder with its request rules. Property:
+//! never a panic, and anything accepted obeys the rules.
 
 use shared::event::{Event, EventType};
 use shared::model::{Category, Report, Status, DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS};
@@ -69,6 +70,7 @@ fn fuzz_stream_entry_decoder() {
         updated_at: now,
         location: None,
         address: None,
+        media_url: None,
     };
     let event = Event {
         event_id: uuid::Uuid::new_v4(),
@@ -140,6 +142,48 @@ fn fuzz_query_strings() {
                     assert!(shared::http::check_text("k", k).is_ok());
                     assert!(shared::http::check_text("v", v).is_ok());
                 }
+            }
+        }
+    });
+    assert!(runs > 1000, "only {runs} runs");
+}
+
+#[test]
+fn fuzz_open311_form() {
+    let corpus: Vec<Vec<u8>> = [
+        "service_code=infrastruktur&lat=-6.2&long=106.8&description=Jalan+rusak%0Aparah",
+        "service_code=kebersihan&address_string=Jl.+A&media_url=https%3A%2F%2Fx.example%2Fa.jpg",
+        "api_key=k&service_code=lainnya&lat=1&long=2&lat=1&email=a%40b&attribute%5Bx%5D=1",
+        "service_code=a&service_code=b&lat=nan&long=inf&description=%zz%00%ff",
+        "=&&a&%41=%42",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let runs = fuzz::run("open311 form", fuzz::budget(), &corpus, |input| {
+        let Ok(form) = shared::open311::Form::parse(input) else {
+            return;
+        };
+        // Nothing that gets through the decoder carries a control character.
+        for name in form.names() {
+            assert!(shared::http::check_text("name", name).is_ok());
+        }
+        if let Ok(cmd) = command::open311::request(&form) {
+            assert!(!cmd.title.is_empty() && cmd.title.chars().count() <= TITLE_MAX_CHARS);
+            assert!(shared::http::check_text("title", &cmd.title).is_ok());
+            assert!(shared::http::check_text("description", &cmd.description).is_ok());
+            assert!(cmd.description.chars().count() <= DESCRIPTION_MAX_CHARS);
+            assert!(cmd.location.is_some() || cmd.address.is_some());
+            if let Some(l) = cmd.location {
+                assert!((-90.0..=90.0).contains(&l.lat) && (-180.0..=180.0).contains(&l.lng));
+            }
+            if let Some(u) = &cmd.media_url {
+                let lower = u.to_ascii_lowercase();
+                assert!(
+                    lower.starts_with("http://") || lower.starts_with("https://"),
+                    "{u}"
+                );
+                assert!(u.chars().count() <= shared::model::MEDIA_URL_MAX_CHARS);
             }
         }
     });

@@ -47,6 +47,16 @@ fn hostile_http_on_every_endpoint() {
                 path: report_path,
                 takes_body: false,
             },
+            Endpoint {
+                method: "GET",
+                path: "/open311/v2/services.json",
+                takes_body: false,
+            },
+            Endpoint {
+                method: "POST",
+                path: "/open311/v2/requests.json",
+                takes_body: true,
+            },
         ],
     );
     assert_eq!(

@@ -7,6 +7,7 @@ mod concurrency;
 mod faults;
 mod fuzz;
 mod hostile;
+mod open311;
 mod place;
 mod relay;
 mod roundtrip;

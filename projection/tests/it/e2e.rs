@@ -133,7 +133,7 @@ fn command_state(url: &str) -> Vec<RowView> {
     client
         .query(
             "SELECT id, title, description, category, status, version, created_at, updated_at, \
-             deleted_at IS NOT NULL, lat, lng, address FROM reports ORDER BY id",
+             deleted_at IS NOT NULL, lat, lng, address, media_url FROM reports ORDER BY id",
             &[],
         )
         .expect("reports")
@@ -156,6 +156,7 @@ fn command_state(url: &str) -> Vec<RowView> {
                     _ => None,
                 },
                 address: r.get(11),
+                media_url: r.get(12),
             };
             RowView {
                 id: report.id,

@@ -47,6 +47,10 @@ impl CommandDb {
                 lng: 106.8,
             }),
             address: (n % 2 == 1).then(|| format!("Jl. Sudirman No. {n}")),
+            // And every third an Open311 photo link, which a rebuild must keep too.
+            media_url: n
+                .is_multiple_of(3)
+                .then(|| format!("https://foto.example/{n}.jpg")),
         };
         let (lat, lng) = match r.location {
             Some(l) => (Some(l.lat), Some(l.lng)),
@@ -55,8 +59,8 @@ impl CommandDb {
         self.0
             .execute(
                 "INSERT INTO reports (id, title, description, category, status, version, \
-                 created_at, updated_at, lat, lng, address) \
-                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9)",
+                 created_at, updated_at, lat, lng, address, media_url) \
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10)",
                 &[
                     &r.id,
                     &r.title,
@@ -67,6 +71,7 @@ impl CommandDb {
                     &lat,
                     &lng,
                     &r.address,
+                    &r.media_url,
                 ],
             )
             .expect("insert report");

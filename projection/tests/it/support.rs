@@ -115,6 +115,7 @@ impl CommandSide {
                     updated_at: now,
                     location: None,
                     address: None,
+                    media_url: None,
                 };
                 let payload = json(&r);
                 let id = r.id;

@@ -1,6 +1,7 @@
 //! Acceptance (7): at 20 000 rows (ANALYZEd) every list shape, the lookup by id and the totals
-//! are planned on an index: no Seq Scan on `read_reports`. The statements checked are the very
-//! ones the service sends (`query::store`), with parameters bound the same way.
+//! are planned on an index: no Seq Scan on `read_reports`; so are the Open311 statements. The
+//! statements checked are the very ones the service sends (`query::store`,
+//! `query::open311`), with parameters bound the same way.
 
 use postgres::types::{ToSql, Type};
 use query::paging::Filter;
@@ -121,4 +122,60 @@ fn list_and_lookup_queries_use_indexes() {
         plan.contains("Index Scan using read_reports_pkey"),
         "{plan}"
     );
+    open311_queries_use_indexes(&mut c);
+}
+
+/// Open311 (SPEC §7.2): the list in every filter shape the standard allows (default window,
+/// one or all services, open/closed, a narrow and a wide date range), the lookup of many ids
+/// and of one, on the same 20 000 rows (one category made rare above).
+fn open311_queries_use_indexes(c: &mut postgres::Client) {
+    use query::open311::{self, ListQuery};
+    use shared::open311::Form;
+    let now = time::OffsetDateTime::now_utc();
+    for q in [
+        "",
+        "service_code=lainnya",
+        "service_code=kesehatan,keamanan&status=open",
+        "status=closed",
+        "start_date=2000-01-01",
+        "start_date=2000-01-01&end_date=2000-01-02",
+        "service_request_id=6a1b8a8e-2c1f-4d0e-9b7a-2f1c3d4e5f60,7a1b8a8e-2c1f-4d0e-9b7a-2f1c3d4e5f60",
+    ] {
+        let query = ListQuery::parse(&Form::parse(q.as_bytes()).expect("form"), now).expect("query");
+        let plan = match &query {
+            ListQuery::Ids(ids) => explain_open311(c, open311::BY_IDS, &[(ids, Type::UUID_ARRAY)]),
+            ListQuery::Filtered { start, end, categories, statuses } => explain_open311(
+                c,
+                open311::LIST,
+                &[
+                    (start, Type::TIMESTAMPTZ),
+                    (end, Type::TIMESTAMPTZ),
+                    (categories, Type::TEXT_ARRAY),
+                    (statuses, Type::TEXT_ARRAY),
+                    (&open311::MAX_REQUESTS, Type::INT8),
+                ],
+            ),
+        };
+        assert!(!plan.contains("Seq Scan"), "open311 {q:?}: seq scan\n{plan}");
+        assert!(plan.contains("Index"), "open311 {q:?}: no index\n{plan}");
+    }
+    let id = uuid::Uuid::new_v4();
+    let plan = explain_open311(c, open311::BY_ID, &[(&id, Type::UUID)]);
+    assert!(
+        plan.contains("Index Scan using read_reports_pkey"),
+        "{plan}"
+    );
+}
+
+fn explain_open311(
+    c: &mut postgres::Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> String {
+    c.query_typed(&format!("EXPLAIN {sql}"), params)
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -10,6 +10,7 @@ mod history;
 mod hostile;
 mod listing;
 mod min_version;
+mod open311;
 mod pgbouncer;
 mod read_your_writes;
 mod search;

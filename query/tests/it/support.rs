@@ -61,6 +61,7 @@ pub fn report(n: u32, category: Category, status: Status, created_at: OffsetDate
         updated_at: created_at,
         location: None,
         address: None,
+        media_url: None,
     }
 }
 
