@@ -39,8 +39,8 @@ fn try_main() -> Result<()> {
     let root = project_root()?;
     sh.change_dir(&root);
     match task {
-        Task::Help => {
-            print!("{}", flags::HELP);
+        Task::Help(text) => {
+            print!("{text}");
             Ok(())
         }
         Task::Test(t) => t.run(&sh),

@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use lexopt::prelude::*;
 use xshell::{cmd, Shell};
 
 pub use config::BenchConfig;
@@ -135,107 +134,58 @@ pub fn run_max(cfg: &BenchConfig, search: &MaxSearch) -> Result<BenchReport> {
     Ok(report)
 }
 
-/// Parses `name=URL` of `--query-db`.
-pub fn parse_named_url(flag: &str, raw: &str) -> Result<(String, String)> {
-    match raw.split_once('=') {
-        Some((name, url)) if !name.is_empty() && url.starts_with("postgres") => {
-            Ok((name.to_string(), url.to_string()))
-        }
-        _ => bail!("{flag} expects name=postgres://…, got `{raw}`"),
-    }
-}
-
 /// `cargo xtask bench …` as parsed from the command line.
 #[derive(Debug, Default)]
 pub struct Bench {
-    level: Option<String>,
-    write_rps: Option<f64>,
-    read_rps: Option<f64>,
-    duration: Option<f64>,
-    mix: Option<Mix>,
-    write_url: Option<String>,
-    read_url: Option<String>,
-    out: Option<PathBuf>,
-    compare: Option<PathBuf>,
-    token: Option<String>,
-    query_dbs: Vec<(String, String)>,
-    no_lag: bool,
-    max_workers: Option<usize>,
+    pub level: Option<String>,
+    pub write_rps: Option<f64>,
+    pub read_rps: Option<f64>,
+    pub duration: Option<f64>,
+    pub mix: Option<Mix>,
+    pub write_url: Option<String>,
+    pub read_url: Option<String>,
+    pub out: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
+    pub token: Option<String>,
+    pub query_dbs: Vec<(String, String)>,
+    pub no_lag: bool,
+    pub max_workers: Option<usize>,
     /// `--throughput`: the closed-loop suite instead of open-loop levels.
-    throughput: bool,
+    pub throughput: bool,
     /// `--scale N`: the read path's statements at N reports (EXPLAIN + latency).
-    scale: Option<u64>,
-}
-
-fn value<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T> {
-    let raw = p.value()?.string()?;
-    raw.parse::<T>()
-        .map_err(|_| anyhow::anyhow!("{flag} expects a number, got `{raw}`"))
+    pub scale: Option<u64>,
 }
 
 impl Bench {
-    /// Flags after `bench`.
-    pub fn parse(p: &mut lexopt::Parser) -> Result<Bench> {
-        let mut b = Bench::default();
-        while let Some(arg) = p.next()? {
-            match arg {
-                Long("level") => b.level = Some(p.value()?.string()?),
-                Long("write-rps") => b.write_rps = Some(value(p, "--write-rps")?),
-                Long("read-rps") => b.read_rps = Some(value(p, "--read-rps")?),
-                Long("duration") => b.duration = Some(value(p, "--duration")?),
-                Long("mix") => b.mix = Some(Mix::parse(&p.value()?.string()?)?),
-                Long("write-url") => b.write_url = Some(p.value()?.string()?),
-                Long("read-url") => b.read_url = Some(p.value()?.string()?),
-                Long("out") => b.out = Some(PathBuf::from(p.value()?)),
-                Long("compare") => b.compare = Some(PathBuf::from(p.value()?)),
-                Long("token") => b.token = Some(p.value()?.string()?),
-                Long("query-db") => {
-                    let raw = p.value()?.string()?;
-                    b.query_dbs.push(parse_named_url("--query-db", &raw)?);
-                }
-                Long("no-lag") => b.no_lag = true,
-                Long("max-workers") => b.max_workers = Some(value(p, "--max-workers")?),
-                Long("throughput") => b.throughput = true,
-                Long("scale") => b.scale = Some(value(p, "--scale")?),
-                _ => bail!("{}", arg.unexpected()),
-            }
-        }
-        if let Some(level) = &b.level {
+    /// What the flags' kinds cannot say alone: a valid level name, levels and explicit rates
+    /// excluding each other, `--throughput` taking only its own flags. Called by the CLI
+    /// right after parsing, before anything looks for a cluster.
+    pub fn check(&self) -> Result<()> {
+        if let Some(level) = &self.level {
             // Validates the name now, before anything looks for a cluster.
             BenchConfig::new("", "", 0.0, 0.0).level(level)?;
         }
-        if b.level.is_some() && (b.write_rps.is_some() || b.read_rps.is_some()) {
+        if self.level.is_some() && (self.write_rps.is_some() || self.read_rps.is_some()) {
             bail!("give either --level or --write-rps/--read-rps, not both");
         }
-        for (flag, v) in [("--write-rps", b.write_rps), ("--read-rps", b.read_rps)] {
-            if v.is_some_and(|v| !(0.0..=1_000_000.0).contains(&v)) {
-                bail!("{flag} must be between 0 and 1000000");
-            }
-        }
-        if b.duration.is_some_and(|d| !(d > 0.0 && d <= 86_400.0)) {
-            bail!("--duration must be between 0 and 86400 seconds");
-        }
-        if b.max_workers == Some(0) {
-            bail!("--max-workers must be at least 1");
-        }
-        if b.throughput {
-            let open_loop_only = b.level.is_some()
-                || b.write_rps.is_some()
-                || b.read_rps.is_some()
-                || b.mix.is_some()
-                || b.write_url.is_some()
-                || b.read_url.is_some()
-                || b.compare.is_some()
-                || !b.query_dbs.is_empty()
-                || b.no_lag
-                || b.max_workers.is_some();
+        if self.throughput {
+            let open_loop_only = self.level.is_some()
+                || self.write_rps.is_some()
+                || self.read_rps.is_some()
+                || self.mix.is_some()
+                || self.write_url.is_some()
+                || self.read_url.is_some()
+                || self.compare.is_some()
+                || !self.query_dbs.is_empty()
+                || self.no_lag
+                || self.max_workers.is_some();
             if open_loop_only {
                 bail!(
                     "--throughput measures the local cluster closed-loop; it takes only --duration, --out and --token"
                 );
             }
         }
-        Ok(b)
+        Ok(())
     }
 
     /// The run's configuration, with the local cluster filling what the flags leave open.

@@ -371,9 +371,12 @@ fn unreachable_endpoint_fails_fast_with_a_hint() {
 
 #[test]
 fn flags_resolve_levels_and_defaults() {
-    let parse = |s: &str| {
-        let mut p = lexopt::Parser::from_iter(std::iter::once("bench").chain(s.split_whitespace()));
-        Bench::parse(&mut p)
+    let parse = |s: &str| -> anyhow::Result<Box<Bench>> {
+        let argv = std::iter::once("bench").chain(s.split_whitespace());
+        match crate::flags::parse(argv.map(std::ffi::OsString::from))? {
+            crate::flags::Task::Bench(b) => Ok(b),
+            _ => anyhow::bail!("`bench {s}` parsed as another command"),
+        }
     };
     let local = LocalCluster::of(&Topology::default());
     let cfg = parse("").unwrap().config(Some(&local)).unwrap();

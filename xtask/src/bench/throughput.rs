@@ -894,8 +894,10 @@ Transfer/sec:     10.00MB
 
     #[test]
     fn throughput_flag_takes_only_its_own_options() {
-        let parse =
-            |args: &[&str]| super::super::Bench::parse(&mut lexopt::Parser::from_args(args));
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("bench").chain(args.iter().copied());
+            crate::flags::parse(argv.map(std::ffi::OsString::from))
+        };
         assert!(parse(&["--throughput", "--duration", "3", "--out", "x.json"]).is_ok());
         for extra in [
             ["--level", "light"],

@@ -58,7 +58,9 @@ pub fn command_env(tokens: &str) -> String {
 }
 
 /// The topology `render` uses without flags: the original deployment's 3 command instances,
-/// 3 query instances and 2 query-DB replicas.
+/// 3 query instances and 2 query-DB replicas (the defaults `crate::flags` declares; a test
+/// keeps the two equal).
+#[cfg(test)]
 pub fn default_topology() -> Topology {
     Topology::new(3, 3, 2, crate::cluster::topology::Ports::default())
 }

@@ -24,7 +24,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lexopt::prelude::*;
 use xshell::{cmd, Shell};
 
 use crate::bench::lag::Sampler;
@@ -112,39 +111,15 @@ struct Row {
     ok: bool,
 }
 
+/// `cargo xtask drill` as parsed from the command line (`crate::flags` declares the flags and
+/// the default base port).
 pub struct Drill {
-    short: bool,
-    keep: bool,
-    base_port: u16,
+    pub short: bool,
+    pub keep: bool,
+    pub base_port: u16,
 }
 
-/// Default base port: far from the default cluster (8080) so a drill never touches it.
-const DRILL_BASE_PORT: u16 = 28080;
-
 impl Drill {
-    pub fn parse(p: &mut lexopt::Parser) -> Result<Drill> {
-        let mut d = Drill {
-            short: false,
-            keep: false,
-            base_port: DRILL_BASE_PORT,
-        };
-        while let Some(arg) = p.next()? {
-            match arg {
-                Long("short") => d.short = true,
-                Long("keep") => d.keep = true,
-                Long("base-port") => {
-                    d.base_port = p
-                        .value()?
-                        .string()?
-                        .parse()
-                        .context("--base-port expects a port number")?;
-                }
-                other => return Err(other.unexpected().into()),
-            }
-        }
-        Ok(d)
-    }
-
     pub fn run(self, sh: &Shell) -> Result<()> {
         let root = sh.current_dir();
         let exe = std::env::current_exe().context("path of the xtask binary")?;

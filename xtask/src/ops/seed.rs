@@ -10,14 +10,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lexopt::prelude::*;
 use xshell::Shell;
 
 use crate::http::{Conn, Target};
 use crate::rng::Rng;
-
-/// Reports created when `seed` is given no N.
-pub const DEFAULT_COUNT: u64 = 100;
 
 /// Categories as in `shared::model::Category` (xtask does not link the service crates; a
 /// test checks the two lists agree).
@@ -165,6 +161,7 @@ pub fn report_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
     (body.to_string().into_bytes(), category)
 }
 
+/// `cargo xtask seed [N] [--write-url URL] [--token T]`.
 pub struct Seed {
     pub count: u64,
     pub write_url: Option<String>,
@@ -172,31 +169,6 @@ pub struct Seed {
 }
 
 impl Seed {
-    /// Flags after `seed`: `[N] [--write-url URL] [--token T]`.
-    pub fn parse(p: &mut lexopt::Parser) -> Result<Seed> {
-        let mut seed = Seed {
-            count: DEFAULT_COUNT,
-            write_url: None,
-            token: None,
-        };
-        let mut got_count = false;
-        while let Some(arg) = p.next()? {
-            match arg {
-                Value(v) if !got_count => {
-                    let raw = v.string()?;
-                    seed.count = raw
-                        .parse()
-                        .with_context(|| format!("seed: N must be a number, got `{raw}`"))?;
-                    got_count = true;
-                }
-                Long("write-url") => seed.write_url = Some(p.value()?.string()?),
-                Long("token") => seed.token = Some(p.value()?.string()?),
-                _ => bail!("{}", arg.unexpected()),
-            }
-        }
-        Ok(seed)
-    }
-
     pub fn run(self, sh: &Shell) -> Result<()> {
         let url = match self.write_url {
             Some(u) => u,
