@@ -5,6 +5,7 @@
 //! - `stream.rs`: entry ids and raw Redis stream replies;
 //! - `consumer.rs`: the reader thread (consumer group, DLQ, acks, trim, reclaim);
 //! - `dlq.rs`: poison entries to `report-events-dlq`;
+//! - `poison.rs`: which DB errors reject an entry's data (it is isolated and parked);
 //! - `fanout.rs`: the thread messages and the never-blocking fan-out with detach/rejoin;
 //! - `writer.rs`: one thread per query DB, one transaction per batch, catch-up from its
 //!   checkpoint with XRANGE;
@@ -23,6 +24,7 @@ pub mod dlq;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+pub mod poison;
 pub mod stream;
 pub mod writer;
 

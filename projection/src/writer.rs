@@ -11,7 +11,10 @@
 //! - the writer reports to the reader only what is committed, so the reader acks no entry
 //!   before every DB holds it;
 //! - a DB that is down at start or fails later never stops the others: this writer retries
-//!   with backoff on its own and catches up with XRANGE from its checkpoint when it returns.
+//!   with backoff on its own and catches up with XRANGE from its checkpoint when it returns;
+//! - an entry the DB refuses (`poison.rs`) is isolated by splitting the batch, retried a
+//!   bounded number of times, parked in the dead-letter stream and skipped; the rest of the
+//!   batch commits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -31,8 +34,9 @@ use crate::config::{
 };
 use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
 use crate::metrics::{DbStatus, Metrics};
-use crate::stream::{self, EntryId};
+use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
+use crate::{dlq, poison};
 
 /// Serialises writers of one query DB (a second projection, a rebuild) so that the old rows a
 /// transaction read are still the rows it overwrites. Arbitrary but fixed.
@@ -256,13 +260,95 @@ impl State {
         self.apply_up_to(entries, skipped, last)
     }
 
-    /// One transaction: rows, statistics, checkpoint (moved to `last` when that is newer).
+    /// Applies `entries` and moves the checkpoint to `last`; when the DB rejects the data
+    /// (`poison.rs`), isolates the entry at fault by splitting the batch, so every other entry
+    /// commits and only that one goes to the dead-letter stream.
     fn apply_up_to(
         &mut self,
         entries: &[&Decoded],
         skipped: i64,
         last: EntryId,
     ) -> Result<(), Error> {
+        match self.commit(entries, skipped, last) {
+            Err(e) if poison::rejection(&e).is_some() => self.isolate(entries, skipped, last, &e),
+            other => other,
+        }
+    }
+
+    /// Bisects a rejected batch (in id order, so each half's checkpoint covers exactly what
+    /// committed); a single rejected entry is retried up to [`poison::ATTEMPTS`] times, then
+    /// parked in the DLQ and skipped.
+    fn isolate(
+        &mut self,
+        entries: &[&Decoded],
+        skipped: i64,
+        last: EntryId,
+        err: &Error,
+    ) -> Result<(), Error> {
+        if entries.len() > 1 {
+            let mut sorted = entries.to_vec();
+            sorted.sort_by_key(|e| e.id);
+            let (a, b) = sorted.split_at(sorted.len() / 2);
+            let a_last = a.last().map_or(self.cp.entry_id, |e| e.id);
+            self.apply_up_to(a, 0, a_last)?;
+            return self.apply_up_to(b, skipped, last);
+        }
+        let (Some(entry), Some(mut reason)) = (entries.first(), poison::rejection(err)) else {
+            // Nothing to blame but the checkpoint itself: not an entry's fault.
+            return Err(Error::Inconsistent(format!(
+                "{}: checkpoint write rejected",
+                self.w.name
+            )));
+        };
+        for _ in 1..poison::ATTEMPTS {
+            std::thread::sleep(poison::RETRY_PAUSE);
+            match self.commit(entries, skipped, last) {
+                Ok(()) => return Ok(()),
+                Err(e) => match poison::rejection(&e) {
+                    Some(r) => reason = r,
+                    None => return Err(e),
+                },
+            }
+        }
+        let raw = RawEntry {
+            id: entry.id,
+            fields: Some(
+                entry
+                    .event
+                    .to_fields()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+                    .collect(),
+            ),
+        };
+        let redis = match self.redis.as_mut() {
+            Some(c) => c,
+            None => self
+                .redis
+                .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?),
+        };
+        match dlq::park_once(redis, &raw, &reason) {
+            Ok(true) => {
+                self.w.metrics.dlq_total.fetch_add(1, Relaxed);
+            }
+            Ok(false) => {
+                shared::info!(
+                    "writer {}: entry {} rejected here too; already in the DLQ",
+                    self.w.name,
+                    entry.id
+                );
+            }
+            Err(e) => {
+                self.redis = None;
+                return Err(e);
+            }
+        }
+        // Parked: the checkpoint moves past it like past an entry that does not decode.
+        self.commit(&[], skipped + 1, last)
+    }
+
+    /// One transaction: rows, statistics, checkpoint (moved to `last` when that is newer).
+    fn commit(&mut self, entries: &[&Decoded], skipped: i64, last: EntryId) -> Result<(), Error> {
         let mut new_cp = self.cp;
         if last > self.cp.entry_id {
             new_cp.entry_id = last;
@@ -279,8 +365,11 @@ impl State {
         };
         let applied = entries.len() as i64 + skipped;
         if let Err(e) = transact(&self.w.name, client, entries, new_cp, applied) {
-            // Rolled back; reconnect and retry from the checkpoint.
-            self.pg = None;
+            // Rolled back. A rejection leaves the connection usable; anything else may not
+            // have: reconnect and retry from the checkpoint.
+            if poison::rejection(&e).is_none() {
+                self.pg = None;
+            }
             return Err(e);
         }
         self.cp = new_cp;
