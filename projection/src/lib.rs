@@ -6,6 +6,7 @@
 //! - `consumer.rs`: the reader thread (consumer group, DLQ, acks, trim, reclaim);
 //! - `dlq.rs`: poison entries to `report-events-dlq`;
 //! - `poison.rs`: which DB errors reject an entry's data (it is isolated and parked);
+//! - `retention.rs`: the retention bound and when a query DB is stale (then rebuilt);
 //! - `fanout.rs`: the thread messages and the never-blocking fan-out with detach/rejoin;
 //! - `writer.rs`: one thread per query DB, one transaction per batch, catch-up from its
 //!   checkpoint with XRANGE;
@@ -25,6 +26,7 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod poison;
+pub mod retention;
 pub mod stream;
 pub mod writer;
 
@@ -121,6 +123,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
             name: db.name.clone(),
             url: db.url.clone(),
             redis_url: config.redis_url.clone(),
+            command_url: config.command_url.clone(),
             rx,
             reports: report_tx.clone(),
             status: Arc::clone(&status),
@@ -138,6 +141,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
         reports: report_rx,
         metrics,
         stop,
+        bound: config.bound,
     }
     .spawn()?;
     if reader.join().is_err() {

@@ -36,7 +36,7 @@ use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
 use crate::metrics::{DbStatus, Metrics};
 use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
-use crate::{dlq, poison};
+use crate::{dlq, poison, retention};
 
 /// Serialises writers of one query DB (a second projection, a rebuild) so that the old rows a
 /// transaction read are still the rows it overwrites. Arbitrary but fixed.
@@ -56,6 +56,8 @@ pub struct Writer {
     pub name: String,
     pub url: String,
     pub redis_url: String,
+    /// The command DB, to rebuild this DB from when it is stale (`None`: wait for an operator).
+    pub command_url: Option<String>,
     pub rx: Receiver<ToWriter>,
     pub reports: Sender<FromWriter>,
     pub status: Arc<DbStatus>,
@@ -79,6 +81,12 @@ struct State {
     /// An outage is logged once, not on every retry.
     outage_logged: bool,
     last_ping: Instant,
+    /// The DB carries the stale mark (we set it, or found it): cleared after rebuild + catch-up.
+    marked_stale: bool,
+    /// The stream epoch this DB's checkpoint follows (set at connect).
+    epoch: Option<String>,
+    /// "Cannot rebuild" is logged once per stale episode.
+    rebuild_logged: bool,
 }
 
 impl Writer {
@@ -95,6 +103,9 @@ impl Writer {
                     backoff: Duration::from_millis(100),
                     outage_logged: false,
                     last_ping: Instant::now(),
+                    marked_stale: false,
+                    epoch: None,
+                    rebuild_logged: false,
                 }
                 .run()
             })
@@ -114,6 +125,13 @@ impl State {
         loop {
             if self.stopping() {
                 break;
+            }
+            if self.w.status.is_stale() {
+                if let Err(e) = self.recover() {
+                    self.failed(&e);
+                }
+                self.sleep_backoff();
+                continue;
             }
             if !self.w.status.is_attached() {
                 match self.catch_up() {
@@ -176,6 +194,9 @@ impl State {
         // Live batches still queued are covered by the XRANGE below.
         while self.w.rx.try_recv().is_ok() {}
         self.ensure_pg()?;
+        if self.w.status.is_stale() {
+            return Ok(Flow::Continue); // judged at connect: the stream cannot catch it up
+        }
         let at = self.range_apply(None)?;
         if self.stopping() {
             return Ok(Flow::Stop);
@@ -197,6 +218,9 @@ impl State {
                 Ok(ToWriter::Rejoined { upto }) => {
                     self.fill_gap(upto)?;
                     self.backoff = Duration::from_millis(100);
+                    if self.marked_stale {
+                        self.clear_stale_mark()?;
+                    }
                     return Ok(Flow::Continue);
                 }
                 // Dispatched before we were detached: already covered by the XRANGE.
@@ -216,13 +240,9 @@ impl State {
             if self.stopping() {
                 return Ok(self.cp.entry_id);
             }
-            let redis = match self.redis.as_mut() {
-                Some(c) => c,
-                None => self
-                    .redis
-                    .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?),
-            };
-            let page = match stream::xrange(redis, STREAM, self.cp.entry_id, upto, CATCHUP_PAGE) {
+            let after = self.cp.entry_id;
+            let redis = self.redis()?;
+            let page = match stream::xrange(redis, STREAM, after, upto, CATCHUP_PAGE) {
                 Ok(p) => p,
                 Err(e) => {
                     self.redis = None;
@@ -321,12 +341,7 @@ impl State {
                     .collect(),
             ),
         };
-        let redis = match self.redis.as_mut() {
-            Some(c) => c,
-            None => self
-                .redis
-                .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?),
-        };
+        let redis = self.redis()?;
         match dlq::park_once(redis, &raw, &reason) {
             Ok(true) => {
                 self.w.metrics.dlq_total.fetch_add(1, Relaxed);
@@ -394,8 +409,9 @@ impl State {
             return Ok(());
         }
         self.pg = None;
+        let name = self.w.name.clone();
         let db_err = |source| Error::Db {
-            db: self.w.name.clone(),
+            db: name.clone(),
             source,
         };
         let mut config: postgres::Config = self.w.url.parse().map_err(db_err)?;
@@ -410,7 +426,38 @@ impl State {
             ));
         let mut client = config.connect(NoTls).map_err(db_err)?;
         shared::migrate::query_db(&mut client).map_err(db_err)?;
-        self.cp = checkpoint::read(&mut client).map_err(db_err)?;
+        let recorded = checkpoint::read_recorded(&mut client).map_err(db_err)?;
+        self.cp = recorded.cp;
+        self.marked_stale = recorded.stale;
+        let marks = match retention::read(self.redis()?) {
+            Ok(m) => m,
+            Err(e) => {
+                self.redis = None;
+                return Err(e);
+            }
+        };
+        match retention::judge(&recorded, &marks) {
+            Some(why) => {
+                if !recorded.stale {
+                    checkpoint::mark_stale(&mut client, true).map_err(db_err)?;
+                    self.marked_stale = true;
+                }
+                if !self.w.status.is_stale() {
+                    shared::warn!(
+                        "writer {}: read model is stale: {why}; not served until it is rebuilt \
+                         from the command DB",
+                        self.w.name
+                    );
+                }
+                self.w.status.set_stale(true);
+                self.w.status.set_attached(false);
+            }
+            None if recorded.epoch.is_none() => {
+                checkpoint::set_epoch(&mut client, &marks.epoch).map_err(db_err)?;
+            }
+            None => {}
+        }
+        self.epoch = Some(marks.epoch);
         self.pg = Some(client);
         self.w.status.up.store(true, Relaxed);
         self.w.status.position.store(self.cp.position, Relaxed);
@@ -428,6 +475,62 @@ impl State {
             db: self.w.db,
             upto: self.cp.entry_id,
         });
+        Ok(())
+    }
+
+    /// The Redis connection for XRANGE and the retention marks, opened when needed.
+    fn redis(&mut self) -> Result<&mut redis::Connection, Error> {
+        match self.redis {
+            Some(ref mut c) => Ok(c),
+            None => Ok(self
+                .redis
+                .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?)),
+        }
+    }
+
+    /// Stale (`retention.rs`): take no live batches, make sure the DB carries the mark (so no
+    /// query instance reads it), and rebuild it from the command DB when one is configured.
+    fn recover(&mut self) -> Result<(), Error> {
+        self.w.status.set_attached(false);
+        // Live batches are useless to a stale DB; catch-up after the rebuild covers them.
+        while self.w.rx.try_recv().is_ok() {}
+        self.ensure_pg()?;
+        if !self.marked_stale {
+            let name = self.w.name.clone();
+            let client = self
+                .pg
+                .as_mut()
+                .ok_or_else(|| Error::DbLost { db: name.clone() })?;
+            checkpoint::mark_stale(client, true)
+                .map_err(|source| Error::Db { db: name, source })?;
+            self.marked_stale = true;
+        }
+        if !self.rebuild_logged {
+            self.rebuild_logged = true;
+            shared::warn!(
+                "writer {}: stale; marked in the DB (not served); waiting for a rebuild \
+                 (`cargo xtask rebuild --db {}`)",
+                self.w.name,
+                self.w.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Caught up after a rebuild: the read model is current again and may be served.
+    fn clear_stale_mark(&mut self) -> Result<(), Error> {
+        let name = self.w.name.clone();
+        let client = self
+            .pg
+            .as_mut()
+            .ok_or_else(|| Error::DbLost { db: name.clone() })?;
+        checkpoint::mark_stale(client, false).map_err(|source| Error::Db { db: name, source })?;
+        self.marked_stale = false;
+        self.rebuild_logged = false;
+        shared::info!(
+            "writer {}: rebuilt and caught up; the read model is served again",
+            self.w.name
+        );
         Ok(())
     }
 

@@ -108,6 +108,19 @@ impl Metrics {
                 u8::from(s.up)
             );
         }
+        out.push_str(
+            "# HELP query_db_stale 1 while the query DB is reachable but stale (marked by the \
+             projection, or too far behind the others): never read from.\n",
+        );
+        out.push_str("# TYPE query_db_stale gauge\n");
+        for s in &dbs.states {
+            let _ = writeln!(
+                out,
+                "query_db_stale{{instance=\"{inst}\",db=\"{}\"}} {}",
+                escape(&s.name),
+                u8::from(s.stale)
+            );
+        }
         out.push_str("# HELP query_db_serving 1 for the query DB that serves reads now.\n");
         out.push_str("# TYPE query_db_serving gauge\n");
         for s in &dbs.states {
@@ -184,11 +197,13 @@ mod tests {
                     DbState {
                         name: "primary".into(),
                         up: false,
+                        stale: false,
                         serving: false,
                     },
                     DbState {
                         name: "replica1".into(),
                         up: true,
+                        stale: true,
                         serving: true,
                     },
                 ],
@@ -204,6 +219,8 @@ mod tests {
             "query_request_duration_seconds_sum{instance=\"query-1\",route=\"/reports\"} 0.003000\n",
             "query_db_serving{instance=\"query-1\",db=\"replica1\"} 1\n",
             "query_db_up{instance=\"query-1\",db=\"primary\"} 0\n",
+            "query_db_stale{instance=\"query-1\",db=\"replica1\"} 1\n",
+            "query_db_stale{instance=\"query-1\",db=\"primary\"} 0\n",
             "query_failovers_total{instance=\"query-1\"} 1\n",
             "query_checkpoint_position{instance=\"query-1\",db=\"replica1\"} 42\n",
             "query_checkpoint_age_seconds{instance=\"query-1\",db=\"replica1\"} 1.500\n",

@@ -10,4 +10,5 @@ mod crash;
 mod dlq;
 mod e2e;
 mod outage;
+mod retention;
 mod shutdown;

@@ -19,15 +19,41 @@ pub fn pg() -> &'static PgCluster {
 
 /// Starts the projection over `dbs` (`(name, url)`) and `redis`.
 pub fn start_projection(instance: &str, redis: &RedisServer, dbs: &[(&str, String)]) -> Service {
+    start_projection_with(instance, redis, dbs, &[])
+}
+
+/// [`start_projection`] with more environment (a retention bound, a command DB).
+pub fn start_projection_with(
+    instance: &str,
+    redis: &RedisServer,
+    dbs: &[(&str, String)],
+    extra: &[(&str, String)],
+) -> Service {
     let urls: Vec<String> = dbs.iter().map(|(n, u)| format!("{n}={u}")).collect();
-    Service::start(
-        env!("CARGO_BIN_EXE_projection"),
-        &[
-            ("INSTANCE_ID", instance.to_owned()),
-            ("REDIS_URL", redis.url()),
-            ("QUERY_DATABASE_URLS", urls.join(",")),
-        ],
-    )
+    let mut env = vec![
+        ("INSTANCE_ID", instance.to_owned()),
+        ("REDIS_URL", redis.url()),
+        ("QUERY_DATABASE_URLS", urls.join(",")),
+    ];
+    env.extend(extra.iter().cloned());
+    Service::start(env!("CARGO_BIN_EXE_projection"), &env)
+}
+
+/// The stale mark in a query DB's checkpoint row (false when there is no row).
+pub fn stale_mark(url: &str) -> bool {
+    postgres::Client::connect(url, postgres::NoTls)
+        .ok()
+        .and_then(|mut c| {
+            c.query_opt("SELECT stale FROM checkpoint", &[])
+                .ok()
+                .flatten()
+        })
+        .is_some_and(|r| r.get::<_, bool>(0))
+}
+
+/// XLEN of the stream.
+pub fn stream_len(conn: &mut redis::Connection) -> i64 {
+    redis::cmd("XLEN").arg(STREAM).query(conn).expect("xlen")
 }
 
 /// A tiny deterministic PRNG (xorshift64*): reproducible runs without a dependency.
