@@ -12,13 +12,18 @@
 //!   checkpoint with XRANGE;
 //! - `apply.rs`: the pure version/tombstone/statistics rules;
 //! - `checkpoint.rs`: each DB's checkpoint row, written with the data;
-//! - `metrics.rs`, `http.rs`: `/metrics` and `/health`.
+//! - `metrics.rs`, `http.rs`: `/metrics` and `/health`;
+//! - `rebuild.rs`, `check_sync.rs`: the read model's operations (rebuild a query DB from the
+//!   command DB under the writers' lock; compare every query DB with the command DB), as
+//!   library functions and, through `cli.rs`, as subcommands of the binary.
 //!
 //! **Invariant:** an entry is acked only when every query DB has committed it, and a slow or
 //! dead query DB never delays the others.
 
 pub mod apply;
+pub mod check_sync;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
@@ -26,6 +31,7 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod poison;
+pub mod rebuild;
 pub mod retention;
 pub mod stream;
 pub mod writer;
@@ -64,6 +70,9 @@ pub enum Error {
     Db { db: String, source: postgres::Error },
     /// The connection to a query DB broke while idle: its writer detaches and reconnects.
     DbLost { db: String },
+    /// The command DB failed or is unreachable during a rebuild or a sync check: that
+    /// operation stops (a rebuild rolls back, the read model stays as it was).
+    CommandDb(postgres::Error),
     /// A query DB did not hold what its writer expected (rows changed under the write lock):
     /// the transaction rolls back and the batch is retried.
     Inconsistent(String),
@@ -86,6 +95,10 @@ impl fmt::Display for Error {
             Error::Db { db, source } => match source.as_db_error() {
                 Some(d) => write!(f, "query db {db}: {} ({})", d.message(), d.code().code()),
                 None => write!(f, "query db {db}: {source}"),
+            },
+            Error::CommandDb(source) => match source.as_db_error() {
+                Some(d) => write!(f, "command db: {} ({})", d.message(), d.code().code()),
+                None => write!(f, "command db: {source}"),
             },
             Error::DbLost { db } => write!(f, "query db {db}: connection lost"),
             Error::Inconsistent(why) => write!(f, "inconsistent read model: {why}"),

@@ -76,7 +76,7 @@ pub enum Task {
     Drill(crate::drill::Drill),
     Bench(Box<crate::bench::Bench>),
     Seed(crate::seed::Seed),
-    CheckSync(crate::check_sync::CheckSync),
+    CheckSync(crate::rebuild::CheckSync),
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
@@ -162,8 +162,45 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Task> {
         }
         "bench" => Task::Bench(Box::new(crate::bench::Bench::parse(&mut p)?)),
         "seed" => Task::Seed(crate::seed::Seed::parse(&mut p)?),
-        "check-sync" => Task::CheckSync(crate::check_sync::CheckSync::parse(&mut p)?),
-        "rebuild" => Task::Rebuild(crate::rebuild::Rebuild::parse(&mut p)?),
+        "check-sync" => {
+            let mut c = crate::rebuild::CheckSync {
+                command_db: None,
+                query_dbs: Vec::new(),
+                wait: None,
+            };
+            while let Some(arg) = p.next()? {
+                match arg {
+                    Long("command-db") => c.command_db = Some(p.value()?.string()?),
+                    Long("query-db") => {
+                        let raw = p.value()?.string()?;
+                        c.query_dbs
+                            .push(crate::bench::parse_named_url("--query-db", &raw)?);
+                    }
+                    Long("wait") => {
+                        let secs: f64 = number(&mut p, "--wait")?;
+                        if !(0.0..=3600.0).contains(&secs) {
+                            bail!("--wait expects seconds (0..3600), got `{secs}`");
+                        }
+                        c.wait = Some(std::time::Duration::from_secs_f64(secs));
+                    }
+                    _ => bail!("{}", arg.unexpected()),
+                }
+            }
+            Task::CheckSync(c)
+        }
+        "rebuild" => {
+            let mut db = None;
+            while let Some(arg) = p.next()? {
+                match arg {
+                    Long("db") => db = Some(p.value()?.string()?),
+                    Value(v) if db.is_none() => db = Some(v.string()?),
+                    _ => bail!("{}", arg.unexpected()),
+                }
+            }
+            let db =
+                db.context("`rebuild` needs --db NAME (query-db-primary, query-db-replicaK)")?;
+            Task::Rebuild(crate::rebuild::Rebuild { db })
+        }
         "drill" => Task::Drill(crate::drill::Drill::parse(&mut p)?),
         "images" => {
             no_more(&mut p)?;

@@ -6,25 +6,19 @@
 //! non-zero exit code; nothing here panics on user input.
 
 mod bench;
-mod check_sync;
 mod cluster;
-mod docker;
+mod deploy;
 mod drill;
 mod flags;
-mod health;
-mod logs;
+mod http;
 mod ops;
-mod packages;
-mod rebuild;
-mod render;
-#[cfg(test)]
-mod render_tests;
-mod seed;
-mod status;
-mod supervise;
 mod test;
-mod topology;
-mod up;
+
+// Old paths of the moved modules, until their users are updated.
+use cluster::{health, logs, packages, status, supervise, topology, up};
+use deploy::{docker, render};
+use ops::read_model as rebuild;
+use ops::seed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -5,10 +5,12 @@
 
 mod support;
 
+mod check_sync;
 mod converge;
 mod crash;
 mod dlq;
 mod e2e;
 mod outage;
+mod rebuild;
 mod retention;
 mod shutdown;

@@ -9,7 +9,7 @@
 //! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up). [`run`] is the library entry point: tests and other tasks call it with a
 //! [`BenchConfig`] and get a [`BenchReport`] back.
 
-pub mod client;
+pub(crate) use crate::http as client;
 mod engine;
 mod lag;
 pub mod report;
@@ -219,28 +219,19 @@ pub fn run_max(cfg: &BenchConfig, search: &MaxSearch) -> Result<BenchReport> {
 pub struct LocalCluster {
     pub write_url: String,
     pub read_url: String,
-    pub command_db: String,
     /// Every query DB by its service name, reached directly (not through PgBouncer).
     pub query_dbs: Vec<(String, String)>,
 }
 
 impl LocalCluster {
     pub fn discover(sh: &Shell) -> LocalCluster {
-        let topo = match crate::cluster::Layout::new(sh).read_state() {
-            Ok(state) => state.topology,
-            Err(err) => {
-                eprintln!("note: {err:#}; assuming the default local ports");
-                Topology::default()
-            }
-        };
-        LocalCluster::of(&topo)
+        LocalCluster::of(&crate::cluster::Layout::new(sh).topology_or_default())
     }
 
     pub fn of(topo: &Topology) -> LocalCluster {
         LocalCluster {
             write_url: format!("http://127.0.0.1:{}", topo.ports.write),
             read_url: format!("http://127.0.0.1:{}", topo.ports.read),
-            command_db: topo.command_db_url(Where::Local),
             query_dbs: topo
                 .query_db_names()
                 .into_iter()

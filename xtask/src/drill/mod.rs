@@ -25,6 +25,7 @@ use xshell::{cmd, Shell};
 use crate::bench::LocalCluster;
 use crate::cluster::{State, STATE_DIR_ENV};
 use crate::health;
+use crate::rebuild::ProjectionEnv;
 use load::Load;
 use verify::Verdict;
 
@@ -196,8 +197,8 @@ impl Drill {
             let verdict: Verdict = verify::verify(
                 &ledger,
                 &tag,
-                &local.command_db,
-                &local.query_dbs,
+                &cluster.bins.join("projection"),
+                &ProjectionEnv::of(&state.topology),
                 Duration::from_secs(60),
             )?;
             for p in &verdict.problems {

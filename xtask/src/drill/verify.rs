@@ -3,13 +3,14 @@
 //! about; are the statistics exact?
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use postgres::{Client, NoTls};
 
 use super::load::Ledger;
-use crate::check_sync;
+use crate::rebuild::ProjectionEnv;
 
 /// What the verifier found for one fault.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -36,10 +37,11 @@ impl Verdict {
 pub fn verify(
     ledger: &Ledger,
     tag: &str,
-    command_db: &str,
-    query_dbs: &[(String, String)],
+    projection: &Path,
+    dbs: &ProjectionEnv,
     converge: Duration,
 ) -> Result<Verdict> {
+    let command_db = dbs.command_db.as_str();
     let mut v = Verdict::default();
     let mut client = Client::connect(command_db, NoTls)
         .with_context(|| format!("connect to command-db at {command_db}"))?;
@@ -96,9 +98,8 @@ pub fn verify(
     // The query DBs: identical to the command DB, statistics exact.
     let deadline = Instant::now() + converge;
     loop {
-        let diffs = check_sync::check_urls(command_db, query_dbs);
-        let failing: Vec<check_sync::DbDiff> = match diffs {
-            Ok(d) => d.into_iter().filter(|d| !d.in_sync()).collect(),
+        let failing = match check_sync(projection, dbs) {
+            Ok(failing) => failing,
             Err(e) if Instant::now() < deadline => {
                 v.problems.push(format!("check-sync: {e:#}"));
                 Vec::new()
@@ -109,9 +110,9 @@ pub fn verify(
             break;
         }
         if Instant::now() >= deadline {
-            for d in failing {
-                v.problems.push(d.render());
-                v.not_converged.push(d.db);
+            for (db, text) in failing {
+                v.problems.push(text);
+                v.not_converged.push(db);
             }
             break;
         }
@@ -119,4 +120,67 @@ pub fn verify(
     }
     v.problems.truncate(10);
     Ok(v)
+}
+
+/// One `projection check-sync --wait 0`: the query DBs that differ, each with its rendered
+/// differences; an error when the check itself failed (a DB unreachable, say).
+fn check_sync(projection: &Path, dbs: &ProjectionEnv) -> Result<Vec<(String, String)>> {
+    let out = std::process::Command::new(projection)
+        .args(["check-sync", "--wait", "0"])
+        .env("COMMAND_DATABASE_URL", &dbs.command_db)
+        .env("QUERY_DATABASE_URLS", dbs.query_database_urls())
+        .output()
+        .with_context(|| format!("run {} check-sync", projection.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => Ok(Vec::new()),
+        Some(1) => Ok(failing_dbs(&stdout)),
+        _ => bail!(
+            "{}",
+            String::from_utf8_lossy(&out.stderr).trim_end().to_owned()
+        ),
+    }
+}
+
+/// The DBs `check-sync` printed as differing: a block per DB, its first line `NAME: in sync`
+/// or `NAME: N difference(s)`, the differences indented under it.
+fn failing_dbs(stdout: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in stdout.lines() {
+        match blocks.last_mut() {
+            Some((_, text)) if line.starts_with(' ') => {
+                text.push('\n');
+                text.push_str(line);
+            }
+            _ => {
+                let db = line.split_once(": ").map_or(line, |(db, _)| db);
+                blocks.push((db.to_owned(), line.to_owned()));
+            }
+        }
+    }
+    blocks.retain(|(_, text)| !text.ends_with(": in sync"));
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(stdout: &str, expect: &[(&str, &str)]) {
+        let got = failing_dbs(stdout);
+        let got: Vec<(&str, &str)> = got.iter().map(|(d, t)| (d.as_str(), t.as_str())).collect();
+        assert_eq!(got, expect, "{stdout}");
+    }
+
+    #[test]
+    fn reads_the_failing_dbs_of_check_sync() {
+        check("query-db-primary: in sync\n", &[]);
+        check(
+            "query-db-primary: in sync\nquery-db-replica1: 2 difference(s)\n  a\n  b\n",
+            &[(
+                "query-db-replica1",
+                "query-db-replica1: 2 difference(s)\n  a\n  b",
+            )],
+        );
+    }
 }

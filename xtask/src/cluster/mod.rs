@@ -13,6 +13,15 @@
 //! under `/root`, say): then it is `/var/tmp/laporan-warga-cluster-<hash of the root>`, the
 //! same for every command run from that checkout.
 
+pub mod health;
+pub mod logs;
+pub mod ops;
+pub mod packages;
+pub mod status;
+pub mod supervise;
+pub mod topology;
+pub mod up;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -98,6 +107,18 @@ impl Layout {
     }
 
     /// The running supervisor's state, or an error saying the cluster is not up.
+    /// The local cluster's topology from its state file, or the default one (saying so) when
+    /// there is none: commands that only need addresses work against default ports too.
+    pub fn topology_or_default(&self) -> Topology {
+        match self.read_state() {
+            Ok(state) => state.topology,
+            Err(err) => {
+                eprintln!("note: {err:#}; assuming the default local ports");
+                Topology::default()
+            }
+        }
+    }
+
     pub fn running_state(&self) -> Result<State> {
         let state = self.read_state()?;
         if !state.supervisor_pid.is_some_and(alive) {

@@ -386,6 +386,9 @@ impl Topology {
                 env.push(("QUERY_DATABASE_URLS", self.query_urls_for(k, target)));
             }
             Kind::Projection => {
+                // Its operator subcommands (`projection rebuild`, `check-sync`) read the
+                // command DB, so every deployment can run them in the projection's container.
+                env.push(("COMMAND_DATABASE_URL", self.command_db_url(target)));
                 env.push(("REDIS_URL", self.redis_url(target)));
                 env.push(("QUERY_DATABASE_URLS", self.projection_urls(target)));
             }
