@@ -34,9 +34,11 @@ use crate::config::{
 };
 use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
 use crate::metrics::{DbStatus, Metrics};
+use crate::rebuild::{self, RebuildConfig};
 use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
 use crate::{dlq, poison, retention};
+use shared::config::NamedDb;
 
 /// Serialises writers of one query DB (a second projection, a rebuild) so that the old rows a
 /// transaction read are still the rows it overwrites. Arbitrary but fixed.
@@ -505,15 +507,96 @@ impl State {
                 .map_err(|source| Error::Db { db: name, source })?;
             self.marked_stale = true;
         }
-        if !self.rebuild_logged {
-            self.rebuild_logged = true;
-            shared::warn!(
-                "writer {}: stale; marked in the DB (not served); waiting for a rebuild \
-                 (`cargo xtask rebuild --db {}`)",
-                self.w.name,
-                self.w.name
-            );
-        }
+        let Some(command_url) = self.w.command_url.clone() else {
+            if !self.rebuild_logged {
+                self.rebuild_logged = true;
+                shared::warn!(
+                    "writer {}: stale; marked in the DB (not served); no COMMAND_DATABASE_URL \
+                     to rebuild it from: waiting for `cargo xtask rebuild --db {}`",
+                    self.w.name,
+                    self.w.name
+                );
+            }
+            return Ok(());
+        };
+        self.rebuild(command_url)
+    }
+
+    /// Rebuilds the stale DB from the command DB while events keep flowing, then hands it to
+    /// the catch-up path. Correct because of the order:
+    /// 1. read the stream's last generated id `L` (and its epoch) FIRST;
+    /// 2. rebuild from a command-DB snapshot taken after that (`rebuild.rs`): every event
+    ///    committed before the snapshot is in the rebuilt rows, and every event committed after
+    ///    it is published after it, so with an id above `L`;
+    /// 3. set the checkpoint to `L` (the stale mark stays): catch-up applies everything after
+    ///    `L` from the stream — events already in the snapshot are no-ops (version rules);
+    /// 4. the mark is cleared only when the writer has caught up and rejoined the fan-out.
+    ///
+    /// If the stream was trimmed past `L` meanwhile (a rebuild longer than the bound), the next
+    /// connect judges the DB stale again and it is rebuilt again.
+    fn rebuild(&mut self, command_url: String) -> Result<(), Error> {
+        let redis = self.redis()?;
+        let (marks, upto) = match retention::read(redis)
+            .and_then(|m| Ok((m, stream::last_generated_id(redis, STREAM)?)))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.redis = None;
+                return Err(e);
+            }
+        };
+        shared::info!(
+            "writer {}: rebuilding from the command DB (stream at {upto}); reads stay on the \
+             other DBs",
+            self.w.name
+        );
+        let started = Instant::now();
+        let report = rebuild::rebuild(&RebuildConfig {
+            command_url,
+            target: NamedDb {
+                name: self.w.name.clone(),
+                url: self.w.url.clone(),
+            },
+        })?;
+        let cp = Checkpoint {
+            entry_id: upto,
+            position: report.snapshot_position,
+        };
+        self.ensure_pg()?;
+        let name = self.w.name.clone();
+        let client = self
+            .pg
+            .as_mut()
+            .ok_or_else(|| Error::DbLost { db: name.clone() })?;
+        checkpoint::restart_at(client, cp, &marks.epoch).map_err(|source| Error::Db {
+            db: name.clone(),
+            source,
+        })?;
+        self.cp = cp;
+        self.marked_stale = true;
+        self.epoch = Some(marks.epoch);
+        let took = started.elapsed();
+        let st = &self.w.status;
+        st.position.store(cp.position, Relaxed);
+        st.rebuilds_total.fetch_add(1, Relaxed);
+        st.last_rebuild_ms
+            .store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Relaxed);
+        shared::info!(
+            "writer {name}: rebuilt in {:.2} s ({} live reports, {} tombstones, snapshot at \
+             position {}); catching up from {upto}",
+            took.as_secs_f64(),
+            report.live,
+            report.tombstones,
+            report.snapshot_position
+        );
+        let _ = self.w.reports.send(FromWriter::Applied {
+            db: self.w.db,
+            upto,
+        });
+        // Detached and no longer stale: the run loop catches up and rejoins; the mark in the
+        // DB goes when that is done.
+        self.backoff = Duration::from_millis(100);
+        st.set_stale(false);
         Ok(())
     }
 

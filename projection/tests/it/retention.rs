@@ -128,3 +128,88 @@ fn a_restored_backup_older_than_the_stream_is_stale_at_connect() {
     publish(&mut conn, &cmd.batch(10));
     wait_converged(&primary, &cmd.expected(), Duration::from_secs(20));
 }
+
+#[test]
+fn a_stale_db_is_rebuilt_by_the_projection_and_rejoins_while_events_flow() {
+    // Given two query DBs, a command DB, and a projection with a 100-entry bound that knows
+    // the command DB
+    let clusters: Vec<PgCluster> = (0..2).map(|_| PgCluster::start()).collect();
+    let dbs: Vec<(&str, String)> = ["primary", "replica"]
+        .iter()
+        .zip(&clusters)
+        .map(|(n, c)| (*n, c.create_db("reports_read")))
+        .collect();
+    let command_url = pg().create_db("rebuild_command");
+    let mut command = postgres::Client::connect(&command_url, postgres::NoTls).expect("connect");
+    shared::migrate::command_db(&mut command).expect("command schema");
+    let redis = RedisServer::start();
+    let mut conn = redis.connection().expect("redis");
+    let projection = start_projection_with(
+        "projection",
+        &redis,
+        &dbs,
+        &[
+            ("STREAM_MAX_ENTRIES", BOUND.to_string()),
+            ("COMMAND_DATABASE_URL", command_url.clone()),
+        ],
+    );
+    let mut cmd = CommandSide::new(33);
+    let mut write = |cmd: &mut CommandSide, conn: &mut redis::Connection, n: usize| {
+        let events = cmd.batch(n);
+        cmd.write_command_db(&mut command);
+        publish(conn, &events);
+    };
+    write(&mut cmd, &mut conn, 50);
+    for (_, url) in &dbs {
+        wait_converged(url, &cmd.expected(), Duration::from_secs(20));
+    }
+
+    // When the replica is away while ten times the bound flows, and comes back while events
+    // keep flowing
+    clusters[1].stop();
+    wait_until("replica reported down", Duration::from_secs(10), || {
+        metric(projection.port, "projection_db_up", Some("replica")) == Some(0.0)
+    });
+    for _ in 0..10 {
+        write(&mut cmd, &mut conn, BOUND);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until("replica stale", Duration::from_secs(10), || {
+        metric(projection.port, "projection_db_stale", Some("replica")) == Some(1.0)
+    });
+    wait_until("stream trimmed", Duration::from_secs(15), || {
+        stream_len(&mut conn) < BOUND as i64
+    });
+    clusters[1].start_again();
+    for _ in 0..10 {
+        write(&mut cmd, &mut conn, 20);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Then the projection rebuilds it from the command DB by itself, catches it up and lets it
+    // rejoin: it holds the full read model, the stale mark is gone, and it stays current
+    wait_until("replica rebuilt", Duration::from_secs(30), || {
+        metric(
+            projection.port,
+            "projection_rebuilds_total",
+            Some("replica"),
+        ) >= Some(1.0)
+    });
+    wait_converged(&dbs[1].1, &cmd.expected(), Duration::from_secs(30));
+    wait_until("stale mark cleared", Duration::from_secs(15), || {
+        !stale_mark(&dbs[1].1)
+            && metric(projection.port, "projection_db_stale", Some("replica")) == Some(0.0)
+    });
+    write(&mut cmd, &mut conn, 30);
+    for (_, url) in &dbs {
+        wait_converged(url, &cmd.expected(), Duration::from_secs(20));
+    }
+    assert_eq!(
+        metric(
+            projection.port,
+            "projection_rebuilds_total",
+            Some("primary")
+        ),
+        Some(0.0)
+    );
+}

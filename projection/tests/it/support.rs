@@ -173,6 +173,51 @@ impl CommandSide {
         out
     }
 
+    /// Makes `client`'s command DB hold exactly this command side: every report's current row
+    /// and every event of the log at its position (what the command service commits before
+    /// the relay publishes). Call it before publishing the events it added.
+    pub fn write_command_db(&self, client: &mut postgres::Client) {
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute("DELETE FROM event_log; DELETE FROM reports;")
+            .expect("clear");
+        for (r, deleted) in &self.reports {
+            let deleted_at = deleted.then_some(r.updated_at);
+            tx.execute(
+                "INSERT INTO reports (id, title, description, category, status, version, \
+                 created_at, updated_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &r.id,
+                    &r.title,
+                    &r.description,
+                    &r.category.as_str(),
+                    &r.status.as_str(),
+                    &r.version,
+                    &r.created_at,
+                    &r.updated_at,
+                    &deleted_at,
+                ],
+            )
+            .expect("insert report");
+        }
+        for e in &self.log {
+            tx.execute(
+                "INSERT INTO event_log (position, event_id, event_type, report_id, version, \
+                 payload, created_at, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                &[
+                    &e.position,
+                    &e.event_id,
+                    &e.event_type.as_str(),
+                    &e.report_id,
+                    &e.version,
+                    &e.payload,
+                    &e.timestamp,
+                ],
+            )
+            .expect("insert event");
+        }
+        tx.commit().expect("commit");
+    }
+
     /// The read model every query DB must hold.
     pub fn expected(&self) -> Vec<RowView> {
         let mut rows: Vec<RowView> = self
