@@ -313,7 +313,8 @@ impl Dbs {
     fn judge_stale(&self) {
         let now = self.now_ms();
         let best = (0..self.dbs.len())
-            .filter(|&i| self.is_up(i, now) && !self.dbs[i].marked_stale.load(Ordering::Acquire))
+            // Marked DBs count too: any position a DB holds is one the events reached.
+            .filter(|&i| self.is_up(i, now))
             .map(|i| self.dbs[i].position.load(Ordering::Acquire))
             .max()
             .unwrap_or(0);

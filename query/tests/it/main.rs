@@ -10,5 +10,6 @@ mod listing;
 mod min_version;
 mod pgbouncer;
 mod read_your_writes;
+mod stale;
 mod statistics;
 mod support;
