@@ -18,7 +18,8 @@
 //! the DB alone, so a restored backup (which carries its old "not stale" state) is refused
 //! even before the projection has looked at it and marked it; the mark covers the rest (a
 //! backup less far behind, a DB behind a stream Redis lost). A stale read model is never
-//! served: with every reachable DB stale, a request gets 503.
+//! served: with every reachable DB stale, a request gets 503. A DB that comes back is passed
+//! over for [`REJOIN_GRACE`] while another can serve, so the projection has judged it first.
 //!
 //! Invariant: nothing in this module yields a may coroutine while a pooled connection is
 //! held, so a worker holds at most one connection and a pool of one connection per worker
@@ -48,6 +49,12 @@ pub const STALE_AFTER: Duration = Duration::from_millis(1500);
 /// bound in entries (`STREAM_MAX_ENTRIES`): a DB further behind than the stream keeps cannot
 /// be caught up from it and is being rebuilt.
 pub const STALE_BEHIND_POSITIONS: i64 = 200_000;
+
+/// A DB that comes back (or appears) is not read for this long while another DB can serve: the
+/// time the projection needs to reconnect to it (its backoff tops out at 2 s) and judge it, so
+/// a restored backup less far behind than [`STALE_BEHIND_POSITIONS`] is marked stale before
+/// any read reaches it. Reads return to a preferred DB that merely restarted this much later.
+pub const REJOIN_GRACE: Duration = Duration::from_secs(5);
 
 /// The checkpoint table's stream name (`shared::event::STREAM`), inlined into the probe query.
 const CHECKPOINT_QUERY: &str =
@@ -80,6 +87,8 @@ pub struct Db {
     position: AtomicI64,
     /// Marked, or too far behind the best reachable DB: not chosen.
     stale: AtomicBool,
+    /// Milliseconds since [`Dbs::epoch`] when the probe last saw it come up.
+    up_since_ms: AtomicU64,
 }
 
 impl Db {
@@ -157,6 +166,7 @@ impl Dbs {
                     marked_stale: AtomicBool::new(false),
                     position: AtomicI64::new(0),
                     stale: AtomicBool::new(false),
+                    up_since_ms: AtomicU64::new(0),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -181,9 +191,19 @@ impl Dbs {
                 <= STALE_AFTER.as_millis() as u64
     }
 
-    /// Up and not stale: may serve reads.
-    fn serves(&self, i: usize, now_ms: u64) -> bool {
-        self.is_up(i, now_ms) && !self.dbs[i].stale.load(Ordering::Acquire)
+    /// Up and not stale (and, with `settled`, up for [`REJOIN_GRACE`]): may serve reads.
+    fn serves(&self, i: usize, now_ms: u64, settled: bool) -> bool {
+        let db = &self.dbs[i];
+        self.is_up(i, now_ms)
+            && !db.stale.load(Ordering::Acquire)
+            && (!settled
+                || now_ms.saturating_sub(db.up_since_ms.load(Ordering::Acquire))
+                    >= REJOIN_GRACE.as_millis() as u64)
+    }
+
+    /// Whether some DB has served its grace: then DBs still in theirs are passed over.
+    fn any_settled(&self, now_ms: u64) -> bool {
+        (0..self.dbs.len()).any(|i| self.serves(i, now_ms, true))
     }
 
     /// Runs `f` with a connection of the first DB that is up, failing over to the next on an
@@ -195,10 +215,11 @@ impl Dbs {
         mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<(T, &Db), StoreError> {
         let now = self.now_ms();
-        let any_up = (0..self.dbs.len()).any(|i| self.serves(i, now));
+        let settled = self.any_settled(now);
+        let any_up = (0..self.dbs.len()).any(|i| self.serves(i, now, settled));
         let mut failures = Vec::new();
         for (i, db) in self.dbs.iter().enumerate() {
-            if any_up && !self.serves(i, now) {
+            if any_up && !self.serves(i, now, settled) {
                 continue;
             }
             if !any_up && (i > 0 || db.stale.load(Ordering::Acquire)) {
@@ -259,7 +280,8 @@ impl Dbs {
     /// Sets `serving` to the first DB that is up (unchanged when none is).
     fn recompute_serving(&self) {
         let now = self.now_ms();
-        if let Some(i) = (0..self.dbs.len()).find(|&i| self.serves(i, now)) {
+        let settled = self.any_settled(now);
+        if let Some(i) = (0..self.dbs.len()).find(|&i| self.serves(i, now, settled)) {
             self.note_serving(i);
         }
     }
@@ -289,6 +311,7 @@ impl Dbs {
                 db.position.store(progress.position, Ordering::Release);
                 db.last_ok_ms.store(self.now_ms(), Ordering::Release);
                 if !db.up.load(Ordering::Acquire) {
+                    db.up_since_ms.store(self.now_ms(), Ordering::Release);
                     if db.probes.load(Ordering::Acquire) > 0 {
                         db.rebuild_pool();
                         shared::info!("query db {} is reachable again", db.name);
