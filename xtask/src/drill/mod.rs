@@ -3,7 +3,9 @@
 //! at the `medium` level (20 writes/s + 80 reads/s through nginx), and injects one fault at a
 //! time: SIGKILL of a command instance, a query instance, the projection, a query replica,
 //! Redis (AOF) and the command DB; SIGSTOP/SIGCONT of a replica (hung, not dead); a PgBouncer
-//! restart. After each it checks that every acknowledged write is in the command DB with its
+//! restart; then the retention drills of `retention.rs` (a long replica outage with a bounded
+//! backlog, a replica restored from an old copy, a poison entry that decodes). After each it
+//! checks that every acknowledged write is in the command DB with its
 //! last version and in every query DB (check-sync, statistics included), that nothing exists
 //! that nobody was told about, and how long the system took to serve again — without any
 //! manual step. Prints a table, writes JSON to `target/drill/`, exits non-zero on any loss.
@@ -11,6 +13,7 @@
 //! `--short` (what `cargo xtask test` runs) uses the debug binaries and shorter phases.
 
 mod load;
+mod retention;
 mod verify;
 
 use std::os::unix::fs::PermissionsExt;
@@ -36,9 +39,15 @@ enum Fault {
     KillPostgres(&'static str),
     Hang(&'static str),
     Restart(&'static str),
+    /// `query-db-replica1` away while far more than the retention bound flows (`retention.rs`).
+    LongOutage,
+    /// `query-db-replica1` restored from an old copy of its data directory.
+    RestoredOld,
+    /// An entry that decodes but that every query DB refuses.
+    Poison,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 11] = [
     Fault::Kill("command-1"),
     Fault::Kill("query-1"),
     Fault::Kill("projection"),
@@ -47,12 +56,17 @@ const FAULTS: [Fault; 8] = [
     Fault::KillPostgres("command-db"),
     Fault::Hang("query-db-replica1"),
     Fault::Restart("pgbouncer"),
+    Fault::LongOutage,
+    Fault::RestoredOld,
+    Fault::Poison,
 ];
 
 impl Fault {
     fn service(self) -> &'static str {
         match self {
             Fault::Kill(s) | Fault::KillPostgres(s) | Fault::Hang(s) | Fault::Restart(s) => s,
+            Fault::LongOutage | Fault::RestoredOld => "query-db-replica1",
+            Fault::Poison => "projection",
         }
     }
 
@@ -61,6 +75,9 @@ impl Fault {
             Fault::Kill(s) | Fault::KillPostgres(s) => format!("SIGKILL {s}"),
             Fault::Hang(s) => format!("SIGSTOP/SIGCONT {s}"),
             Fault::Restart(s) => format!("restart {s}"),
+            Fault::LongOutage => "long outage of query-db-replica1 (bounded backlog)".into(),
+            Fault::RestoredOld => "query-db-replica1 restored from an old copy".into(),
+            Fault::Poison => "poison entry that decodes".into(),
         }
     }
 }
@@ -80,6 +97,8 @@ struct Row {
     converged: bool,
     problems: Vec<String>,
     ok: bool,
+    /// Fault-specific measurements (Redis memory, time to rebuild/rejoin …), when any.
+    figures: String,
 }
 
 pub struct Drill {
@@ -137,6 +156,8 @@ impl Drill {
             root: root.clone(),
             state_dir: state_dir.clone(),
             bins,
+            short: self.short,
+            figures: std::cell::RefCell::new(String::new()),
         };
         cluster.xtask(&["down", "--volumes"]).ok();
         let base = self.base_port.to_string();
@@ -185,6 +206,7 @@ impl Drill {
             std::thread::sleep(pre);
             let injected_at = load.now_ms();
             let injected = Instant::now();
+            cluster.figures.borrow_mut().clear();
             cluster.inject(fault)?;
             let recovered_at = cluster.wait_recovered(fault, &load, injected_at)?;
             let recovery_ms = recovered_at.saturating_sub(injected_at);
@@ -223,6 +245,7 @@ impl Drill {
                 converged: verdict.not_converged.is_empty(),
                 problems: verdict.problems.clone(),
                 ok,
+                figures: cluster.figures.borrow().clone(),
             });
         }
         print_table(&rows);
@@ -260,6 +283,9 @@ fn print_table(rows: &[Row]) {
             if r.converged { "yes" } else { "NO" }
         );
     }
+    for r in rows.iter().filter(|r| !r.figures.is_empty()) {
+        println!("- {}: {}", r.fault, r.figures);
+    }
 }
 
 /// The drill's own cluster, driven through the xtask binary with its own state dir.
@@ -268,6 +294,9 @@ struct DrillCluster {
     root: PathBuf,
     state_dir: PathBuf,
     bins: PathBuf,
+    short: bool,
+    /// What the last fault measured, for its row.
+    figures: std::cell::RefCell<String>,
 }
 
 impl DrillCluster {
@@ -276,7 +305,13 @@ impl DrillCluster {
         c.args(args)
             .current_dir(&self.root)
             .env(STATE_DIR_ENV, &self.state_dir)
-            .env("XTASK_BIN_DIR", &self.bins);
+            .env("XTASK_BIN_DIR", &self.bins)
+            // Inherited by the projection through `up` and its supervisor: the retention bound
+            // the retention drills outgrow.
+            .env(
+                "STREAM_MAX_ENTRIES",
+                retention::bound(self.short).to_string(),
+            );
         c
     }
 
@@ -331,6 +366,25 @@ impl DrillCluster {
                 cmd!(sh, "kill -CONT {pid}").quiet().run()?;
             }
             Fault::Restart(service) => self.xtask(&["restart", service])?,
+            Fault::LongOutage | Fault::RestoredOld | Fault::Poison => {
+                let state = self.state()?;
+                let local = LocalCluster::of(&state.topology);
+                let xtask = |args: &[&str]| self.xtask(args);
+                let ctx = retention::Ctx {
+                    state: &state,
+                    state_dir: &self.state_dir,
+                    write_url: &local.write_url,
+                    short: self.short,
+                    xtask: &xtask,
+                };
+                let figures = match fault {
+                    Fault::LongOutage => retention::long_outage(&ctx)?,
+                    Fault::RestoredOld => retention::restored_old(&ctx)?,
+                    _ => retention::poison(&ctx)?,
+                };
+                println!("{figures}");
+                *self.figures.borrow_mut() = figures;
+            }
         }
         Ok(())
     }
