@@ -120,3 +120,25 @@ CREATE TABLE IF NOT EXISTS report_history (
     payload    text        NOT NULL,
     PRIMARY KEY (report_id, version)
 );
+
+-- Bounded retention (SPEC §7.4). `stale`: the projection found this read model missing events
+-- the stream no longer holds (it fell beyond the retention bound, or it is a restored backup, a
+-- new DB, or it followed a stream Redis has since lost); query instances do not read a stale
+-- DB, and the projection clears the mark only after rebuilding it from the command DB and
+-- catching up. `stream_epoch`: the identity of the stream this checkpoint refers to (a random
+-- id kept in Redis next to the stream), so a checkpoint from before a Redis data loss is
+-- recognised. Added only when missing: ALTER TABLE would lock the table on every start-up.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'checkpoint'
+                     AND column_name = 'stale') THEN
+        ALTER TABLE checkpoint ADD COLUMN stale boolean NOT NULL DEFAULT false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'checkpoint'
+                     AND column_name = 'stream_epoch') THEN
+        ALTER TABLE checkpoint ADD COLUMN stream_epoch text;
+    END IF;
+END
+$$;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use shared::config::{self, ConfigError, NamedDb};
 
+use crate::retention::Bound;
+
 pub const INSTANCE_ID: &str = "INSTANCE_ID";
 pub const INSTANCE_ID_DEFAULT: &str = "projection";
 /// The small HTTP port: /health and /metrics only.
@@ -19,6 +21,22 @@ pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/";
 pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
 pub const QUERY_DATABASE_URLS_DEFAULT: &str =
     "query-db-primary=postgres://postgres@127.0.0.1:5441/reports_read";
+
+/// The command DB, source of the automatic rebuild of a stale query DB (SPEC §7.4). Unset: a
+/// stale DB stays marked (never served) until `cargo xtask rebuild` or a restart with it set.
+pub const COMMAND_DATABASE_URL: &str = "COMMAND_DATABASE_URL";
+/// Most stream entries kept for a lagging query DB; one further behind is stale and rebuilt.
+pub const STREAM_MAX_ENTRIES: &str = "STREAM_MAX_ENTRIES";
+/// 200 000 entries of ~0.5–1 KB are ~100–200 MB of Redis memory, which a small Redis holds
+/// next to everything else; at the ~2 000 writes/s this deployment sustains that is more than
+/// a minute and a half of a DB outage at full load, and hours at ordinary load.
+pub const STREAM_MAX_ENTRIES_DEFAULT: usize = 200_000;
+/// Oldest unapplied entry (seconds) kept for a lagging query DB; one older is stale and rebuilt.
+pub const STREAM_MAX_AGE_SECS: &str = "STREAM_MAX_AGE_SECS";
+/// Six hours: a DB down for a maintenance window catches up from the stream; one down longer
+/// is cheaper to rebuild from the command DB than to replay, and the stream does not keep a
+/// day of history for it.
+pub const STREAM_MAX_AGE_SECS_DEFAULT: u64 = 6 * 3600;
 
 /// Entries per XREADGROUP. Large enough that one round trip carries a burst of writes, small
 /// enough that one batch is a short transaction on every DB.
@@ -64,6 +82,8 @@ pub struct Config {
     pub port: u16,
     pub redis_url: String,
     pub query_dbs: Vec<NamedDb>,
+    pub command_url: Option<String>,
+    pub bound: Bound,
 }
 
 impl Config {
@@ -73,11 +93,20 @@ impl Config {
         let redis_url = config::string(REDIS_URL, REDIS_URL_DEFAULT);
         let urls = config::string(QUERY_DATABASE_URLS, QUERY_DATABASE_URLS_DEFAULT);
         let query_dbs = config::named_dbs(QUERY_DATABASE_URLS, &urls)?;
+        let command_url =
+            Some(config::string(COMMAND_DATABASE_URL, "")).filter(|u| !u.trim().is_empty());
+        let max_entries: usize = config::parse(STREAM_MAX_ENTRIES, STREAM_MAX_ENTRIES_DEFAULT)?;
+        let max_age: u64 = config::parse(STREAM_MAX_AGE_SECS, STREAM_MAX_AGE_SECS_DEFAULT)?;
         Ok(Config {
             instance_id,
             port,
             redis_url,
             query_dbs,
+            command_url,
+            bound: Bound {
+                max_entries: max_entries.max(1),
+                max_age: Duration::from_secs(max_age.max(1)),
+            },
         })
     }
 }
@@ -97,12 +126,19 @@ impl shared::startup::ServiceConfig for Config {
             .map(|d| format!("{}={}", d.name, config::redact_url(&d.url)))
             .collect();
         format!(
-            "port={} redis={} query_dbs=[{}] read_count={READ_COUNT} \
+            "port={} redis={} query_dbs=[{}] command_db={} stream_max_entries={} \
+             stream_max_age={:?} read_count={READ_COUNT} \
              read_block={READ_BLOCK:?} writer_queue_batches={WRITER_QUEUE_BATCHES} \
              max_tx_entries={MAX_TX_ENTRIES} catchup_page={CATCHUP_PAGE}",
             self.port,
             config::redact_url(&self.redis_url),
-            dbs.join(", ")
+            dbs.join(", "),
+            self.command_url.as_deref().map_or(
+                "(unset: stale DBs are not rebuilt automatically)".into(),
+                config::redact_url
+            ),
+            self.bound.max_entries,
+            self.bound.max_age
         )
     }
 }

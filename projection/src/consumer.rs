@@ -6,7 +6,11 @@
 //! - nothing is acked before every writer reports it applied (ack up to the minimum of the
 //!   writers' committed watermarks); an unacked entry stays in the group's pending list and
 //!   is re-read after a restart (XREADGROUP from `0` first, then `>`);
-//! - the stream is trimmed only below the lowest checkpoint (XTRIM MINID);
+//! - the stream is trimmed only below the lowest checkpoint of the DBs that are not stale
+//!   (XTRIM MINID), after raising the trim mark (`retention.rs`);
+//! - a detached DB whose backlog outgrows the retention bound is declared stale and stops
+//!   holding back acks and trims, so the stream, the pending list and the unacked set stay
+//!   bounded while a DB is away for long (when every DB is stale, they are kept to the bound);
 //! - a poison entry is copied to the DLQ with its reason and then acked; the rest goes on;
 //! - the reader never waits for a writer (see `fanout.rs`), so one slow or dead query DB
 //!   never delays the others;
@@ -29,7 +33,8 @@ use crate::config::{
 };
 use crate::dlq;
 use crate::fanout::{decode, Batch, Fanout, FromWriter};
-use crate::metrics::Metrics;
+use crate::metrics::{now_ms, Metrics};
+use crate::retention::{self, Recent, Stale};
 use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
 
@@ -49,6 +54,7 @@ pub struct Reader {
     pub reports: Receiver<FromWriter>,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
+    pub bound: retention::Bound,
 }
 
 struct State {
@@ -68,6 +74,8 @@ struct State {
     last_lag: Instant,
     backoff: Duration,
     outage_logged: bool,
+    /// The ids read most recently, to measure backlogs against the bound.
+    recent: Recent,
 }
 
 impl Reader {
@@ -76,7 +84,9 @@ impl Reader {
             .name("reader".into())
             .spawn(move || {
                 let n = self.fanout.len();
+                let recent = Recent::new(self.bound.max_entries);
                 State {
+                    recent,
                     r: self,
                     conn: None,
                     watermarks: vec![None; n],
@@ -134,6 +144,7 @@ impl State {
             }
             if self.last_lag.elapsed() >= LAG_EVERY {
                 self.last_lag = Instant::now();
+                self.judge_bound();
                 self.publish_lag();
             }
         }
@@ -154,6 +165,10 @@ impl State {
         if self.conn.is_none() {
             let mut conn = stream::connect(&self.r.redis_url, READ_BLOCK + Duration::from_secs(5))?;
             create_group(&mut conn)?;
+            // The mark only ever rises, also across restarts of the projection.
+            self.trimmed_below = self
+                .trimmed_below
+                .max(retention::read(&mut conn)?.trimmed_below);
             self.conn = Some(conn);
             self.pending_cursor = Some(EntryId::ZERO);
             if self.outage_logged {
@@ -220,6 +235,7 @@ impl State {
         let mut good = Vec::with_capacity(entries.len());
         let mut ack_now = Vec::new();
         for raw in entries {
+            self.recent.push(raw.id);
             if self.unacked.contains(&raw.id) {
                 continue; // ours and in flight already (returned again by XAUTOCLAIM)
             }
@@ -291,14 +307,48 @@ impl State {
         }
     }
 
-    /// The lowest watermark over all writers, once every writer has reported one.
+    /// Declares stale every detached DB whose backlog outgrew the bound. An attached writer is
+    /// never judged: it is at most its channel behind the reader, and lags only in bursts.
+    fn judge_bound(&mut self) {
+        let now = now_ms();
+        for (i, status) in self.r.metrics.dbs.iter().enumerate() {
+            if status.is_stale() || status.is_attached() {
+                continue;
+            }
+            let applied = self.watermarks.get(i).copied().flatten();
+            if self
+                .recent
+                .beyond(applied.unwrap_or(EntryId::ZERO), self.r.bound, now)
+            {
+                status.set_stale(true);
+                shared::warn!(
+                    "reader: query db {} is stale: {} ({} entries / {:?}; applied up to {}); \
+                     acks and trims go on without it, it is rebuilt when reachable",
+                    status.name,
+                    Stale::BeyondBound,
+                    self.r.bound.max_entries,
+                    self.r.bound.max_age,
+                    applied.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+                );
+            }
+        }
+    }
+
+    /// What every DB that counts has committed: the lowest watermark over the DBs that are not
+    /// stale, once each of them has reported one. When every DB is stale, the oldest entry
+    /// within the bound (nobody is served from the stream then; they are all rebuilt).
     fn lowest_watermark(&self) -> Option<EntryId> {
-        self.watermarks
+        let mut counted = self
+            .watermarks
             .iter()
-            .copied()
-            .collect::<Option<Vec<_>>>()?
-            .into_iter()
-            .min()
+            .zip(&self.r.metrics.dbs)
+            .filter(|(_, status)| !status.is_stale())
+            .map(|(w, _)| *w)
+            .peekable();
+        if counted.peek().is_none() {
+            return self.recent.floor(self.r.bound, now_ms());
+        }
+        counted.collect::<Option<Vec<_>>>()?.into_iter().min()
     }
 
     /// XACKs every unacked entry that every DB has committed.
@@ -322,7 +372,8 @@ impl State {
         Ok(())
     }
 
-    /// XTRIM MINID at the lowest checkpoint: every entry below it is in every DB.
+    /// XTRIM MINID at the lowest checkpoint: every entry below it is in every DB that is not
+    /// stale.
     fn trim(&mut self) -> Result<(), Error> {
         let Some(low) = self.lowest_watermark() else {
             return Ok(());
@@ -333,6 +384,9 @@ impl State {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
+        // Mark first: a crash between the two leaves the mark above the trim, never below,
+        // so a DB the trim passes is always recognised as stale.
+        retention::raise_trim_mark(conn, low)?;
         let _: Value = redis::cmd("XTRIM")
             .arg(STREAM)
             .arg("MINID")

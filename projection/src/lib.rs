@@ -5,6 +5,8 @@
 //! - `stream.rs`: entry ids and raw Redis stream replies;
 //! - `consumer.rs`: the reader thread (consumer group, DLQ, acks, trim, reclaim);
 //! - `dlq.rs`: poison entries to `report-events-dlq`;
+//! - `poison.rs`: which DB errors reject an entry's data (it is isolated and parked);
+//! - `retention.rs`: the retention bound and when a query DB is stale (then rebuilt);
 //! - `fanout.rs`: the thread messages and the never-blocking fan-out with detach/rejoin;
 //! - `writer.rs`: one thread per query DB, one transaction per batch, catch-up from its
 //!   checkpoint with XRANGE;
@@ -29,7 +31,9 @@ pub mod fanout;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod poison;
 pub mod rebuild;
+pub mod retention;
 pub mod stream;
 pub mod writer;
 
@@ -132,6 +136,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
             name: db.name.clone(),
             url: db.url.clone(),
             redis_url: config.redis_url.clone(),
+            command_url: config.command_url.clone(),
             rx,
             reports: report_tx.clone(),
             status: Arc::clone(&status),
@@ -149,6 +154,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
         reports: report_rx,
         metrics,
         stop,
+        bound: config.bound,
     }
     .spawn()?;
     if reader.join().is_err() {

@@ -28,6 +28,13 @@ pub struct DbStatus {
     pub lag_entries: AtomicU64,
     /// Stream time (ms) of the oldest entry this DB has not applied; 0 when none.
     pub oldest_unapplied_ms: AtomicU64,
+    /// The read model may miss events the stream no longer holds (`retention.rs`): set by the
+    /// reader (beyond the bound) or the writer (at connect), cleared by the writer once it has
+    /// rebuilt the DB and caught up.
+    pub stale: AtomicBool,
+    /// Automatic rebuilds completed since start, and how long the last one took (ms).
+    pub rebuilds_total: AtomicU64,
+    pub last_rebuild_ms: AtomicU64,
 }
 
 impl DbStatus {
@@ -40,7 +47,18 @@ impl DbStatus {
             applied_total: AtomicU64::new(0),
             lag_entries: AtomicU64::new(0),
             oldest_unapplied_ms: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
+            rebuilds_total: AtomicU64::new(0),
+            last_rebuild_ms: AtomicU64::new(0),
         }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_stale(&self, on: bool) {
+        self.stale.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn is_attached(&self) -> bool {
@@ -127,6 +145,24 @@ impl Metrics {
             &|d| u8::from(d.attached.load(Relaxed)).to_string(),
         );
         per_db(
+            "projection_db_stale",
+            Kind::Gauge,
+            "1 while this query DB is stale: beyond the retention bound or behind the trimmed stream; not served, rebuilt from the command DB.",
+            &|d| u8::from(d.stale.load(Relaxed)).to_string(),
+        );
+        per_db(
+            "projection_rebuilds_total",
+            Kind::Counter,
+            "Automatic rebuilds of this query DB from the command DB since start.",
+            &|d| d.rebuilds_total.load(Relaxed).to_string(),
+        );
+        per_db(
+            "projection_last_rebuild_seconds",
+            Kind::Gauge,
+            "Duration of the last automatic rebuild of this query DB (0: none yet).",
+            &|d| format!("{:.3}", d.last_rebuild_ms.load(Relaxed) as f64 / 1000.0),
+        );
+        per_db(
             "projection_applied_total",
             Kind::Counter,
             "Stream entries applied to this query DB since start (no-ops included).",
@@ -174,6 +210,7 @@ mod tests {
         m.dbs[1].position.store(42, Relaxed);
         m.dbs[1].oldest_unapplied_ms.store(1_000, Relaxed);
         m.record_batch(7);
+        m.dbs[1].set_stale(true);
         let text = m.render(3_500);
         for line in [
             "projection_checkpoint_position{db=\"query-db-primary\"} 0",
@@ -188,6 +225,8 @@ mod tests {
             "projection_dlq_total 0",
             "# TYPE projection_batch_size summary",
             "# HELP projection_db_up 1 while this query DB answers its writer.",
+            "projection_db_stale{db=\"r1\"} 1",
+            "projection_db_stale{db=\"query-db-primary\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -92,6 +92,31 @@ pub fn xrange(
     parse_entries(&v)
 }
 
+/// The id of the newest entry ever added to `stream` (XINFO STREAM `last-generated-id`; it
+/// survives trimming), `0-0` when the stream does not exist.
+pub fn last_generated_id(conn: &mut redis::Connection, stream: &str) -> Result<EntryId, Error> {
+    let v: redis::RedisResult<Value> = redis::cmd("XINFO").arg("STREAM").arg(stream).query(conn);
+    let v = match v {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") => return Ok(EntryId::ZERO),
+        Err(e) => return Err(Error::redis("xinfo stream", e)),
+    };
+    let pairs: Vec<(&Value, &Value)> = match &v {
+        Value::Array(flat) => flat
+            .chunks(2)
+            .filter_map(|c| Some((c.first()?, c.get(1)?)))
+            .collect(),
+        Value::Map(kv) => kv.iter().map(|(k, v)| (k, v)).collect(),
+        other => return Err(Error::Reply(format!("xinfo stream: {other:?}"))),
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| text(k).as_deref() == Some("last-generated-id"))
+        .and_then(|(_, v)| text(v))
+        .and_then(|t| EntryId::parse(&t))
+        .ok_or_else(|| Error::Reply("xinfo stream: no last-generated-id".into()))
+}
+
 /// The entries of an XREADGROUP reply for one stream (nil on timeout = none).
 pub fn parse_read_reply(v: &Value) -> Result<Vec<RawEntry>, Error> {
     match v {

@@ -11,7 +11,10 @@
 //! - the writer reports to the reader only what is committed, so the reader acks no entry
 //!   before every DB holds it;
 //! - a DB that is down at start or fails later never stops the others: this writer retries
-//!   with backoff on its own and catches up with XRANGE from its checkpoint when it returns.
+//!   with backoff on its own and catches up with XRANGE from its checkpoint when it returns;
+//! - an entry the DB refuses (`poison.rs`) is isolated by splitting the batch, retried a
+//!   bounded number of times, parked in the dead-letter stream and skipped; the rest of the
+//!   batch commits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -31,8 +34,11 @@ use crate::config::{
 };
 use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
 use crate::metrics::{DbStatus, Metrics};
-use crate::stream::{self, EntryId};
+use crate::rebuild::{self, RebuildConfig};
+use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
+use crate::{dlq, poison, retention};
+use shared::config::NamedDb;
 
 /// Serialises writers of one query DB (a second projection, a rebuild) so that the old rows a
 /// transaction read are still the rows it overwrites. Arbitrary but fixed.
@@ -52,6 +58,8 @@ pub struct Writer {
     pub name: String,
     pub url: String,
     pub redis_url: String,
+    /// The command DB, to rebuild this DB from when it is stale (`None`: wait for an operator).
+    pub command_url: Option<String>,
     pub rx: Receiver<ToWriter>,
     pub reports: Sender<FromWriter>,
     pub status: Arc<DbStatus>,
@@ -75,6 +83,12 @@ struct State {
     /// An outage is logged once, not on every retry.
     outage_logged: bool,
     last_ping: Instant,
+    /// The DB carries the stale mark (we set it, or found it): cleared after rebuild + catch-up.
+    marked_stale: bool,
+    /// The stream epoch this DB's checkpoint follows (set at connect).
+    epoch: Option<String>,
+    /// "Cannot rebuild" is logged once per stale episode.
+    rebuild_logged: bool,
 }
 
 impl Writer {
@@ -91,6 +105,9 @@ impl Writer {
                     backoff: Duration::from_millis(100),
                     outage_logged: false,
                     last_ping: Instant::now(),
+                    marked_stale: false,
+                    epoch: None,
+                    rebuild_logged: false,
                 }
                 .run()
             })
@@ -110,6 +127,13 @@ impl State {
         loop {
             if self.stopping() {
                 break;
+            }
+            if self.w.status.is_stale() {
+                if let Err(e) = self.recover() {
+                    self.failed(&e);
+                }
+                self.sleep_backoff();
+                continue;
             }
             if !self.w.status.is_attached() {
                 match self.catch_up() {
@@ -172,6 +196,9 @@ impl State {
         // Live batches still queued are covered by the XRANGE below.
         while self.w.rx.try_recv().is_ok() {}
         self.ensure_pg()?;
+        if self.w.status.is_stale() {
+            return Ok(Flow::Continue); // judged at connect: the stream cannot catch it up
+        }
         let at = self.range_apply(None)?;
         if self.stopping() {
             return Ok(Flow::Stop);
@@ -193,6 +220,9 @@ impl State {
                 Ok(ToWriter::Rejoined { upto }) => {
                     self.fill_gap(upto)?;
                     self.backoff = Duration::from_millis(100);
+                    if self.marked_stale {
+                        self.clear_stale_mark()?;
+                    }
                     return Ok(Flow::Continue);
                 }
                 // Dispatched before we were detached: already covered by the XRANGE.
@@ -212,13 +242,9 @@ impl State {
             if self.stopping() {
                 return Ok(self.cp.entry_id);
             }
-            let redis = match self.redis.as_mut() {
-                Some(c) => c,
-                None => self
-                    .redis
-                    .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?),
-            };
-            let page = match stream::xrange(redis, STREAM, self.cp.entry_id, upto, CATCHUP_PAGE) {
+            let after = self.cp.entry_id;
+            let redis = self.redis()?;
+            let page = match stream::xrange(redis, STREAM, after, upto, CATCHUP_PAGE) {
                 Ok(p) => p,
                 Err(e) => {
                     self.redis = None;
@@ -256,13 +282,90 @@ impl State {
         self.apply_up_to(entries, skipped, last)
     }
 
-    /// One transaction: rows, statistics, checkpoint (moved to `last` when that is newer).
+    /// Applies `entries` and moves the checkpoint to `last`; when the DB rejects the data
+    /// (`poison.rs`), isolates the entry at fault by splitting the batch, so every other entry
+    /// commits and only that one goes to the dead-letter stream.
     fn apply_up_to(
         &mut self,
         entries: &[&Decoded],
         skipped: i64,
         last: EntryId,
     ) -> Result<(), Error> {
+        match self.commit(entries, skipped, last) {
+            Err(e) if poison::rejection(&e).is_some() => self.isolate(entries, skipped, last, &e),
+            other => other,
+        }
+    }
+
+    /// Bisects a rejected batch (in id order, so each half's checkpoint covers exactly what
+    /// committed); a single rejected entry is retried up to [`poison::ATTEMPTS`] times, then
+    /// parked in the DLQ and skipped.
+    fn isolate(
+        &mut self,
+        entries: &[&Decoded],
+        skipped: i64,
+        last: EntryId,
+        err: &Error,
+    ) -> Result<(), Error> {
+        if entries.len() > 1 {
+            let mut sorted = entries.to_vec();
+            sorted.sort_by_key(|e| e.id);
+            let (a, b) = sorted.split_at(sorted.len() / 2);
+            let a_last = a.last().map_or(self.cp.entry_id, |e| e.id);
+            self.apply_up_to(a, 0, a_last)?;
+            return self.apply_up_to(b, skipped, last);
+        }
+        let (Some(entry), Some(mut reason)) = (entries.first(), poison::rejection(err)) else {
+            // Nothing to blame but the checkpoint itself: not an entry's fault.
+            return Err(Error::Inconsistent(format!(
+                "{}: checkpoint write rejected",
+                self.w.name
+            )));
+        };
+        for _ in 1..poison::ATTEMPTS {
+            std::thread::sleep(poison::RETRY_PAUSE);
+            match self.commit(entries, skipped, last) {
+                Ok(()) => return Ok(()),
+                Err(e) => match poison::rejection(&e) {
+                    Some(r) => reason = r,
+                    None => return Err(e),
+                },
+            }
+        }
+        let raw = RawEntry {
+            id: entry.id,
+            fields: Some(
+                entry
+                    .event
+                    .to_fields()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+                    .collect(),
+            ),
+        };
+        let redis = self.redis()?;
+        match dlq::park_once(redis, &raw, &reason) {
+            Ok(true) => {
+                self.w.metrics.dlq_total.fetch_add(1, Relaxed);
+            }
+            Ok(false) => {
+                shared::info!(
+                    "writer {}: entry {} rejected here too; already in the DLQ",
+                    self.w.name,
+                    entry.id
+                );
+            }
+            Err(e) => {
+                self.redis = None;
+                return Err(e);
+            }
+        }
+        // Parked: the checkpoint moves past it like past an entry that does not decode.
+        self.commit(&[], skipped + 1, last)
+    }
+
+    /// One transaction: rows, statistics, checkpoint (moved to `last` when that is newer).
+    fn commit(&mut self, entries: &[&Decoded], skipped: i64, last: EntryId) -> Result<(), Error> {
         let mut new_cp = self.cp;
         if last > self.cp.entry_id {
             new_cp.entry_id = last;
@@ -279,8 +382,11 @@ impl State {
         };
         let applied = entries.len() as i64 + skipped;
         if let Err(e) = transact(&self.w.name, client, entries, new_cp, applied) {
-            // Rolled back; reconnect and retry from the checkpoint.
-            self.pg = None;
+            // Rolled back. A rejection leaves the connection usable; anything else may not
+            // have: reconnect and retry from the checkpoint.
+            if poison::rejection(&e).is_none() {
+                self.pg = None;
+            }
             return Err(e);
         }
         self.cp = new_cp;
@@ -305,8 +411,9 @@ impl State {
             return Ok(());
         }
         self.pg = None;
+        let name = self.w.name.clone();
         let db_err = |source| Error::Db {
-            db: self.w.name.clone(),
+            db: name.clone(),
             source,
         };
         let mut config: postgres::Config = self.w.url.parse().map_err(db_err)?;
@@ -321,7 +428,38 @@ impl State {
             ));
         let mut client = config.connect(NoTls).map_err(db_err)?;
         shared::migrate::query_db(&mut client).map_err(db_err)?;
-        self.cp = checkpoint::read(&mut client).map_err(db_err)?;
+        let recorded = checkpoint::read_recorded(&mut client).map_err(db_err)?;
+        self.cp = recorded.cp;
+        self.marked_stale = recorded.stale;
+        let marks = match retention::read(self.redis()?) {
+            Ok(m) => m,
+            Err(e) => {
+                self.redis = None;
+                return Err(e);
+            }
+        };
+        match retention::judge(&recorded, &marks) {
+            Some(why) => {
+                if !recorded.stale {
+                    checkpoint::mark_stale(&mut client, true).map_err(db_err)?;
+                    self.marked_stale = true;
+                }
+                if !self.w.status.is_stale() {
+                    shared::warn!(
+                        "writer {}: read model is stale: {why}; not served until it is rebuilt \
+                         from the command DB",
+                        self.w.name
+                    );
+                }
+                self.w.status.set_stale(true);
+                self.w.status.set_attached(false);
+            }
+            None if recorded.epoch.is_none() => {
+                checkpoint::set_epoch(&mut client, &marks.epoch).map_err(db_err)?;
+            }
+            None => {}
+        }
+        self.epoch = Some(marks.epoch);
         self.pg = Some(client);
         self.w.status.up.store(true, Relaxed);
         self.w.status.position.store(self.cp.position, Relaxed);
@@ -339,6 +477,143 @@ impl State {
             db: self.w.db,
             upto: self.cp.entry_id,
         });
+        Ok(())
+    }
+
+    /// The Redis connection for XRANGE and the retention marks, opened when needed.
+    fn redis(&mut self) -> Result<&mut redis::Connection, Error> {
+        match self.redis {
+            Some(ref mut c) => Ok(c),
+            None => Ok(self
+                .redis
+                .insert(stream::connect(&self.w.redis_url, Duration::from_secs(10))?)),
+        }
+    }
+
+    /// Stale (`retention.rs`): take no live batches, make sure the DB carries the mark (so no
+    /// query instance reads it), and rebuild it from the command DB when one is configured.
+    fn recover(&mut self) -> Result<(), Error> {
+        self.w.status.set_attached(false);
+        // Live batches are useless to a stale DB; catch-up after the rebuild covers them.
+        while self.w.rx.try_recv().is_ok() {}
+        self.ensure_pg()?;
+        if !self.marked_stale {
+            let name = self.w.name.clone();
+            let client = self
+                .pg
+                .as_mut()
+                .ok_or_else(|| Error::DbLost { db: name.clone() })?;
+            checkpoint::mark_stale(client, true)
+                .map_err(|source| Error::Db { db: name, source })?;
+            self.marked_stale = true;
+        }
+        let Some(command_url) = self.w.command_url.clone() else {
+            if !self.rebuild_logged {
+                self.rebuild_logged = true;
+                shared::warn!(
+                    "writer {}: stale; marked in the DB (not served); no COMMAND_DATABASE_URL \
+                     to rebuild it from: waiting for `cargo xtask rebuild --db {}`",
+                    self.w.name,
+                    self.w.name
+                );
+            }
+            return Ok(());
+        };
+        self.rebuild(command_url)
+    }
+
+    /// Rebuilds the stale DB from the command DB while events keep flowing, then hands it to
+    /// the catch-up path. Correct because of the order:
+    /// 1. read the stream's last generated id `L` (and its epoch) FIRST;
+    /// 2. rebuild from a command-DB snapshot taken after that (`rebuild.rs`): every event
+    ///    committed before the snapshot is in the rebuilt rows, and every event committed after
+    ///    it is published after it, so with an id above `L`;
+    /// 3. set the checkpoint to `L` (the stale mark stays): catch-up applies everything after
+    ///    `L` from the stream — events already in the snapshot are no-ops (version rules);
+    /// 4. the mark is cleared only when the writer has caught up and rejoined the fan-out.
+    ///
+    /// If the stream was trimmed past `L` meanwhile (a rebuild longer than the bound), the next
+    /// connect judges the DB stale again and it is rebuilt again.
+    fn rebuild(&mut self, command_url: String) -> Result<(), Error> {
+        let redis = self.redis()?;
+        let (marks, upto) = match retention::read(redis)
+            .and_then(|m| Ok((m, stream::last_generated_id(redis, STREAM)?)))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.redis = None;
+                return Err(e);
+            }
+        };
+        shared::info!(
+            "writer {}: rebuilding from the command DB (stream at {upto}); reads stay on the \
+             other DBs",
+            self.w.name
+        );
+        let started = Instant::now();
+        let report = rebuild::rebuild(&RebuildConfig {
+            command_url,
+            target: NamedDb {
+                name: self.w.name.clone(),
+                url: self.w.url.clone(),
+            },
+        })?;
+        let cp = Checkpoint {
+            entry_id: upto,
+            position: report.snapshot_position,
+        };
+        self.ensure_pg()?;
+        let name = self.w.name.clone();
+        let client = self
+            .pg
+            .as_mut()
+            .ok_or_else(|| Error::DbLost { db: name.clone() })?;
+        checkpoint::restart_at(client, cp, &marks.epoch).map_err(|source| Error::Db {
+            db: name.clone(),
+            source,
+        })?;
+        self.cp = cp;
+        self.marked_stale = true;
+        self.epoch = Some(marks.epoch);
+        let took = started.elapsed();
+        let st = &self.w.status;
+        st.position.store(cp.position, Relaxed);
+        st.rebuilds_total.fetch_add(1, Relaxed);
+        st.last_rebuild_ms
+            .store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Relaxed);
+        shared::info!(
+            "writer {name}: rebuilt in {:.2} s ({} live reports, {} tombstones, snapshot at \
+             position {}); catching up from {upto}",
+            took.as_secs_f64(),
+            report.live,
+            report.tombstones,
+            report.snapshot_position
+        );
+        let _ = self.w.reports.send(FromWriter::Applied {
+            db: self.w.db,
+            upto,
+        });
+        // Detached and no longer stale: the run loop catches up and rejoins; the mark in the
+        // DB goes when that is done.
+        self.backoff = Duration::from_millis(100);
+        st.set_stale(false);
+        Ok(())
+    }
+
+    /// Caught up after a rebuild: the read model is current again and may be served.
+    fn clear_stale_mark(&mut self) -> Result<(), Error> {
+        let name = self.w.name.clone();
+        let client = self
+            .pg
+            .as_mut()
+            .ok_or_else(|| Error::DbLost { db: name.clone() })?;
+        checkpoint::mark_stale(client, false).map_err(|source| Error::Db { db: name, source })?;
+        self.marked_stale = false;
+        self.rebuild_logged = false;
+        shared::info!(
+            "writer {}: rebuilt and caught up; the read model is served again",
+            self.w.name
+        );
         Ok(())
     }
 

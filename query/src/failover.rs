@@ -13,11 +13,21 @@
 //! When a DB that was down answers again its pool is rebuilt (connections to the old server
 //! process are all dead) and traffic returns to it if it is preferred.
 //!
+//! A DB that is up but **stale** (SPEC §7.4) is not chosen either: the probe also reads the
+//! DB's checkpoint row, and a DB counts as stale while the projection's `stale` mark is set in
+//! it, or while its checkpoint position is more than [`STALE_BEHIND_POSITIONS`] behind the
+//! best position among the reachable DBs. The second rule does not trust anything stored in
+//! the DB alone, so a restored backup (which carries its old "not stale" state) is refused
+//! even before the projection has looked at it and marked it; the mark covers the rest (a
+//! backup less far behind, a DB behind a stream Redis lost). A stale read model is never
+//! served: with every reachable DB stale, a request gets 503. A DB that comes back is passed
+//! over for [`REJOIN_GRACE`] while another can serve, so the projection has judged it first.
+//!
 //! Invariant: nothing in this module yields a may coroutine while a pooled connection is
 //! held, so a worker holds at most one connection and a pool of one connection per worker
 //! never makes a worker wait on the pool.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +45,22 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A DB whose last good probe is older than this is not chosen: three missed probes.
 pub const STALE_AFTER: Duration = Duration::from_millis(1500);
+
+/// A DB whose checkpoint position is further behind the best reachable DB's is stale. Event-log
+/// positions count events (plus the odd gap), so this is the projection's default retention
+/// bound in entries (`STREAM_MAX_ENTRIES`): a DB further behind than the stream keeps cannot
+/// be caught up from it and is being rebuilt.
+pub const STALE_BEHIND_POSITIONS: i64 = 200_000;
+
+/// A DB that comes back (or appears) is not read for this long while another DB can serve: the
+/// time the projection needs to reconnect to it (its backoff tops out at 2 s) and judge it, so
+/// a restored backup less far behind than [`STALE_BEHIND_POSITIONS`] is marked stale before
+/// any read reaches it. Reads return to a preferred DB that merely restarted this much later.
+pub const REJOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The checkpoint table's stream name (`shared::event::STREAM`), inlined into the probe query.
+const CHECKPOINT_QUERY: &str =
+    "SELECT stale::int, position FROM checkpoint WHERE stream = 'report-events'";
 
 /// How long start-up waits for the first probe of every DB before serving, so `/ready` and
 /// the first requests already know which DBs are up.
@@ -57,6 +83,14 @@ pub struct Db {
     last_ok_ms: AtomicU64,
     /// Probes done, for the start-up wait.
     probes: AtomicU64,
+    /// The projection's stale mark, as the last probe read it.
+    marked_stale: AtomicBool,
+    /// The checkpoint position the last probe read (0: none yet).
+    position: AtomicI64,
+    /// Marked, or too far behind the best reachable DB: not chosen.
+    stale: AtomicBool,
+    /// Milliseconds since [`Dbs::epoch`] when the probe last saw it come up.
+    up_since_ms: AtomicU64,
 }
 
 impl Db {
@@ -95,6 +129,8 @@ pub struct Dbs {
 pub struct DbState {
     pub name: String,
     pub up: bool,
+    /// Reachable but not served: its read model may miss events (SPEC §7.4).
+    pub stale: bool,
     pub serving: bool,
 }
 
@@ -129,6 +165,10 @@ impl Dbs {
                     up: AtomicBool::new(false),
                     last_ok_ms: AtomicU64::new(0),
                     probes: AtomicU64::new(0),
+                    marked_stale: AtomicBool::new(false),
+                    position: AtomicI64::new(0),
+                    stale: AtomicBool::new(false),
+                    up_since_ms: AtomicU64::new(0),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -153,6 +193,21 @@ impl Dbs {
                 <= STALE_AFTER.as_millis() as u64
     }
 
+    /// Up and not stale (and, with `settled`, up for [`REJOIN_GRACE`]): may serve reads.
+    fn serves(&self, i: usize, now_ms: u64, settled: bool) -> bool {
+        let db = &self.dbs[i];
+        self.is_up(i, now_ms)
+            && !db.stale.load(Ordering::Acquire)
+            && (!settled
+                || now_ms.saturating_sub(db.up_since_ms.load(Ordering::Acquire))
+                    >= REJOIN_GRACE.as_millis() as u64)
+    }
+
+    /// Whether some DB has served its grace: then DBs still in theirs are passed over.
+    fn any_settled(&self, now_ms: u64) -> bool {
+        (0..self.dbs.len()).any(|i| self.serves(i, now_ms, true))
+    }
+
     /// Runs `f` with a connection of the first DB that is up, failing over to the next on an
     /// "unavailable" error. When none is up, only the preferred DB is tried (it may be back
     /// before its probe noticed), so an outage costs one checkout timeout, not one per DB.
@@ -162,13 +217,14 @@ impl Dbs {
         mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<(T, &Db), StoreError> {
         let now = self.now_ms();
-        let any_up = (0..self.dbs.len()).any(|i| self.is_up(i, now));
+        let settled = self.any_settled(now);
+        let any_up = (0..self.dbs.len()).any(|i| self.serves(i, now, settled));
         let mut failures = Vec::new();
         for (i, db) in self.dbs.iter().enumerate() {
-            if any_up && !self.is_up(i, now) {
+            if any_up && !self.serves(i, now, settled) {
                 continue;
             }
-            if !any_up && i > 0 {
+            if !any_up && (i > 0 || db.stale.load(Ordering::Acquire)) {
                 break;
             }
             let result = match db.pool().get() {
@@ -237,7 +293,8 @@ impl Dbs {
     /// Sets `serving` to the first DB that is up (unchanged when none is).
     fn recompute_serving(&self) {
         let now = self.now_ms();
-        if let Some(i) = (0..self.dbs.len()).find(|&i| self.is_up(i, now)) {
+        let settled = self.any_settled(now);
+        if let Some(i) = (0..self.dbs.len()).find(|&i| self.serves(i, now, settled)) {
             self.note_serving(i);
         }
     }
@@ -258,12 +315,16 @@ impl Dbs {
         }
     }
 
-    fn report_probe(&self, i: usize, result: Result<(), postgres::Error>) {
+    fn report_probe(&self, i: usize, result: Result<Progress, postgres::Error>) {
         let db = &self.dbs[i];
         match result {
-            Ok(()) => {
+            Ok(progress) => {
+                db.marked_stale
+                    .store(progress.marked_stale, Ordering::Release);
+                db.position.store(progress.position, Ordering::Release);
                 db.last_ok_ms.store(self.now_ms(), Ordering::Release);
                 if !db.up.load(Ordering::Acquire) {
+                    db.up_since_ms.store(self.now_ms(), Ordering::Release);
                     if db.probes.load(Ordering::Acquire) > 0 {
                         db.rebuild_pool();
                         shared::info!("query db {} is reachable again", db.name);
@@ -280,7 +341,30 @@ impl Dbs {
             }
         }
         db.probes.fetch_add(1, Ordering::AcqRel);
+        self.judge_stale();
         self.recompute_serving();
+    }
+
+    /// Re-judges every DB: marked by the projection, or too far behind the best reachable one.
+    fn judge_stale(&self) {
+        let now = self.now_ms();
+        let best = (0..self.dbs.len())
+            // Marked DBs count too: any position a DB holds is one the events reached.
+            .filter(|&i| self.is_up(i, now))
+            .map(|i| self.dbs[i].position.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0);
+        for db in &self.dbs {
+            let stale = db.marked_stale.load(Ordering::Acquire)
+                || best - db.position.load(Ordering::Acquire) > STALE_BEHIND_POSITIONS;
+            if db.stale.swap(stale, Ordering::AcqRel) != stale {
+                if stale {
+                    shared::warn!("query db {} is stale; not reading from it", db.name);
+                } else {
+                    shared::info!("query db {} is current again", db.name);
+                }
+            }
+        }
     }
 
     /// Every DB with its state, in preference order.
@@ -291,6 +375,7 @@ impl Dbs {
             .map(|i| DbState {
                 name: self.dbs[i].name.clone(),
                 up: self.is_up(i, now),
+                stale: self.dbs[i].stale.load(Ordering::Acquire),
                 serving: i == serving,
             })
             .collect()
@@ -368,9 +453,17 @@ fn probe_loop(dbs: &Dbs, i: usize, stopped: &Receiver<()>) {
     }
 }
 
-/// `SELECT 1` on a kept connection, reconnecting when needed. The simple-query protocol keeps
-/// it valid through PgBouncer in transaction mode.
-fn probe(url: &str, client: &mut Option<postgres::Client>) -> Result<(), postgres::Error> {
+/// What a probe read from a DB's checkpoint row.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    marked_stale: bool,
+    position: i64,
+}
+
+/// `SELECT 1` and the checkpoint row on a kept connection, reconnecting when needed. The
+/// simple-query protocol keeps it valid through PgBouncer in transaction mode. A DB without
+/// the checkpoint table or row yet (not migrated, nothing applied) reads as position 0.
+fn probe(url: &str, client: &mut Option<postgres::Client>) -> Result<Progress, postgres::Error> {
     let live = match client.take() {
         Some(c) if !c.is_closed() => c,
         _ => {
@@ -383,5 +476,19 @@ fn probe(url: &str, client: &mut Option<postgres::Client>) -> Result<(), postgre
     };
     let c = client.insert(live);
     c.simple_query("SELECT 1")?;
-    Ok(())
+    let rows = match c.simple_query(CHECKPOINT_QUERY) {
+        Ok(rows) => rows,
+        // Answered, but no such table or column yet: nothing applied here.
+        Err(e) if e.code().is_some() => return Ok(Progress::default()),
+        Err(e) => return Err(e),
+    };
+    for m in rows {
+        if let postgres::SimpleQueryMessage::Row(row) = m {
+            return Ok(Progress {
+                marked_stale: row.get(0) == Some("1"),
+                position: row.get(1).and_then(|p| p.parse().ok()).unwrap_or(0),
+            });
+        }
+    }
+    Ok(Progress::default())
 }

@@ -122,6 +122,19 @@ impl Metrics {
             );
         }
         e.family(
+            "query_db_stale",
+            Kind::Gauge,
+            "1 while the query DB is reachable but stale (marked by the projection, or too far \
+             behind the others): never read from.",
+        );
+        for s in &dbs.states {
+            e.sample(
+                "query_db_stale",
+                &[("instance", instance), ("db", &s.name)],
+                u8::from(s.stale),
+            );
+        }
+        e.family(
             "query_db_serving",
             Kind::Gauge,
             "1 for the query DB that serves reads now.",
@@ -187,11 +200,13 @@ mod tests {
                     DbState {
                         name: "primary".into(),
                         up: false,
+                        stale: false,
                         serving: false,
                     },
                     DbState {
                         name: "replica1".into(),
                         up: true,
+                        stale: true,
                         serving: true,
                     },
                 ],
@@ -207,6 +222,8 @@ mod tests {
             "query_request_duration_seconds_sum{instance=\"query-1\",route=\"/reports\"} 0.003000\n",
             "query_db_serving{instance=\"query-1\",db=\"replica1\"} 1\n",
             "query_db_up{instance=\"query-1\",db=\"primary\"} 0\n",
+            "query_db_stale{instance=\"query-1\",db=\"replica1\"} 1\n",
+            "query_db_stale{instance=\"query-1\",db=\"primary\"} 0\n",
             "query_failovers_total{instance=\"query-1\"} 1\n",
             "query_checkpoint_position{instance=\"query-1\",db=\"replica1\"} 42\n",
             "query_checkpoint_age_seconds{instance=\"query-1\",db=\"replica1\"} 1.500\n",

@@ -71,13 +71,21 @@ pub fn health_body(instance: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Readiness: at least one query DB answers its probe.
+/// Readiness: at least one query DB answers its probe and is not stale (a stale read model is
+/// never served, SPEC §7.4); each DB's state is listed, stale ones named as such.
 fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
     let states = ctx.dbs.states();
-    if !states.iter().any(|s| s.up) {
-        let names: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+    if !states.iter().any(|s| s.up && !s.stale) {
+        let names: Vec<String> = states
+            .iter()
+            .map(|s| match (s.up, s.stale) {
+                (true, true) => format!("{} (stale)", s.name),
+                (true, false) => s.name.clone(),
+                (false, _) => format!("{} (unreachable)", s.name),
+            })
+            .collect();
         return Err(ApiError::Unavailable(format!(
-            "no query database is reachable (tried {})",
+            "no query database is reachable and current (tried {})",
             names.join(", ")
         )));
     }
@@ -85,6 +93,7 @@ fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
     struct Db<'a> {
         name: &'a str,
         up: bool,
+        stale: bool,
         serving: bool,
     }
     let dbs: Vec<Db<'_>> = states
@@ -92,6 +101,7 @@ fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
         .map(|s| Db {
             name: &s.name,
             up: s.up,
+            stale: s.stale,
             serving: s.serving,
         })
         .collect();

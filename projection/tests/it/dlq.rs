@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use shared::event::{DLQ_STREAM, STREAM};
+use shared::event::{Event, EventType, DLQ_STREAM, STREAM};
+use shared::model::{Category, Report, Status};
 use shared::testkit::{wait_until, RedisServer};
+use uuid::Uuid;
 
 use crate::support::*;
 
@@ -77,4 +79,82 @@ fn poison_entries_land_in_the_dlq_and_later_entries_apply() {
         metric(projection.port, "projection_dlq_total", None),
         Some(3.0)
     );
+}
+
+#[test]
+fn an_entry_every_db_rejects_is_parked_once_and_the_rest_of_its_batch_applies() {
+    // Given a projection over two query DBs
+    let a = pg().create_db("poison_a");
+    let b = pg().create_db("poison_b");
+    let redis = RedisServer::start();
+    let mut conn = redis.connection().expect("redis");
+    let projection = start_projection("projection", &redis, &[("a", a.clone()), ("b", b.clone())]);
+    let mut cmd = CommandSide::new(14);
+
+    // When an entry that decodes but whose title holds U+0000 (PostgreSQL refuses it in a text
+    // column: 22021) is published in the middle of good events, in one burst
+    let before = cmd.batch(40);
+    let now = shared::model::now_micros();
+    let report = Report {
+        id: Uuid::new_v4(),
+        title: "jalan\u{0}rusak".into(),
+        description: "lubang".into(),
+        category: Category::Infrastruktur,
+        status: Status::Pending,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        location: None,
+        address: None,
+        media_url: None,
+    };
+    let poison = Event {
+        event_id: Uuid::new_v4(),
+        event_type: EventType::ReportCreated,
+        report_id: report.id,
+        version: 1,
+        position: 1_000_000,
+        payload: serde_json::to_string(&report).expect("json"),
+        timestamp: now,
+    };
+    let after = cmd.batch(40);
+    let mut all = before;
+    all.push(poison.clone());
+    all.extend(after);
+    publish(&mut conn, &all);
+
+    // Then every other event is applied in both DBs (the poison's report never appears)
+    let expected = cmd.expected();
+    wait_converged(&a, &expected, Duration::from_secs(20));
+    wait_converged(&b, &expected, Duration::from_secs(20));
+    // and the poison is in the DLQ exactly once, with the database's reason
+    let dlq: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(DLQ_STREAM)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("xrange dlq");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let fields = &dlq[0].1;
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(get("report_id"), poison.report_id.to_string(), "{fields:?}");
+    assert!(get("reason").contains("22021"), "{fields:?}");
+    // and nothing stays pending: the pipeline goes on
+    wait_until("all acked", Duration::from_secs(10), || {
+        pending(&mut conn) == 0
+    });
+    assert_eq!(
+        metric(projection.port, "projection_dlq_total", None),
+        Some(1.0)
+    );
+    // and later events still apply
+    publish(&mut conn, &cmd.batch(10));
+    let expected = cmd.expected();
+    wait_converged(&a, &expected, Duration::from_secs(20));
 }

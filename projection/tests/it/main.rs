@@ -13,4 +13,5 @@ mod e2e;
 mod history;
 mod outage;
 mod rebuild;
+mod retention;
 mod shutdown;

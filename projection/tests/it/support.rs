@@ -19,15 +19,41 @@ pub fn pg() -> &'static PgCluster {
 
 /// Starts the projection over `dbs` (`(name, url)`) and `redis`.
 pub fn start_projection(instance: &str, redis: &RedisServer, dbs: &[(&str, String)]) -> Service {
+    start_projection_with(instance, redis, dbs, &[])
+}
+
+/// [`start_projection`] with more environment (a retention bound, a command DB).
+pub fn start_projection_with(
+    instance: &str,
+    redis: &RedisServer,
+    dbs: &[(&str, String)],
+    extra: &[(&str, String)],
+) -> Service {
     let urls: Vec<String> = dbs.iter().map(|(n, u)| format!("{n}={u}")).collect();
-    Service::start(
-        env!("CARGO_BIN_EXE_projection"),
-        &[
-            ("INSTANCE_ID", instance.to_owned()),
-            ("REDIS_URL", redis.url()),
-            ("QUERY_DATABASE_URLS", urls.join(",")),
-        ],
-    )
+    let mut env = vec![
+        ("INSTANCE_ID", instance.to_owned()),
+        ("REDIS_URL", redis.url()),
+        ("QUERY_DATABASE_URLS", urls.join(",")),
+    ];
+    env.extend(extra.iter().cloned());
+    Service::start(env!("CARGO_BIN_EXE_projection"), &env)
+}
+
+/// The stale mark in a query DB's checkpoint row (false when there is no row).
+pub fn stale_mark(url: &str) -> bool {
+    postgres::Client::connect(url, postgres::NoTls)
+        .ok()
+        .and_then(|mut c| {
+            c.query_opt("SELECT stale FROM checkpoint", &[])
+                .ok()
+                .flatten()
+        })
+        .is_some_and(|r| r.get::<_, bool>(0))
+}
+
+/// XLEN of the stream.
+pub fn stream_len(conn: &mut redis::Connection) -> i64 {
+    redis::cmd("XLEN").arg(STREAM).query(conn).expect("xlen")
 }
 
 /// A tiny deterministic PRNG (xorshift64*): reproducible runs without a dependency.
@@ -148,6 +174,51 @@ impl CommandSide {
             }
         }
         out
+    }
+
+    /// Makes `client`'s command DB hold exactly this command side: every report's current row
+    /// and every event of the log at its position (what the command service commits before
+    /// the relay publishes). Call it before publishing the events it added.
+    pub fn write_command_db(&self, client: &mut postgres::Client) {
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute("DELETE FROM event_log; DELETE FROM reports;")
+            .expect("clear");
+        for (r, deleted) in &self.reports {
+            let deleted_at = deleted.then_some(r.updated_at);
+            tx.execute(
+                "INSERT INTO reports (id, title, description, category, status, version, \
+                 created_at, updated_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &r.id,
+                    &r.title,
+                    &r.description,
+                    &r.category.as_str(),
+                    &r.status.as_str(),
+                    &r.version,
+                    &r.created_at,
+                    &r.updated_at,
+                    &deleted_at,
+                ],
+            )
+            .expect("insert report");
+        }
+        for e in &self.log {
+            tx.execute(
+                "INSERT INTO event_log (position, event_id, event_type, report_id, version, \
+                 payload, created_at, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                &[
+                    &e.position,
+                    &e.event_id,
+                    &e.event_type.as_str(),
+                    &e.report_id,
+                    &e.version,
+                    &e.payload,
+                    &e.timestamp,
+                ],
+            )
+            .expect("insert event");
+        }
+        tx.commit().expect("commit");
     }
 
     /// The read model every query DB must hold.

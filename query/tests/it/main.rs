@@ -14,6 +14,7 @@ mod open311;
 mod pgbouncer;
 mod read_your_writes;
 mod search;
+mod stale;
 mod startup;
 mod statistics;
 mod support;

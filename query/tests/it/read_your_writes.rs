@@ -42,6 +42,11 @@ fn a_write_then_an_immediate_read_with_its_version_sees_it() {
             name: "query-db-primary".into(),
             url: query_db.clone(),
         }],
+        command_url: None,
+        bound: projection::retention::Bound {
+            max_entries: projection::config::STREAM_MAX_ENTRIES_DEFAULT,
+            max_age: Duration::from_secs(projection::config::STREAM_MAX_AGE_SECS_DEFAULT),
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     let projection_stop = stop.clone();

@@ -91,9 +91,12 @@ pub struct DbProgress {
     pub db: String,
     pub checkpoint: Option<f64>,
     pub lag: Option<f64>,
+    /// Beyond the retention bound or behind the trimmed stream: not served, being rebuilt.
+    pub stale: bool,
 }
 
-/// Reads `projection_checkpoint_position{db=..}` and `projection_lag_entries{db=..}`.
+/// Reads `projection_checkpoint_position{db=..}`, `projection_lag_entries{db=..}` and
+/// `projection_db_stale{db=..}`.
 pub fn parse_projection_metrics(text: &str) -> Vec<DbProgress> {
     let mut out: Vec<DbProgress> = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -126,6 +129,7 @@ pub fn parse_projection_metrics(text: &str) -> Vec<DbProgress> {
         match name.trim() {
             "projection_checkpoint_position" => out[idx].checkpoint = Some(value),
             "projection_lag_entries" => out[idx].lag = Some(value),
+            "projection_db_stale" => out[idx].stale = value == 1.0,
             _ => {}
         }
     }
@@ -141,11 +145,13 @@ mod tests {
         let text = "# HELP x\nprojection_checkpoint_position{db=\"query-db-primary\"} 123\n\
                     projection_lag_entries{db=\"query-db-primary\"} 0\n\
                     projection_checkpoint_position{db=\"query-db-replica1\"} 120\n\
-                    projection_lag_entries{db=\"query-db-replica1\"} 3\nother 1\n";
+                    projection_lag_entries{db=\"query-db-replica1\"} 3\n\
+                    projection_db_stale{db=\"query-db-replica1\"} 1\nother 1\n";
         let got = parse_projection_metrics(text);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].checkpoint, Some(123.0));
         assert_eq!(got[1].lag, Some(3.0));
+        assert!(got[1].stale && !got[0].stale);
     }
 
     #[test]

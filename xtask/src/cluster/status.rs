@@ -1,6 +1,7 @@
 //! `cargo xtask status [--json]`: every service of the local cluster with its pid, address and
 //! health (probed now, not remembered), and each query DB's checkpoint and lag behind the
-//! stream as the projection's `/metrics` reports them, and whether writes need a token (never
+//! stream as the projection's `/metrics` reports them (and whether it is stale: beyond the
+//! retention bound, not served, being rebuilt), and whether writes need a token (never
 //! the token itself).
 
 use anyhow::Result;
@@ -132,10 +133,24 @@ impl Status {
             );
         }
         println!();
-        println!("{:<20} {:>14} {:>10}", "QUERY DB", "CHECKPOINT", "LAG");
+        println!(
+            "{:<20} {:>14} {:>10}  STATE",
+            "QUERY DB", "CHECKPOINT", "LAG"
+        );
         for db in &report.query_dbs {
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v}"));
-            println!("{:<20} {:>14} {:>10}", db.db, f(db.checkpoint), f(db.lag));
+            // A stale DB is not served and is being rebuilt from the command DB (SPEC §7.4).
+            let state = if db.stale {
+                "STALE (not served; rebuilding)"
+            } else {
+                "current"
+            };
+            println!(
+                "{:<20} {:>14} {:>10}  {state}",
+                db.db,
+                f(db.checkpoint),
+                f(db.lag)
+            );
         }
         if let Some(err) = &report.query_dbs_error {
             println!("(checkpoints unavailable: {err})");

@@ -3,11 +3,13 @@
 //! at the `medium` level (20 writes/s + 80 reads/s through nginx), and injects one fault at a
 //! time: SIGKILL of a command instance, a query instance, the projection, a query replica,
 //! Redis (AOF) and the command DB; SIGSTOP/SIGCONT of a replica (hung, not dead); a PgBouncer
-//! restart; and the relay-leader faults: SIGSTOP of the command instance that leads the relay
+//! restart; the relay-leader faults: SIGSTOP of the command instance that leads the relay
 //! (30 s; 8 s in `--short`), and cutting only that instance's Redis connection for as long (a
 //! `CLIENT KILL` loop on its client name), each with the propagation p99 of the writes
 //! acknowledged during the fault and a check that no report's versions went backwards in the
-//! stream. After each it checks that every acknowledged write is in the command DB with its
+//! stream; then the retention drills of `retention.rs` (a long replica outage with a bounded
+//! backlog, a replica restored from an old copy, a poison entry that decodes). After each it
+//! checks that every acknowledged write is in the command DB with its
 //! last version and in every query DB (check-sync, statistics included), that nothing exists
 //! that nobody was told about, and how long the system took to serve again — without any
 //! manual step. Prints a table, writes JSON to `target/drill/`, exits non-zero on any loss.
@@ -16,6 +18,7 @@
 
 mod leader;
 mod load;
+mod retention;
 mod verify;
 
 use std::os::unix::fs::PermissionsExt;
@@ -46,9 +49,15 @@ enum Fault {
     FreezeLeader,
     /// Kill the leading relay's Redis connection over and over for the leader-fault time.
     CutLeaderFromRedis,
+    /// `query-db-replica1` away while far more than the retention bound flows (`retention.rs`).
+    LongOutage,
+    /// `query-db-replica1` restored from an old copy of its data directory.
+    RestoredOld,
+    /// An entry that decodes but that every query DB refuses.
+    Poison,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 13] = [
     Fault::Kill("command-1"),
     Fault::Kill("query-1"),
     Fault::Kill("projection"),
@@ -59,6 +68,9 @@ const FAULTS: [Fault; 10] = [
     Fault::Restart("pgbouncer"),
     Fault::FreezeLeader,
     Fault::CutLeaderFromRedis,
+    Fault::LongOutage,
+    Fault::RestoredOld,
+    Fault::Poison,
 ];
 
 /// How long the relay-leader faults last: long enough to show the takeover (the lease runs out
@@ -72,6 +84,8 @@ impl Fault {
             Fault::Kill(s) | Fault::KillPostgres(s) | Fault::Hang(s) | Fault::Restart(s) => s,
             // Which instance leads is known only when the fault is injected.
             Fault::FreezeLeader | Fault::CutLeaderFromRedis => "relay-leader",
+            Fault::LongOutage | Fault::RestoredOld => "query-db-replica1",
+            Fault::Poison => "projection",
         }
     }
 
@@ -82,6 +96,9 @@ impl Fault {
             Fault::Restart(s) => format!("restart {s}"),
             Fault::FreezeLeader => "SIGSTOP relay leader".to_owned(),
             Fault::CutLeaderFromRedis => "cut relay leader from redis".to_owned(),
+            Fault::LongOutage => "long outage of query-db-replica1 (bounded backlog)".into(),
+            Fault::RestoredOld => "query-db-replica1 restored from an old copy".into(),
+            Fault::Poison => "poison entry that decodes".into(),
         }
     }
 
@@ -109,6 +126,8 @@ struct Row {
     propagation_p99_ms: Option<f64>,
     problems: Vec<String>,
     ok: bool,
+    /// Fault-specific measurements (Redis memory, time to rebuild/rejoin …), when any.
+    figures: String,
 }
 
 /// `cargo xtask drill` as parsed from the command line (`crate::flags` declares the flags and
@@ -147,6 +166,8 @@ impl Drill {
             } else {
                 LEADER_FAULT
             },
+            short: self.short,
+            figures: std::cell::RefCell::new(String::new()),
         };
         cluster.xtask(&["down", "--volumes"]).ok();
         let base = self.base_port.to_string();
@@ -205,6 +226,7 @@ impl Drill {
             } else {
                 None
             };
+            cluster.figures.borrow_mut().clear();
             let faulted = cluster.inject(fault)?;
             // The window is the fault itself: writes acknowledged after it are not sampled.
             let window = sampling.map(|(watch, sampler)| (watch, sampler, load.stop_sampling()));
@@ -271,6 +293,7 @@ impl Drill {
                 propagation_p99_ms,
                 problems: verdict.problems.clone(),
                 ok,
+                figures: cluster.figures.borrow().clone(),
             });
         }
         print_table(&rows);
@@ -310,6 +333,9 @@ fn print_table(rows: &[Row]) {
                 .map_or_else(|| "–".to_owned(), |ms| format!("{:.2} s", ms / 1000.0))
         );
     }
+    for r in rows.iter().filter(|r| !r.figures.is_empty()) {
+        println!("- {}: {}", r.fault, r.figures);
+    }
 }
 
 /// The drill's own cluster, driven through the xtask binary with its own state dir.
@@ -320,6 +346,9 @@ struct DrillCluster {
     bins: PathBuf,
     /// How long a relay-leader fault lasts.
     leader_fault: Duration,
+    short: bool,
+    /// What the last fault measured, for its row.
+    figures: std::cell::RefCell<String>,
 }
 
 impl DrillCluster {
@@ -328,7 +357,13 @@ impl DrillCluster {
         c.args(args)
             .current_dir(&self.root)
             .env(STATE_DIR_ENV, &self.state_dir)
-            .env("XTASK_BIN_DIR", &self.bins);
+            .env("XTASK_BIN_DIR", &self.bins)
+            // Inherited by the projection through `up` and its supervisor: the retention bound
+            // the retention drills outgrow.
+            .env(
+                "STREAM_MAX_ENTRIES",
+                retention::bound(self.short).to_string(),
+            );
         c
     }
 
@@ -404,6 +439,25 @@ impl DrillCluster {
                 let now = leader::leader(&local.command_db)?;
                 println!("{kills} connections of {leader} killed; the relay leader is now {now}");
                 return Ok(leader);
+            }
+            Fault::LongOutage | Fault::RestoredOld | Fault::Poison => {
+                let state = self.state()?;
+                let local = LocalCluster::of(&state.topology);
+                let xtask = |args: &[&str]| self.xtask(args);
+                let ctx = retention::Ctx {
+                    state: &state,
+                    state_dir: &self.state_dir,
+                    write_url: &local.write_url,
+                    short: self.short,
+                    xtask: &xtask,
+                };
+                let figures = match fault {
+                    Fault::LongOutage => retention::long_outage(&ctx)?,
+                    Fault::RestoredOld => retention::restored_old(&ctx)?,
+                    _ => retention::poison(&ctx)?,
+                };
+                println!("{figures}");
+                *self.figures.borrow_mut() = figures;
             }
         }
         Ok(fault.service().to_owned())
