@@ -120,3 +120,24 @@ CREATE TABLE IF NOT EXISTS report_history (
     payload    text        NOT NULL,
     PRIMARY KEY (report_id, version)
 );
+
+-- SPEC §7.3: query instances may answer from memory only while the read model is unchanged.
+-- Every statement that changes what a list or the statistics answer (the projection's batch,
+-- a rebuild, a checkpoint move) notifies `read_model_changed` with its transaction id, in the
+-- same transaction: the notice is delivered exactly when the change commits, never for a
+-- change rolled back. PostgreSQL folds identical notices of one transaction into one, so a
+-- batch costs one notice however many statements it runs.
+CREATE OR REPLACE FUNCTION read_model_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('read_model_changed', pg_current_xact_id()::text);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER read_reports_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON read_reports
+    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+CREATE OR REPLACE TRIGGER statistics_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON statistics
+    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+CREATE OR REPLACE TRIGGER checkpoint_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON checkpoint
+    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();

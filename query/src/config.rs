@@ -26,6 +26,13 @@ pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
 pub const QUERY_DATABASE_URLS_DEFAULT: &str =
     "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
+/// `QUERY_LISTEN_URLS`: comma-separated `name=url`, a DIRECT connection (never through
+/// PgBouncer's transaction pooling, which cannot carry LISTEN) to each query DB of
+/// `QUERY_DATABASE_URLS` whose answers may be served from memory (SPEC §7.3, `cache.rs`).
+/// A DB without one here is always read; the default (empty) turns the response cache off.
+pub const QUERY_LISTEN_URLS: &str = "QUERY_LISTEN_URLS";
+pub const QUERY_LISTEN_URLS_DEFAULT: &str = "";
+
 /// `MAY_WORKERS`: may scheduler threads. A sync DB call blocks its worker for a whole round
 /// trip, so the workers are the service's DB concurrency. Measured with this code on the
 /// 2-core box (release, wrk -t1 -c64, 20 000 rows): pk lookup 14 500 / 26 900 / 25 500 req/s
@@ -83,6 +90,8 @@ pub struct Config {
     pub stack_size: usize,
     pub pool_size: u32,
     pub min_version_wait: Duration,
+    /// Direct LISTEN connections, by the name of a DB in `dbs`; see [`QUERY_LISTEN_URLS`].
+    pub listen: Vec<NamedDb>,
 }
 
 impl Config {
@@ -115,6 +124,22 @@ impl Config {
                 "expected at most 30000 ms",
             ));
         }
+        let listen_text = config::string(QUERY_LISTEN_URLS, QUERY_LISTEN_URLS_DEFAULT);
+        let listen = if listen_text.trim().is_empty() {
+            Vec::new()
+        } else {
+            config::named_dbs(QUERY_LISTEN_URLS, &listen_text)?
+        };
+        if let Some(stray) = listen
+            .iter()
+            .find(|l| !dbs.iter().any(|d| d.name == l.name))
+        {
+            return Err(bad(
+                QUERY_LISTEN_URLS,
+                &stray.name,
+                "names no database of QUERY_DATABASE_URLS",
+            ));
+        }
         Ok(Config {
             instance_id: config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT),
             port: config::parse(PORT, PORT_DEFAULT)?,
@@ -123,6 +148,7 @@ impl Config {
             stack_size,
             pool_size,
             min_version_wait: Duration::from_millis(wait_ms),
+            listen,
         })
     }
 }
@@ -143,13 +169,18 @@ impl shared::startup::ServiceConfig for Config {
             .collect();
         format!(
             "port={} dbs=[{}] may_workers={} may_stack_size={}B db_pool_size={} \
-             min_version_wait={}ms",
+             min_version_wait={}ms cached_dbs=[{}]",
             self.port,
             dbs.join(", "),
             self.workers,
             self.stack_size,
             self.pool_size,
-            self.min_version_wait.as_millis()
+            self.min_version_wait.as_millis(),
+            self.listen
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }

@@ -153,6 +153,16 @@ impl Dbs {
                 <= STALE_AFTER.as_millis() as u64
     }
 
+    /// The DB [`Dbs::run`] would try first right now: the first one up, else the preferred.
+    /// The response cache (`cache.rs`) answers only for this DB, so an answer from memory is
+    /// never one a failed-over read would not have given.
+    pub fn first_choice(&self) -> usize {
+        let now = self.now_ms();
+        (0..self.dbs.len())
+            .find(|&i| self.is_up(i, now))
+            .unwrap_or(0)
+    }
+
     /// Runs `f` with a connection of the first DB that is up, failing over to the next on an
     /// "unavailable" error. When none is up, only the preferred DB is tried (it may be back
     /// before its probe noticed), so an outage costs one checkout timeout, not one per DB.
