@@ -1,17 +1,15 @@
 //! The response cache (SPEC §7.3): list and statistics answers served from memory, never
 //! staler than the query DB they replace.
 //!
-//! Every query DB notifies `read_model_changed` in the same transaction as any change to
-//! `read_reports`, `statistics` or `checkpoint` (triggers in `sql/query.sql`; the payload is
-//! the changing transaction's id). One listener thread per DB holds a DIRECT connection
-//! (`QUERY_LISTEN_URLS`: PgBouncer's transaction pooling cannot carry LISTEN) and turns the
-//! notices into that DB's *position*, a token `<db>.<xid>` that changes with every committed
-//! change.
+//! Every query DB moves its `read_model_position` row in the same transaction as any change
+//! to `read_reports`, `statistics` or `checkpoint` (triggers in `sql/query.sql`). One thread
+//! per DB with a URL in `QUERY_LISTEN_URLS` keeps a connection of its own and reads that row
+//! in *sync rounds*; the DB's position is the token `<db>.<n>`.
 //!
 //! Guarantees:
 //! - an entry is served only while its DB's position is the one it was read at: the position
 //!   is taken BEFORE the read, so an entry can only be newer than its position, never older;
-//!   every notice replaces the position and drops that DB's entries;
+//!   a new position drops that DB's entries;
 //! - while a DB's position is unknown (listener not connected yet, connection lost, DB down)
 //!   nothing of that DB is served from memory and no `ETag` is given for it: every read goes
 //!   to the DB, as without a cache;
@@ -20,9 +18,11 @@
 //!   serves the first DB's entries;
 //! - memory is bounded ([`MAX_ENTRIES`], [`MAX_BYTES`] per DB, [`MAX_BODY`] per entry).
 //!
-//! What remains is the delivery of one notice: between a change's commit and its notice
-//! reaching the listener (one local socket hop, well under a millisecond) the previous
-//! answer can still be served.
+//! - before answering from memory (a body or a 304) a request waits for a sync round that
+//!   STARTED after it arrived: the round's snapshot sees every change committed before the
+//!   request, so no answer from memory predates a change the client could have seen.
+//!   Concurrent requests share one round (one pk read of one row on a connection of its
+//!   own), so a round trip serves any number of hot reads and the read model is not touched.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,13 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use postgres::fallible_iterator::FallibleIterator;
 use shared::config::NamedDb;
 
 use crate::config::CONNECT_TIMEOUT;
-
-/// The notification channel the query schema's triggers notify.
-pub const CHANNEL: &str = "read_model_changed";
 
 /// Entries kept per DB. Lists have few hot shapes (first pages, common filters); when the
 /// cache is full it starts over, so a scan of distinct URLs costs misses, never memory.
@@ -49,10 +45,76 @@ pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// A larger answer is not kept: it would crowd out many hot small ones.
 pub const MAX_BODY: usize = 256 * 1024;
 
-/// How long the listener waits for a notice before checking its connection and the stop
-/// flag; also the pause before reconnecting. Bounds how long after a lost connection the
-/// position stays known (the socket error ends the wait at once in the usual case).
+/// The longest the position thread idles between rounds (checking its connection and the
+/// stop flag), and its pause before reconnecting.
 const LISTEN_POLL: Duration = Duration::from_millis(250);
+
+/// How long a request waits for a sync round before reading the DB instead (a listener
+/// connection that hangs must not hold hot reads longer than a read would take).
+const SYNC_WAIT: Duration = Duration::from_millis(500);
+
+/// Sync rounds asked for and done; see the module doc.
+#[derive(Default)]
+struct Rounds {
+    state: may::sync::Mutex<(u64, u64)>,
+    /// The listener waits here for a round to be asked.
+    asked: may::sync::Condvar,
+    /// Requests wait here for their round.
+    done: may::sync::Condvar,
+}
+
+impl std::fmt::Debug for Rounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rounds")
+    }
+}
+
+impl Rounds {
+    /// Waits (bounded) for a round that starts after this call; `false` if none finished.
+    fn sync(&self) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        st.0 += 1;
+        let target = st.0;
+        self.asked.notify_one();
+        let deadline = std::time::Instant::now() + SYNC_WAIT;
+        while st.1 < target {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = match self.done.wait_timeout(st, left) {
+                Ok((st, _)) => st,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+
+    /// The listener: waits until a round is asked (or `idle` passed); returns its target.
+    fn next(&self, idle: Duration) -> u64 {
+        let Ok(mut st) = self.state.lock() else {
+            return 0;
+        };
+        if st.0 == st.1 {
+            st = match self.asked.wait_timeout(st, idle) {
+                Ok((st, _)) => st,
+                Err(_) => return 0,
+            };
+        }
+        st.0
+    }
+
+    /// The listener: every round up to `target` is done (also when it failed: the waiters
+    /// then find the position unknown and read the DB).
+    fn finish(&self, target: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.1 = st.1.max(target);
+        }
+        self.done.notify_all();
+    }
+}
 
 /// One cached answer.
 #[derive(Debug)]
@@ -73,9 +135,10 @@ struct State {
 #[derive(Debug)]
 struct DbCache {
     name: String,
-    /// The direct URL to LISTEN on; `None`: this DB is never cached.
+    /// The URL the position is read on; `None`: this DB is never cached.
     listen_url: Option<String>,
     state: Mutex<State>,
+    rounds: Rounds,
 }
 
 impl DbCache {
@@ -120,6 +183,7 @@ impl Cache {
                         .find(|l| l.name == d.name)
                         .map(|l| l.url.clone()),
                     state: Mutex::new(State::default()),
+                    rounds: Rounds::default(),
                 })
                 .collect(),
         }
@@ -139,6 +203,10 @@ impl Cache {
         if_none_match: Option<&str>,
     ) -> Option<(Hit, Arc<str>)> {
         let db = self.dbs.get(i)?;
+        // Unknown (not listening): read the DB at once rather than wait for a round.
+        if db.state().position.is_none() || !db.rounds.sync() {
+            return None;
+        }
         let state = db.state();
         let position = state.position.clone()?;
         if if_none_match.is_some_and(|h| etag_matches(h, &position)) {
@@ -250,40 +318,45 @@ fn listen_loop(db: &DbCache, stop: &AtomicBool) {
     db.set_position(None);
 }
 
-/// Connects, LISTENs, takes a fresh position and follows the notices until the connection
-/// fails (`Err`) or `stop` is set (`Ok`).
+/// Connects and runs sync rounds until the connection fails (`Err`) or `stop` is set (`Ok`).
 fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String> {
-    let pg = |e: postgres::Error| e.to_string();
-    let mut config: postgres::Config = url.parse().map_err(pg)?;
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives(true);
-    config.application_name("query-cache-listener");
-    let mut client = config.connect(postgres::NoTls).map_err(pg)?;
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .map_err(pg)?;
-    // LISTEN is active before this transaction: a change committed after it is notified, so
-    // this fresh token (an xid no change ever carries) is replaced by the next change.
-    let row = client
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .map_err(pg)?;
-    let xid: String = row.try_get(0).map_err(pg)?;
-    db.set_position(Some(format!("{}.{xid}", db.name).into()));
-    shared::info!("cache {}: listening for read-model changes", db.name);
+    config.application_name("query-cache-position");
+    let mut client = config.connect(postgres::NoTls).map_err(|e| e.to_string())?;
+    shared::info!("cache {}: following the read-model position", db.name);
     while !stop.load(Ordering::Acquire) {
-        {
-            let mut notices = client.notifications();
-            let mut iter = notices.timeout_iter(LISTEN_POLL);
-            while let Some(n) = iter.next().map_err(pg)? {
-                db.set_position(Some(format!("{}.{}", db.name, n.payload()).into()));
-                if stop.load(Ordering::Acquire) {
-                    return Ok(());
+        // Idle, a round every LISTEN_POLL still checks the connection.
+        let target = db.rounds.next(LISTEN_POLL);
+        match read_position(&mut client) {
+            Ok(p) => {
+                let token: Arc<str> = format!("{}.{p}", db.name).into();
+                if db.state().position.as_ref() != Some(&token) {
+                    db.set_position(Some(token));
                 }
+                db.rounds.finish(target);
             }
-        }
-        if client.is_closed() {
-            return Err("connection closed".to_owned());
+            Err(e) => {
+                // Unknown before the waiters look: they read the DB.
+                db.set_position(None);
+                db.rounds.finish(target);
+                return Err(e);
+            }
         }
     }
     Ok(())
+}
+
+/// One round: the position row, by the simple protocol (one round trip, PgBouncer-safe).
+fn read_position(client: &mut postgres::Client) -> Result<String, String> {
+    let rows = client
+        .simple_query("SELECT position FROM read_model_position")
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or_else(|| "read_model_position has no row (schema not applied?)".to_owned())
 }

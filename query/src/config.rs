@@ -26,9 +26,9 @@ pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
 pub const QUERY_DATABASE_URLS_DEFAULT: &str =
     "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
-/// `QUERY_LISTEN_URLS`: comma-separated `name=url`, a DIRECT connection (never through
-/// PgBouncer's transaction pooling, which cannot carry LISTEN) to each query DB of
-/// `QUERY_DATABASE_URLS` whose answers may be served from memory (SPEC §7.3, `cache.rs`).
+/// `QUERY_LISTEN_URLS`: comma-separated `name=url`, a connection (direct or through PgBouncer)
+/// to each query DB of `QUERY_DATABASE_URLS` whose answers may be served from memory; its
+/// position row is read there (SPEC §7.3, `cache.rs`).
 /// A DB without one here is always read; the default (empty) turns the response cache off.
 pub const QUERY_LISTEN_URLS: &str = "QUERY_LISTEN_URLS";
 pub const QUERY_LISTEN_URLS_DEFAULT: &str = "";
