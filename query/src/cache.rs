@@ -360,3 +360,48 @@ fn read_position(client: &mut postgres::Client) -> Result<String, String> {
         })
         .ok_or_else(|| "read_model_position has no row (schema not applied?)".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_lists() {
+        let check = |header: &str, expect: bool| {
+            assert_eq!(etag_matches(header, "main.7"), expect, "{header:?}");
+        };
+        check("\"main.7\"", true);
+        check("W/\"main.7\"", true);
+        check("\"x\", \"main.7\"", true);
+        check("*", true);
+        check("\"main.71\"", false);
+        check("main.7", false);
+        check("", false);
+    }
+
+    #[test]
+    fn entries_only_at_their_position_and_bounded() {
+        let db = NamedDb {
+            name: "d".into(),
+            url: "postgres://x/y".into(),
+        };
+        let cache = Cache::new(std::slice::from_ref(&db), &[]);
+        let p1: Arc<str> = "d.1".into();
+        // Position unknown: nothing is kept.
+        cache.store(0, "k", &p1, b"a");
+        assert!(cache.dbs[0].state().entries.is_empty());
+        cache.dbs[0].set_position(Some(Arc::clone(&p1)));
+        cache.store(0, "k", &p1, b"a");
+        cache.store(0, "big", &p1, &vec![0; MAX_BODY + 1]);
+        assert_eq!(cache.dbs[0].state().entries.len(), 1);
+        // Read before a change landed: not kept.
+        cache.store(0, "k2", &"d.0".into(), b"b");
+        assert_eq!(cache.dbs[0].state().entries.len(), 1);
+        for n in 0..MAX_ENTRIES + 10 {
+            cache.store(0, &n.to_string(), &p1, b"xyz");
+        }
+        assert!(cache.dbs[0].state().entries.len() <= MAX_ENTRIES);
+        cache.dbs[0].set_position(Some("d.2".into()));
+        assert!(cache.dbs[0].state().entries.is_empty());
+    }
+}
