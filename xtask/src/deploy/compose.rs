@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use crate::cluster::topology::{Target, Topology};
+use crate::cluster::topology::Topology;
 use crate::cluster::{alive, Layout};
 use crate::deploy::engine::Engine;
 use crate::deploy::render;
