@@ -62,6 +62,9 @@ struct State {
     conn: Option<redis::Connection>,
     /// Per writer: every entry up to this id is committed in its DB (None: not known yet).
     watermarks: Vec<Option<EntryId>>,
+    /// Per writer: the stream position a rebuild in progress will catch up from
+    /// ([`FromWriter::Pin`]); nothing after it is acked or trimmed meanwhile.
+    pins: Vec<Option<EntryId>>,
     /// Entries read and dispatched, not yet acked.
     unacked: BTreeSet<EntryId>,
     /// While re-reading our own pending entries after a (re)connect: where to go on from.
@@ -90,6 +93,7 @@ impl Reader {
                     r: self,
                     conn: None,
                     watermarks: vec![None; n],
+                    pins: vec![None; n],
                     unacked: BTreeSet::new(),
                     pending_cursor: None,
                     last_dispatched: EntryId::ZERO,
@@ -300,6 +304,11 @@ impl State {
                         *w = Some(upto);
                     }
                 }
+                FromWriter::Pin { db, at } => {
+                    if let Some(p) = self.pins.get_mut(db) {
+                        *p = at;
+                    }
+                }
                 FromWriter::Rejoin { db, at } => {
                     self.r.fanout.rejoin(db, at, self.last_dispatched);
                 }
@@ -345,10 +354,17 @@ impl State {
             .filter(|(_, status)| !status.is_stale())
             .map(|(w, _)| *w)
             .peekable();
-        if counted.peek().is_none() {
-            return self.recent.floor(self.r.bound, now_ms());
+        let low = if counted.peek().is_none() {
+            self.recent.floor(self.r.bound, now_ms())
+        } else {
+            counted.collect::<Option<Vec<_>>>()?.into_iter().min()
+        };
+        // A rebuild in progress catches up from its pin: trimming past it would lose the
+        // entries between the pin and the trim for that DB, silently.
+        match self.pins.iter().flatten().min() {
+            Some(&pin) => Some(low.map_or(pin, |low| low.min(pin))),
+            None => low,
         }
-        counted.collect::<Option<Vec<_>>>()?.into_iter().min()
     }
 
     /// XACKs every unacked entry that every DB has committed.

@@ -68,6 +68,10 @@ pub enum FromWriter {
     Applied { db: usize, upto: EntryId },
     /// Caught up to `at` from the checkpoint; please attach me.
     Rejoin { db: usize, at: EntryId },
+    /// A stale DB is being rebuilt and will catch up from `at` (`Some`): keep every entry
+    /// after it in the stream until the pin is lifted (`None`), although the DB counts as
+    /// stale meanwhile.
+    Pin { db: usize, at: Option<EntryId> },
 }
 
 /// The reader's end of one writer.

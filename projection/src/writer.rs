@@ -532,8 +532,10 @@ impl State {
     ///    `L` from the stream — events already in the snapshot are no-ops (version rules);
     /// 4. the mark is cleared only when the writer has caught up and rejoined the fan-out.
     ///
-    /// If the stream was trimmed past `L` meanwhile (a rebuild longer than the bound), the next
-    /// connect judges the DB stale again and it is rebuilt again.
+    /// The reader keeps the stream from `L` on while this runs (`FromWriter::Pin`): the DB
+    /// counts as stale, so without the pin a trim for the healthy DBs could remove entries
+    /// after `L` before the catch-up reads them (seen in the restored-copy drill: a rejoined
+    /// replica missing the writes of one trim interval).
     fn rebuild(&mut self, command_url: String) -> Result<(), Error> {
         let redis = self.redis()?;
         let (marks, upto) = match retention::read(redis)
@@ -550,6 +552,22 @@ impl State {
              other DBs",
             self.w.name
         );
+        let db = self.w.db;
+        let _ = self.w.reports.send(FromWriter::Pin { db, at: Some(upto) });
+        let result = self.rebuild_from(command_url, upto, marks.epoch);
+        // On success the DB's own watermark (`upto`) holds the stream from here on; on failure
+        // the DB stays stale and the next attempt pins again.
+        let _ = self.w.reports.send(FromWriter::Pin { db, at: None });
+        result
+    }
+
+    /// Steps 2–4 of [`State::rebuild`], with the stream pinned at `upto`.
+    fn rebuild_from(
+        &mut self,
+        command_url: String,
+        upto: EntryId,
+        epoch: String,
+    ) -> Result<(), Error> {
         let started = Instant::now();
         let report = rebuild::rebuild(&RebuildConfig {
             command_url,
@@ -568,13 +586,13 @@ impl State {
             .pg
             .as_mut()
             .ok_or_else(|| Error::DbLost { db: name.clone() })?;
-        checkpoint::restart_at(client, cp, &marks.epoch).map_err(|source| Error::Db {
+        checkpoint::restart_at(client, cp, &epoch).map_err(|source| Error::Db {
             db: name.clone(),
             source,
         })?;
         self.cp = cp;
         self.marked_stale = true;
-        self.epoch = Some(marks.epoch);
+        self.epoch = Some(epoch);
         let took = started.elapsed();
         let st = &self.w.status;
         st.position.store(cp.position, Relaxed);
