@@ -122,7 +122,7 @@ fn in_transaction<T>(
 /// The whole create in one statement (see [`create`]). `ON CONFLICT DO NOTHING` and the
 /// event insert reading the report CTE make a repeat of the statement with the same id a
 /// no-op that returns no row.
-const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, description, category, \
+pub const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, description, category, \
      status, version, created_at, updated_at, lat, lng, address, media_url) \
      VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING \
      RETURNING id), \

@@ -1124,6 +1124,21 @@ Transfer/sec:     10.00MB
     }
 
     #[test]
+    fn post_sql_is_one_line_with_or_without_notify() {
+        let with = post_sql(true).unwrap();
+        let without = post_sql(false).unwrap();
+        assert!(with.contains("pg_notify('report_events'"), "{with}");
+        assert!(!without.contains("pg_notify"), "{without}");
+        for s in [&with, &without] {
+            // pgbench reads one SQL command per line; the literals are quoted and balanced.
+            assert_eq!(s.lines().count(), 1, "{s}");
+            assert!(s.ends_with(";\n"), "{s}");
+            assert_eq!(s.matches('\'').count() % 2, 0, "{s}");
+            assert!(s.contains("'ReportCreated'") && s.contains("\"version\":1"), "{s}");
+        }
+    }
+
+    #[test]
     fn post_script_is_valid_lua_shape() {
         let s = post_script(Some("abc"));
         assert!(s.starts_with("wrk.method = \"POST\"\n"), "{s}");
