@@ -732,8 +732,8 @@ fn transact(
             Payload::Deleted(t) => tombstones.push(t, &e.event.payload),
         }
     }
-    let written = snapshots.write(&mut tx).map_err(db_err)?
-        + tombstones.write(&mut tx).map_err(db_err)?;
+    let written =
+        snapshots.write(&mut tx).map_err(db_err)? + tombstones.write(&mut tx).map_err(db_err)?;
     if written != plan.writes.len() as u64 {
         return Err(lost(format!(
             "{} of {} reports changed concurrently",

@@ -811,7 +811,12 @@ pub struct WriteCeilingRun {
 fn post_sql(notify: bool) -> Result<String> {
     let (body, _) = crate::ops::seed::report_body(&mut Rng::new(7));
     let b: serde_json::Value = serde_json::from_slice(&body)?;
-    let field = |k: &str| b.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let field = |k: &str| {
+        b.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     let now = time::OffsetDateTime::now_utc();
     let report = shared::model::Report {
         id: uuid::Uuid::new_v4(),
@@ -852,7 +857,13 @@ fn post_sql(notify: bool) -> Result<String> {
 
 /// pgbench with `script` on a fresh scratch database of command-db holding the command schema
 /// (`sql/command.sql`, as the service applies it), dropped afterwards.
-fn pgbench_write(sh: &Shell, topo: &Topology, secs: u64, name: &str, script: &Path) -> Result<Figure> {
+fn pgbench_write(
+    sh: &Shell,
+    topo: &Topology,
+    secs: u64,
+    name: &str,
+    script: &Path,
+) -> Result<Figure> {
     let svc = topo
         .service("command-db")
         .context("the cluster has no command-db")?;
@@ -924,8 +935,7 @@ fn write_ceiling(
     secs: u64,
     tps: f64,
 ) -> Result<(Vec<Figure>, WriteCeilingRun)> {
-    let scratch =
-        std::env::temp_dir().join(format!("xtask-write-ceiling-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("xtask-write-ceiling-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
     let result = (|| -> Result<Vec<Figure>> {
         let with = scratch.join("post.sql");
@@ -1134,7 +1144,10 @@ Transfer/sec:     10.00MB
             assert_eq!(s.lines().count(), 1, "{s}");
             assert!(s.ends_with(";\n"), "{s}");
             assert_eq!(s.matches('\'').count() % 2, 0, "{s}");
-            assert!(s.contains("'ReportCreated'") && s.contains("\"version\":1"), "{s}");
+            assert!(
+                s.contains("'ReportCreated'") && s.contains("\"version\":1"),
+                "{s}"
+            );
         }
     }
 
