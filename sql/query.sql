@@ -142,3 +142,29 @@ BEGIN
     END IF;
 END
 $$;
+
+-- SPEC §7.3: query instances may answer from memory only while the read model is unchanged.
+-- Every statement that changes what a list or the statistics answer (the projection's batch,
+-- a rebuild, a checkpoint move) moves `read_model_position` in the same transaction, so a
+-- query instance that reads this one row sees a new position exactly when a change is
+-- visible (a snapshot, not a signal: no delivery delay). One writer per DB at a time
+-- (`WRITE_LOCK`), so the row is never contended.
+CREATE TABLE IF NOT EXISTS read_model_position (
+    id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+    position bigint  NOT NULL
+);
+INSERT INTO read_model_position (id, position) VALUES (true, 1) ON CONFLICT (id) DO NOTHING;
+CREATE OR REPLACE FUNCTION read_model_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE read_model_position SET position = position + 1;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER read_reports_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON read_reports
+    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+CREATE OR REPLACE TRIGGER statistics_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON statistics
+    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+CREATE OR REPLACE TRIGGER checkpoint_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON checkpoint
+    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();

@@ -36,10 +36,13 @@
 //!
 //! **LISTEN/NOTIFY stays bounded.** Every write NOTIFYs at commit; PostgreSQL keeps each
 //! notification until every LISTENing session has read it, and the queue is shared and
-//! finite. So only the leader LISTENs (it UNLISTENs when it steps down), and the relay drains
-//! its session whenever it runs — while publishing, while idle, and in every backoff pause
-//! while Redis is down. With Redis down everywhere nobody leads and nobody listens, and the
-//! queue stays empty however many writes commit.
+//! finite; what a session has been sent but not read sits in its socket. So a relay LISTENs
+//! only while it leads *and* its Redis answers: it UNLISTENs when it steps down, on any Redis
+//! error (a leader that cannot publish has no use for wake-ups; it LISTENs again before its
+//! next batch), and whenever a turn ends in an error while it is not leading. While it
+//! listens it drains its session whenever it runs — while publishing, while idle, and in
+//! every pause — and a drain really reads the socket (see [`DRAIN_WAIT`]). With Redis down
+//! nobody listens, and the queue and the sockets stay empty however many writes commit.
 //!
 //! **Invariant:** the request path never waits on Redis. When Redis is down, writes keep
 //! committing and the backlog waits in the event log until Redis returns.
@@ -86,6 +89,15 @@ const STATEMENT_TIMEOUT: &str = "5s";
 
 /// How often an idle relay looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// How long a drain lets the postgres client's event loop wait on the socket. The crate's
+/// non-blocking `notifications().iter()` only returns what the event loop already knows has
+/// arrived, and the loop learns that the socket is readable only while it waits; after a
+/// query it has seen the socket empty, so later notifications stay in the kernel until the
+/// next query or wait. A leader whose Redis is down runs no query, so without this wait its
+/// drains read nothing and the socket fills (measured: all 50 000 notifications of a burst).
+/// 1 ms is the timer's resolution: the shortest wait that makes the loop poll the socket.
+const DRAIN_WAIT: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -187,13 +199,15 @@ struct Leading {
     skip: HashSet<String>,
 }
 
-/// The relay thread's state: its own PostgreSQL session (LISTENing only while leading), its
-/// Redis connection, and its term when leading.
+/// The relay thread's state: its own PostgreSQL session (LISTENing only while leading with a
+/// working Redis), its Redis connection, and its term when leading.
 struct State<'a> {
     config: &'a RelayConfig,
     metrics: &'a Metrics,
     holder: String,
     pg: Option<Client>,
+    /// Whether `pg` has an active LISTEN: false whenever `pg` is `None`.
+    listening: bool,
     redis: Option<redis::Connection>,
     lead: Option<Leading>,
 }
@@ -205,6 +219,7 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
         // A fresh suffix per process: a restarted instance with the same id is a new holder.
         holder: format!("{}/{}", config.instance, Uuid::new_v4()),
         pg: None,
+        listening: false,
         redis: None,
         lead: None,
     };
@@ -242,7 +257,7 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
                     RelayError::Db(_) => {
                         // The session is gone, and with it our LISTEN; the lease (if we held
                         // one) simply runs out.
-                        state.pg = None;
+                        state.drop_session();
                         state.step_down(false);
                         MAX_BACKOFF
                     }
@@ -252,6 +267,10 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
                         if let Some(lead) = state.lead.as_mut() {
                             lead.redis_failed = true;
                         }
+                        // We cannot publish, so wake-ups are of no use until Redis answers
+                        // again; while we listened they would pile up in our socket and in
+                        // PostgreSQL's queue for as long as the lease lasts.
+                        state.unlisten();
                         MAX_REDIS_BACKOFF
                     }
                     RelayError::Fenced { .. } | RelayError::LeaseLost => {
@@ -259,6 +278,11 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
                         MAX_REDIS_BACKOFF
                     }
                 };
+                if state.lead.is_none() {
+                    // A turn that failed half-way through taking the lease (after its LISTEN)
+                    // must not leave a follower listening.
+                    state.unlisten();
+                }
                 let text = e.to_string();
                 // One line per outage, not one per retry.
                 if last_error.as_deref() != Some(text.as_str()) {
@@ -290,6 +314,13 @@ impl State<'_> {
             return Ok(Turn::Following);
         };
         let redis = connect_redis(&mut self.redis, self.config)?;
+        if !self.listening {
+            // Again after a Redis error: before the batch's SELECT, so a write committed
+            // after it wakes us.
+            pg.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                .map_err(RelayError::Db)?;
+            self.listening = true;
+        }
         let published = publish_batch(pg, redis, lead, self.config.batch, self.metrics)?;
         self.metrics.redis_up.store(true, Ordering::Relaxed);
         Ok(Turn::Published(published))
@@ -313,6 +344,7 @@ impl State<'_> {
         // LISTEN before the first batch, so a write committed after it wakes us.
         pg.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .map_err(RelayError::Db)?;
+        self.listening = true;
         let redis = connect_redis(&mut self.redis, self.config)?;
         let skip = match fence::claim(redis, term.epoch, self.config.batch) {
             Ok(ids) => ids,
@@ -324,7 +356,8 @@ impl State<'_> {
                 {
                     Some(raised) => term = raised,
                     None => {
-                        self.step_down(false);
+                        // Not leading yet (`lead` is unset), so step_down would do nothing.
+                        self.unlisten();
                         return Ok(Turn::Following);
                     }
                 }
@@ -398,24 +431,56 @@ impl State<'_> {
             "relay: no longer leading (epoch {}); another instance may publish",
             lead.term.epoch
         );
-        if let Some(pg) = self.pg.as_mut() {
-            let mut ok = pg.batch_execute("UNLISTEN *").is_ok();
-            if release {
-                ok &= lease::release(pg, &self.holder, &lead.term).is_ok();
-            }
-            if !ok {
-                // A broken session: drop it, which also ends the LISTEN.
-                self.pg = None;
+        self.unlisten();
+        if release {
+            if let Some(pg) = self.pg.as_mut() {
+                if lease::release(pg, &self.holder, &lead.term).is_err() {
+                    self.drop_session();
+                }
             }
         }
-        let _ = self.drain();
     }
 
-    /// Reads whatever notifications have arrived, without blocking, so our LISTEN never holds
-    /// back PostgreSQL's notification queue.
+    /// Stops listening (if we do), so notifications stop queueing for us, and drops what was
+    /// already sent to us. UNLISTEN's answer comes after every notification the backend sent
+    /// before it, and the client reads (and buffers) those while waiting for it; the drain
+    /// then empties the buffer.
+    fn unlisten(&mut self) {
+        if !self.listening {
+            return;
+        }
+        if let Some(pg) = self.pg.as_mut() {
+            if pg.batch_execute("UNLISTEN *").is_err() {
+                // A broken session: drop it, which also ends the LISTEN.
+                self.drop_session();
+            }
+        }
+        self.listening = false;
+        if self.drain().is_err() {
+            self.drop_session();
+        }
+    }
+
+    /// Forgets the session (closing it), and with it any LISTEN.
+    fn drop_session(&mut self) {
+        self.pg = None;
+        self.listening = false;
+    }
+
+    /// Reads every notification that has reached our socket, so our LISTEN never holds back
+    /// PostgreSQL's notification queue nor fills the socket. Waits at most [`DRAIN_WAIT`], and
+    /// only while listening: that wait is what makes the client read the socket at all.
     fn drain(&mut self) -> Result<(), RelayError> {
+        let listening = self.listening;
         if let Some(pg) = self.pg.as_mut() {
             let mut notifications = pg.notifications();
+            if listening {
+                // One wait pulls everything the socket holds into the client's buffer.
+                notifications
+                    .timeout_iter(DRAIN_WAIT)
+                    .next()
+                    .map_err(RelayError::Db)?;
+            }
             let mut pending = notifications.iter();
             while pending.next().map_err(RelayError::Db)?.is_some() {}
         }
@@ -431,7 +496,7 @@ impl State<'_> {
                 break;
             }
             if self.drain().is_err() {
-                self.pg = None;
+                self.drop_session();
                 self.step_down(false);
             }
             std::thread::sleep((deadline - now).min(STOP_CHECK));

@@ -26,6 +26,13 @@ pub const QUERY_DATABASE_URLS: &str = "QUERY_DATABASE_URLS";
 pub const QUERY_DATABASE_URLS_DEFAULT: &str =
     "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
+/// `QUERY_CACHE`: `on` (the default) answers lists and statistics from memory while the read
+/// model they came from is unchanged (SPEC §7.3, `cache.rs`): one extra connection per query
+/// DB, at its `QUERY_DATABASE_URLS` URL (direct or through PgBouncer), reads its position
+/// row. `off` reads every request from the DB.
+pub const QUERY_CACHE: &str = "QUERY_CACHE";
+pub const QUERY_CACHE_DEFAULT: &str = "on";
+
 /// `MAY_WORKERS`: may scheduler threads. A sync DB call blocks its worker for a whole round
 /// trip, so the workers are the service's DB concurrency. Measured with this code on the
 /// 2-core box (release, wrk -t1 -c64, 20 000 rows): pk lookup 14 500 / 26 900 / 25 500 req/s
@@ -83,6 +90,9 @@ pub struct Config {
     pub stack_size: usize,
     pub pool_size: u32,
     pub min_version_wait: Duration,
+    /// The DBs whose position row the response cache reads (all of `dbs`, or none); see
+    /// [`QUERY_CACHE`].
+    pub listen: Vec<NamedDb>,
 }
 
 impl Config {
@@ -115,6 +125,11 @@ impl Config {
                 "expected at most 30000 ms",
             ));
         }
+        let listen = match config::string(QUERY_CACHE, QUERY_CACHE_DEFAULT).as_str() {
+            "on" => dbs.clone(),
+            "off" => Vec::new(),
+            other => return Err(bad(QUERY_CACHE, other, "expected on or off")),
+        };
         Ok(Config {
             instance_id: config::string(INSTANCE_ID, INSTANCE_ID_DEFAULT),
             port: config::parse(PORT, PORT_DEFAULT)?,
@@ -123,6 +138,7 @@ impl Config {
             stack_size,
             pool_size,
             min_version_wait: Duration::from_millis(wait_ms),
+            listen,
         })
     }
 }
@@ -143,13 +159,18 @@ impl shared::startup::ServiceConfig for Config {
             .collect();
         format!(
             "port={} dbs=[{}] may_workers={} may_stack_size={}B db_pool_size={} \
-             min_version_wait={}ms",
+             min_version_wait={}ms cached_dbs=[{}]",
             self.port,
             dbs.join(", "),
             self.workers,
             self.stack_size,
             self.pool_size,
-            self.min_version_wait.as_millis()
+            self.min_version_wait.as_millis(),
+            self.listen
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }

@@ -208,6 +208,16 @@ impl Dbs {
         (0..self.dbs.len()).any(|i| self.serves(i, now_ms, true))
     }
 
+    /// The DB [`Dbs::run`] would try first right now: the first that may serve (up, not
+    /// stale, settled when another is), or none. The response cache (`cache.rs`) answers only
+    /// for this DB, so an answer from memory is never one a failed-over read would not have
+    /// given, and never one of a stale DB.
+    pub fn first_choice(&self) -> Option<usize> {
+        let now = self.now_ms();
+        let settled = self.any_settled(now);
+        (0..self.dbs.len()).find(|&i| self.serves(i, now, settled))
+    }
+
     /// Runs `f` with a connection of the first DB that is up, failing over to the next on an
     /// "unavailable" error. When none is up, only the preferred DB is tried (it may be back
     /// before its probe noticed), so an outage costs one checkout timeout, not one per DB.

@@ -9,6 +9,7 @@
 //! - [`routes`]: one `match (method, route)` and the handlers;
 //! - [`paging`]: pure parameter rules (page, per_page, filters, min_version);
 //! - [`search`]: the list with text, place and cursor parameters ([`cursor`]: its tokens);
+//! - [`cache`]: list and statistics answers from memory while their DB is unchanged;
 //! - [`failover`]: a pool per query DB, probes, failing over and back;
 //! - [`store`]: every SQL statement (unnamed, parameterized: PgBouncer-safe);
 //! - [`render`]: envelopes around the stored JSON documents, spliced as bytes;
@@ -17,6 +18,7 @@
 //! **Invariant:** the read path never writes, never serves a tombstone, and never waits on a
 //! database it has marked down while another one is up.
 
+pub mod cache;
 pub mod config;
 pub mod cursor;
 pub mod failover;
@@ -49,6 +51,7 @@ pub struct Ctx {
     pub dbs: Arc<Dbs>,
     pub metrics: metrics::Metrics,
     pub min_version_wait: Duration,
+    pub cache: Arc<cache::Cache>,
 }
 
 /// A running service: the HTTP server coroutine and the probe threads.
@@ -57,4 +60,5 @@ pub struct Running {
     pub server: may::coroutine::JoinHandle<()>,
     pub ctx: Arc<Ctx>,
     _prober: Prober,
+    _listeners: cache::Listeners,
 }

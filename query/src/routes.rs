@@ -16,6 +16,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::cache::{self, Hit};
+use crate::failover::Db;
 use crate::history;
 use crate::metrics::DbReport;
 use crate::open311;
@@ -119,11 +121,16 @@ fn ready(ctx: &Ctx) -> Result<Reply, ApiError> {
 /// the cursor of the next page (`search.rs`).
 fn list_reports(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
     let params = ListQuery::parse(&req.params()?)?;
+    cached(ctx, req, || list_page(ctx, &params))
+}
+
+/// One page of `GET /reports` read from the DB.
+fn list_page<'a>(ctx: &'a Ctx, params: &ListQuery) -> Result<(Vec<u8>, &'a Db), ApiError> {
     let ((listed, mut body), db) = ctx.dbs.run(|conn| {
         // A typical document is ~300-600 bytes.
         let mut body = Frame::open(256 + 512 * params.per_page as usize);
         body.push(b'[');
-        let listed = search::list(&mut **conn, &params, &mut body)?;
+        let listed = search::list(&mut **conn, params, &mut body)?;
         Ok((listed, body))
     })?;
     body.push(b']');
@@ -138,7 +145,58 @@ fn list_reports(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
         total_capped: listed.capped,
     };
     ctx.frame.close(&mut body, Some(&meta));
-    Ok(Reply::new(200, body).with_header(db.header))
+    Ok((body, db))
+}
+
+/// A list or statistics answer (SPEC §7.3): from memory while the DB it would be read from
+/// is unchanged since it was kept (`cache.rs`), a 304 when `If-None-Match` names that DB's
+/// current position, else `read` from the DB and kept. Either way without a DB call when
+/// memory can answer. The `ETag` is the position taken before the read, so it never names
+/// a state older than the answer.
+fn cached<'a>(
+    ctx: &'a Ctx,
+    req: &Incoming,
+    read: impl FnOnce() -> Result<(Vec<u8>, &'a Db), ApiError>,
+) -> Result<Reply, ApiError> {
+    // The raw query string: two spellings of one request are two entries, never a wrong one.
+    let key = match &req.query {
+        Some(q) => format!("{}?{q}", req.path),
+        None => req.path.clone(),
+    };
+    let hit = ctx.dbs.first_choice().and_then(|first| {
+        let (hit, position) = ctx.cache.lookup(first, &key, req.header("if-none-match"))?;
+        Some((first, hit, position))
+    });
+    if let Some((first, hit, position)) = hit {
+        let header = ctx.dbs.dbs[first].header;
+        let reply = match hit {
+            Hit::NotModified => Reply::new(304, Vec::new()),
+            Hit::Body(body) => Reply::new(200, body),
+        };
+        return Ok(reply
+            .with_header(header)
+            .with_header(cache::etag_header(&position)));
+    }
+    // Every DB's position before the read: the read may fail over to any of them.
+    let before: Vec<_> = (0..ctx.dbs.dbs.len())
+        .map(|i| ctx.cache.position(i))
+        .collect();
+    let (body, db) = read()?;
+    let served = ctx
+        .dbs
+        .dbs
+        .iter()
+        .position(|d| std::ptr::eq(d, db))
+        .unwrap_or(usize::MAX);
+    match before.get(served).cloned().flatten() {
+        Some(position) => {
+            ctx.cache.store(served, &key, &position, &body);
+            Ok(Reply::new(200, body)
+                .with_header(db.header)
+                .with_header(cache::etag_header(&position)))
+        }
+        None => Ok(Reply::new(200, body).with_header(db.header)),
+    }
 }
 
 /// `GET /reports/{id}`, optionally waiting (bounded) for `min_version`.
@@ -221,6 +279,11 @@ struct CategoryStats {
 /// category order, so clients always see the same shape; with `category`, just that one.
 fn statistics(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
     let filter = paging::category(&req.params()?)?;
+    cached(ctx, req, || statistics_body(ctx, filter))
+}
+
+/// The `GET /statistics` body read from the DB.
+fn statistics_body(ctx: &Ctx, filter: Option<Category>) -> Result<(Vec<u8>, &Db), ApiError> {
     let (rows, db) = ctx
         .dbs
         .run(|conn| store::statistics(&mut **conn, filter.map(Category::as_str)))?;
@@ -229,7 +292,7 @@ fn statistics(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
         .filter(|c| filter.is_none() || filter == Some(**c))
         .map(|c| category_stats(*c, &rows))
         .collect();
-    Ok(Reply::new(200, ok_body(&ctx.instance, None, entries)).with_header(db.header))
+    Ok((ok_body(&ctx.instance, None, entries), db))
 }
 
 fn category_stats(category: Category, rows: &[store::StatRow]) -> CategoryStats {

@@ -14,6 +14,7 @@ use std::time::Instant;
 use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
 use shared::http::{instance_header, Incoming, Reply};
 
+use crate::cache::Cache;
 use crate::failover::{Dbs, Prober};
 use crate::metrics::Metrics;
 use crate::render::Frame;
@@ -58,6 +59,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     shared::startup::configure_may(config.workers, config.stack_size);
     let dbs = Arc::new(Dbs::new(config).map_err(StartError::Db)?);
     let prober = Prober::start(&dbs).map_err(StartError::Io)?;
+    let cache = Arc::new(Cache::new(&config.dbs, &config.listen));
+    let listeners = cache.listen().map_err(StartError::Io)?;
     let ctx = Arc::new(Ctx {
         instance: config.instance_id.clone(),
         instance_header: instance_header(&config.instance_id),
@@ -66,6 +69,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         dbs,
         metrics: Metrics::default(),
         min_version_wait: config.min_version_wait,
+        cache,
     });
     let server = Factory(Arc::clone(&ctx))
         .start(("0.0.0.0", config.port))
@@ -75,6 +79,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         server,
         ctx,
         _prober: prober,
+        _listeners: listeners,
     })
 }
 

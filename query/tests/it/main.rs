@@ -3,6 +3,7 @@
 //! testkit; the read model is seeded with SQL the way the projection writes it.
 
 mod bad_input;
+mod cache;
 mod explain;
 mod failover;
 mod fuzz;

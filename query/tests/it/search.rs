@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use postgres::types::Type;
 use query::search::{ListQuery, Statement};
@@ -20,6 +21,11 @@ use crate::support::{apply, delete, fresh_db, get, newest_first, report, seed, s
 
 /// Follows `meta.next_cursor` from `first` to the end; returns every item served, in order.
 fn follow(svc: &Service, first: &str) -> Vec<Value> {
+    follow_paced(svc, first, || {})
+}
+
+/// [`follow`], calling `between` before each next page.
+fn follow_paced(svc: &Service, first: &str, mut between: impl FnMut()) -> Vec<Value> {
     let mut items = Vec::new();
     let mut path = first.to_owned();
     for _ in 0..10_000 {
@@ -34,6 +40,7 @@ fn follow(svc: &Service, first: &str) -> Vec<Value> {
         items.extend(v["data"].as_array().expect("data").iter().cloned());
         match v["meta"]["next_cursor"].as_str() {
             Some(c) => {
+                between();
                 let base = first.split("&cursor=").next().unwrap_or(first);
                 path = format!("{base}&cursor={c}");
             }
@@ -236,8 +243,9 @@ fn cursors_see_every_report_once_under_concurrent_writes() {
     let initial = seed(&mut c, 300);
     let svc = start_query(&format!("only={url}"), &[]);
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let writer = {
-        let stop = stop.clone();
+        let (stop, rounds) = (stop.clone(), rounds.clone());
         let mut updates = initial.clone();
         std::thread::spawn(move || {
             let mut c = PG.client("search_cursor");
@@ -258,12 +266,22 @@ fn cursors_see_every_report_once_under_concurrent_writes() {
                 u.updated_at = shared::model::now_micros();
                 apply(&mut c, u);
                 n += 1;
+                rounds.store(n, Ordering::SeqCst);
             }
             n
         })
     };
-    let items = follow(&svc, "/reports?per_page=7");
-    let by_status = follow(&svc, "/reports?status=pending&per_page=50");
+    // Between two pages the writer always gets at least one round in (a cached or fast page
+    // must not let the walk finish before any write happened).
+    let after_a_write = || {
+        let seen = rounds.load(Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rounds.load(Ordering::SeqCst) == seen && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let items = follow_paced(&svc, "/reports?per_page=7", after_a_write);
+    let by_status = follow_paced(&svc, "/reports?status=pending&per_page=50", after_a_write);
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().expect("writer");
     assert!(writes > 5, "the writer made only {writes} rounds");

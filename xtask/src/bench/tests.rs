@@ -185,6 +185,16 @@ fn route(
     }
 }
 
+/// The tests that judge the generator's own timing (whether it kept its schedule) run one at
+/// a time: on two cores, two load generators in one test process starve each other's
+/// dispatch threads and each rightly reports itself as the bottleneck.
+static TIMED: Mutex<()> = Mutex::new(());
+
+/// Takes [`TIMED`]; a test that panicked while holding it does not poison the others.
+fn timed() -> std::sync::MutexGuard<'static, ()> {
+    TIMED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config(url: &str, write_rps: f64, read_rps: f64, secs: f64) -> BenchConfig {
     let mut cfg = BenchConfig::new(url, url, write_rps, read_rps);
     cfg.duration = Duration::from_secs_f64(secs);
@@ -193,6 +203,7 @@ fn config(url: &str, write_rps: f64, read_rps: f64, secs: f64) -> BenchConfig {
 
 #[test]
 fn a_stall_shows_in_the_tail_measured_from_intended_send_time() {
+    let _timed = timed();
     let stall = Duration::from_millis(300);
     // Request 1 is the preflight, 2 the id prefetch; stall a third of the way into the run.
     let server = start_fake(Behaviour {
@@ -247,6 +258,7 @@ fn a_stall_shows_in_the_tail_measured_from_intended_send_time() {
 
 #[test]
 fn b_healthy_server_gives_every_figure_and_no_errors() {
+    let _timed = timed();
     let server = start_fake(Behaviour::default());
     let cfg = config(&server.url, 20.0, 80.0, 2.5);
     let report = run(&cfg).unwrap();
@@ -302,6 +314,7 @@ fn b_healthy_server_gives_every_figure_and_no_errors() {
 
 #[test]
 fn c_propagation_lag_is_measured_on_each_query_db() {
+    let _timed = timed();
     use shared::testkit::PgCluster;
 
     let pg = PgCluster::start();
@@ -429,6 +442,7 @@ fn flags_resolve_levels_and_defaults() {
 
 #[test]
 fn too_few_workers_are_reported_as_the_generator_limit() {
+    let _timed = timed();
     let server = start_fake(Behaviour {
         stall_at: Some(20),
         stall: Duration::from_millis(300),
@@ -454,6 +468,7 @@ fn too_few_workers_are_reported_as_the_generator_limit() {
 
 #[test]
 fn max_steps_up_until_the_bound_breaks() {
+    let _timed = timed();
     // A server that handles one request at a time in 4 ms: about 250 req/s at most.
     let server = start_fake(Behaviour {
         work: Duration::from_millis(4),
@@ -483,6 +498,7 @@ fn max_steps_up_until_the_bound_breaks() {
 
 #[test]
 fn seed_creates_and_walks_the_workflow() {
+    let _timed = timed();
     let server = start_fake(Behaviour::default());
     let summary = crate::ops::seed::seed(&server.url, 20, Some("t0ken")).unwrap();
     assert_eq!(summary.created, 20);

@@ -144,7 +144,7 @@ impl<'a> Supervisor<'a> {
         self.phase = "ready".into();
         self.write_state();
         self.event("ready");
-        for (what, url) in self.endpoints() {
+        for (what, url) in self.topo.endpoints() {
             self.event(&format!("  {what:<22} {url}"));
         }
         match (&self.auth_token, self.foreground) {
@@ -518,34 +518,6 @@ impl<'a> Supervisor<'a> {
         self.event("all services stopped");
     }
 
-    fn endpoints(&self) -> Vec<(String, String)> {
-        let t = &self.topo;
-        let mut e = vec![
-            (
-                "writes (nginx)".to_string(),
-                format!("http://127.0.0.1:{}", t.ports.write),
-            ),
-            (
-                "reads (nginx)".to_string(),
-                format!("http://127.0.0.1:{}", t.ports.read),
-            ),
-            (
-                "projection metrics".to_string(),
-                format!("http://127.0.0.1:{}/metrics", t.ports.projection),
-            ),
-            ("command-db".to_string(), t.command_db_url(Target::Local)),
-            ("redis".to_string(), t.redis_url(Target::Local)),
-            (
-                "pgbouncer (primary)".to_string(),
-                t.query_primary_pooled_url(Target::Local),
-            ),
-        ];
-        for db in t.query_db_names() {
-            e.push((db.clone(), t.query_db_url(&db, Target::Local)));
-        }
-        e
-    }
-
     fn write_state(&self) {
         let services = self
             .procs
@@ -583,7 +555,7 @@ impl<'a> Supervisor<'a> {
             .into(),
             phase: self.phase.clone(),
             services,
-            endpoints: self.endpoints(),
+            endpoints: self.topo.endpoints(),
             auth: self.auth_token.is_some(),
         };
         if let Err(err) = self.layout.write_state(&state) {

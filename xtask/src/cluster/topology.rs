@@ -320,6 +320,35 @@ impl Topology {
         }
     }
 
+    /// What `up` prints once the cluster is ready: every user-facing address on this host
+    /// (local processes and `up --docker` publish the same ports).
+    pub fn endpoints(&self) -> Vec<(String, String)> {
+        let mut e = vec![
+            (
+                "writes (nginx)".to_string(),
+                format!("http://127.0.0.1:{}", self.ports.write),
+            ),
+            (
+                "reads (nginx)".to_string(),
+                format!("http://127.0.0.1:{}", self.ports.read),
+            ),
+            (
+                "projection metrics".to_string(),
+                format!("http://127.0.0.1:{}/metrics", self.ports.projection),
+            ),
+            ("command-db".to_string(), self.command_db_url(Target::Local)),
+            ("redis".to_string(), self.redis_url(Target::Local)),
+            (
+                "pgbouncer (primary)".to_string(),
+                self.query_primary_pooled_url(Target::Local),
+            ),
+        ];
+        for db in self.query_db_names() {
+            e.push((db.clone(), self.query_db_url(&db, Target::Local)));
+        }
+        e
+    }
+
     pub fn command_db_url(&self, target: Target) -> String {
         format!(
             "postgres://{PG_USER}@{}/{COMMAND_DB}",

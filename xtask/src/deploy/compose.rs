@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use crate::cluster::topology::{Target, Topology};
+use crate::cluster::topology::Topology;
 use crate::cluster::{alive, Layout};
 use crate::deploy::engine::Engine;
 use crate::deploy::render;
@@ -343,7 +343,8 @@ impl UpDocker<'_> {
             "ready: {} services, all healthy",
             self.topo.services().len()
         );
-        for (what, url) in endpoints(self.topo) {
+        // `up --docker` publishes every service at the same host ports as `up` (render::compose).
+        for (what, url) in self.topo.endpoints() {
             println!("  {what:<22} {url}");
         }
         match &token {
@@ -380,32 +381,4 @@ impl UpDocker<'_> {
         let _ = logs.wait();
         dep.run(&["stop", "--timeout", "20"])
     }
-}
-
-/// The endpoints `up` prints, at the same host ports (see `render::compose`'s publishing).
-pub fn endpoints(t: &Topology) -> Vec<(String, String)> {
-    let mut e = vec![
-        (
-            "writes (nginx)".to_string(),
-            format!("http://127.0.0.1:{}", t.ports.write),
-        ),
-        (
-            "reads (nginx)".to_string(),
-            format!("http://127.0.0.1:{}", t.ports.read),
-        ),
-        (
-            "projection metrics".to_string(),
-            format!("http://127.0.0.1:{}/metrics", t.ports.projection),
-        ),
-        ("command-db".to_string(), t.command_db_url(Target::Local)),
-        ("redis".to_string(), t.redis_url(Target::Local)),
-        (
-            "pgbouncer (primary)".to_string(),
-            t.query_primary_pooled_url(Target::Local),
-        ),
-    ];
-    for db in t.query_db_names() {
-        e.push((db.clone(), t.query_db_url(&db, Target::Local)));
-    }
-    e
 }

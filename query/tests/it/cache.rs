@@ -1,0 +1,236 @@
+//! The response cache (SPEC §7.3, issue 13 point 1): lists and statistics from memory, never
+//! staler than the query DB; `If-None-Match` → 304 without the DB; a failover never serves
+//! the first DB's entries. Real PostgreSQL, the real `query` binary with its default `QUERY_CACHE=on`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared::model::{Category, Status};
+use shared::testkit::{http, wait_until, HttpResponse, PgCluster, Service};
+
+use crate::support::{apply, fresh_db, fresh_db_on, get, get_with, report, seed, start_query, PG};
+
+/// The query binary reading `dbs` (`name=url,…`) with a listener on each of them.
+fn start_cached(dbs: &str) -> Service {
+    start_query(dbs, &[("QUERY_CACHE", "on".to_owned())])
+}
+
+/// Waits until the listener of the DB serving `path` is up: the answer carries an `ETag`.
+fn wait_cached(svc: &Service, path: &str) -> String {
+    let mut etag = None;
+    wait_until(
+        "a cached answer with an ETag",
+        Duration::from_secs(10),
+        || {
+            etag = get(svc, path).header("etag").map(str::to_owned);
+            etag.is_some()
+        },
+    );
+    etag.unwrap_or_default()
+}
+
+/// The total number of reports a `/statistics` answer counts.
+fn stats_total(r: &HttpResponse) -> i64 {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["total_count"].as_i64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(-1)
+}
+
+/// The number of live reports the DB itself counts right now.
+fn db_total(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM statistics",
+            &[],
+        )
+        .expect("db total")
+        .get(0)
+}
+
+#[test]
+fn a_read_after_a_commit_never_gets_the_earlier_answer() {
+    let url = fresh_db("cache_hammer");
+    seed(&mut PG.client("cache_hammer"), 10);
+    let svc = start_cached(&format!("main={url}"));
+    wait_cached(&svc, "/statistics");
+
+    // One writer creates reports as fast as it can while readers compare every answer with
+    // what the DB said just before the request started. Reports are only added, so a count
+    // is a position: an answer counting fewer than the DB did is an answer from before.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut c = PG.client("cache_hammer");
+            let mut n = 1000;
+            while !stop.load(Ordering::Acquire) {
+                let at = shared::model::now_micros();
+                apply(&mut c, &report(n, Category::Lainnya, Status::Pending, at));
+                n += 1;
+            }
+            n - 1000
+        })
+    };
+    let port = svc.port;
+    let readers: Vec<_> = (0..3)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut c = PG.client("cache_hammer");
+                let (mut answers, mut not_modified, mut etag, mut last) = (0, 0, String::new(), 0);
+                let until = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < until {
+                    let before = db_total(&mut c);
+                    let path = if k == 0 {
+                        "/reports?per_page=1"
+                    } else {
+                        "/statistics"
+                    };
+                    let inm = [("If-None-Match", etag.as_str())];
+                    let headers: &[(&str, &str)] = if k == 2 { &inm } else { &[] };
+                    let r = http(port, "GET", path, headers, b"").expect("GET");
+                    // A 304 stands for the last answer: it must still be new enough.
+                    let got = if r.status == 304 {
+                        not_modified += 1;
+                        last
+                    } else if k == 0 {
+                        r.json()["meta"]["total"].as_i64().unwrap_or(-1)
+                    } else {
+                        stats_total(&r)
+                    };
+                    assert!(
+                        got >= before,
+                        "{path}: answered {got} reports after the DB counted {before}"
+                    );
+                    if r.status == 200 {
+                        etag = r.header("etag").unwrap_or_default().to_owned();
+                    }
+                    last = got;
+                    answers += 1;
+                }
+                (answers, not_modified)
+            })
+        })
+        .collect();
+    let mut answers = 0;
+    for r in readers {
+        answers += r.join().expect("reader").0;
+    }
+    stop.store(true, Ordering::Release);
+    let written = writer.join().expect("writer");
+    assert!(
+        written > 10 && answers > 30,
+        "{written} writes, {answers} answers"
+    );
+
+    // Quiet again: the cached answer equals the DB.
+    let total = db_total(&mut PG.client("cache_hammer"));
+    wait_until(
+        "the cache catches the last write",
+        Duration::from_secs(5),
+        || stats_total(&get(&svc, "/statistics")) == total,
+    );
+}
+
+#[test]
+fn if_none_match_answers_304_and_hits_answer_without_touching_the_db() {
+    let url = fresh_db("cache_304");
+    seed(&mut PG.client("cache_304"), 12);
+    let svc = start_cached(&format!("main={url}"));
+    let etag = wait_cached(&svc, "/statistics");
+    let list = get(&svc, "/reports?per_page=5");
+    assert_eq!(
+        list.header("etag"),
+        Some(etag.as_str()),
+        "one position, one tag"
+    );
+
+    // An exclusive lock on the read model: any statement reading it would wait for it (and
+    // be cancelled by the statement timeout). Answers now can only come from memory.
+    let mut locker = PG.client("cache_304");
+    let mut tx = locker.transaction().expect("begin");
+    tx.batch_execute("LOCK TABLE statistics, read_reports IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    let r = get_with(&svc, "/statistics", &[("If-None-Match", &etag)]);
+    assert_eq!(r.status, 304, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("x-query-db"), Some("main"));
+    let r = get_with(
+        &svc,
+        "/reports?per_page=9",
+        &[("If-None-Match", &format!("W/{etag}, \"x\""))],
+    );
+    assert_eq!(r.status, 304, "a weak tag in a list matches too");
+    let hit = get(&svc, "/reports?per_page=5");
+    assert_eq!((hit.status, hit.body.clone()), (200, list.body.clone()));
+    assert_eq!(stats_total(&get(&svc, "/statistics")), 12);
+    tx.rollback().expect("rollback");
+
+    // A change moves the position: the old tag gets the new answer.
+    apply(
+        &mut PG.client("cache_304"),
+        &report(
+            99,
+            Category::Lainnya,
+            Status::Pending,
+            shared::model::now_micros(),
+        ),
+    );
+    wait_until(
+        "a new position after a write",
+        Duration::from_secs(5),
+        || {
+            let r = get_with(&svc, "/statistics", &[("If-None-Match", &etag)]);
+            r.status == 200 && stats_total(&r) == 13 && r.header("etag") != Some(etag.as_str())
+        },
+    );
+}
+
+#[test]
+fn a_failover_never_serves_the_first_dbs_entries() {
+    let primary = PgCluster::start();
+    let secondary = PgCluster::start();
+    let p_url = fresh_db_on(&primary, "cache_failover");
+    let s_url = fresh_db_on(&secondary, "cache_failover");
+    seed(&mut primary.client("cache_failover"), 3);
+    seed(&mut secondary.client("cache_failover"), 5);
+    let svc = start_cached(&format!("primary={p_url},secondary={s_url}"));
+    wait_cached(&svc, "/statistics");
+    let r = get(&svc, "/statistics");
+    assert_eq!(
+        (r.header("x-query-db"), stats_total(&r)),
+        (Some("primary"), 3)
+    );
+
+    primary.stop();
+    // Every answer matches the DB it names; the secondary's answers are the secondary's.
+    let mut from_secondary = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let r = get(&svc, "/statistics");
+        if r.status != 200 {
+            continue;
+        }
+        match r.header("x-query-db") {
+            Some("secondary") => {
+                assert_eq!(
+                    stats_total(&r),
+                    5,
+                    "the primary's answer under the secondary's name"
+                );
+                from_secondary += 1;
+            }
+            Some("primary") => assert_eq!(stats_total(&r), 3),
+            other => panic!("answered by {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(from_secondary > 0, "never failed over\n{}", svc.log());
+}
