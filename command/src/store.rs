@@ -4,8 +4,19 @@
 //! **Invariant:** a 2xx is only answered after `COMMIT` returned; a change is in the report
 //! table exactly when its event is in the event log. Writes to one report serialise on its row
 //! lock, so its versions — and its event-log positions — strictly increase.
+//!
+//! Round trips per write (each one parks the request's worker until the DB answers):
+//! - create: ONE — a single statement whose data-modifying CTE inserts the row and the event
+//!   and notifies, run as its own (implicit) transaction: the answer to it arrives after the
+//!   commit, so the invariant holds without `BEGIN`/`COMMIT` (see [`create`] for why a retry
+//!   on a dead connection stays safe without the `BEGIN` probe);
+//! - update / delete: four — `BEGIN`, the `SELECT … FOR UPDATE` whose row the new version is
+//!   computed from (in Rust: the merge, "nothing changed", `If-Match`), one statement writing
+//!   the row and the event and notifying, `COMMIT`.
+//!
+//! `pg_notify` inside the transaction is delivered at commit, never for a rolled-back write.
 
-use postgres::types::Type;
+use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 use shared::db::{classify, Conn, DbErrorKind, Pool};
 use shared::event::EventType;
@@ -108,7 +119,28 @@ fn in_transaction<T>(
     Ok(value)
 }
 
-/// Creates a report at version 1.
+/// The whole create in one statement (see [`create`]). `ON CONFLICT DO NOTHING` and the
+/// event insert reading the report CTE make a repeat of the statement with the same id a
+/// no-op that returns no row.
+pub const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, description, category, \
+     status, version, created_at, updated_at, lat, lng, address, media_url) \
+     VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING \
+     RETURNING id), \
+     e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+     SELECT $11, $12, id, 1, $13, $6 FROM r RETURNING position) \
+     SELECT position, pg_notify('report_events', '')::text FROM e";
+
+/// Creates a report at version 1, in one round trip.
+///
+/// **Invariant:** one statement outside `BEGIN` is its own transaction, and its answer (read
+/// up to `ReadyForQuery`) comes after that transaction committed — or carries the error of
+/// the commit. A failure on a dead connection may follow a commit the server made, so the
+/// statement is retried on another connection only as an idempotent repeat: the report id is
+/// chosen once, before the first try; the repeat inserts nothing when the first try committed
+/// (the id is a fresh v4 UUID, so an existing row with it can only be that first try's, event
+/// and all), and inserts both rows when it did not. Either way exactly one row and one event
+/// exist when the 2xx goes out; a repeat that finds the row sends no NOTIFY, the commit that
+/// wrote it already did.
 pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
     let now = now_micros();
     let report = Report {
@@ -124,40 +156,45 @@ pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
         address: cmd.address,
         media_url: cmd.media_url,
     };
-    in_transaction(pool, |tx| insert(tx, report, now))
-}
-
-fn insert(
-    tx: &mut Transaction<'_>,
-    report: Report,
-    now: OffsetDateTime,
-) -> Result<Report, StoreError> {
+    let payload = json(&report)?;
+    let event_id = Uuid::new_v4();
     let (lat, lng) = coordinates(report.location);
-    tx.query_typed(
-        "INSERT INTO reports (id, title, description, category, status, version, created_at, updated_at, \
-         lat, lng, address, media_url) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10)",
-        &[
-            (&report.id, Type::UUID),
-            (&report.title, Type::TEXT),
-            (&report.description, Type::TEXT),
-            (&report.category.as_str(), Type::TEXT),
-            (&report.status.as_str(), Type::TEXT),
-            (&now, Type::TIMESTAMPTZ),
-            (&lat, Type::FLOAT8),
-            (&lng, Type::FLOAT8),
-            (&report.address, Type::TEXT),
-            (&report.media_url, Type::TEXT),
-        ],
-    )?;
-    append_event(
-        tx,
-        EventType::ReportCreated,
-        report.id,
-        1,
-        &json(&report)?,
-        now,
-    )?;
-    Ok(report)
+    let params: [(&(dyn ToSql + Sync), Type); 13] = [
+        (&report.id, Type::UUID),
+        (&report.title, Type::TEXT),
+        (&report.description, Type::TEXT),
+        (&report.category.as_str(), Type::TEXT),
+        (&report.status.as_str(), Type::TEXT),
+        (&now, Type::TIMESTAMPTZ),
+        (&lat, Type::FLOAT8),
+        (&lng, Type::FLOAT8),
+        (&report.address, Type::TEXT),
+        (&report.media_url, Type::TEXT),
+        (&event_id, Type::UUID),
+        (&EventType::ReportCreated.as_str(), Type::TEXT),
+        (&payload, Type::TEXT),
+    ];
+    let mut attempts = connection_attempts(pool);
+    let mut repeat = false;
+    loop {
+        attempts -= 1;
+        let mut conn = checkout(pool)?;
+        match conn.query_typed(CREATE_SQL, &params) {
+            Ok(rows) if rows.len() == 1 => return Ok(report),
+            // Nothing inserted: the row exists, and on a repeat it is the earlier try's commit.
+            Ok(rows) if rows.is_empty() && repeat => return Ok(report),
+            Ok(rows) => {
+                return Err(StoreError::Internal(format!(
+                    "create {}: {} event rows written",
+                    report.id,
+                    rows.len()
+                )))
+            }
+            // `conn` is dropped (and, marked closed, leaves the pool) before the next checkout.
+            Err(e) if attempts > 0 && dead_connection(&e) => repeat = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Applies a partial update. A change that alters nothing creates no new version.
@@ -203,9 +240,15 @@ fn change(
     next.version = current.version + 1;
     next.updated_at = now;
     let (lat, lng) = coordinates(next.location);
-    tx.query_typed(
-        "UPDATE reports SET title = $2, description = $3, category = $4, status = $5, \
-         version = $6, updated_at = $7, lat = $8, lng = $9, address = $10 WHERE id = $1",
+    let payload = json(&next)?;
+    let event_id = Uuid::new_v4();
+    let rows = tx.query_typed(
+        "WITH u AS (UPDATE reports SET title = $2, description = $3, category = $4, status = $5, \
+         version = $6, updated_at = $7, lat = $8, lng = $9, address = $10 WHERE id = $1 \
+         RETURNING id), \
+         e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+         SELECT $11, $12, id, $6, $13, $7 FROM u RETURNING position) \
+         SELECT position, pg_notify('report_events', '')::text FROM e",
         &[
             (&id, Type::UUID),
             (&next.title, Type::TEXT),
@@ -217,16 +260,12 @@ fn change(
             (&lat, Type::FLOAT8),
             (&lng, Type::FLOAT8),
             (&next.address, Type::TEXT),
+            (&event_id, Type::UUID),
+            (&EventType::ReportUpdated.as_str(), Type::TEXT),
+            (&payload, Type::TEXT),
         ],
     )?;
-    append_event(
-        tx,
-        EventType::ReportUpdated,
-        id,
-        next.version,
-        &json(&next)?,
-        now,
-    )?;
+    one_event(id, rows.len())?;
     Ok(next)
 }
 
@@ -248,22 +287,24 @@ fn tombstone(
         version: current.version + 1,
         deleted_at: now,
     };
-    tx.query_typed(
-        "UPDATE reports SET version = $2, updated_at = $3, deleted_at = $3 WHERE id = $1",
+    let payload = json(&tomb)?;
+    let event_id = Uuid::new_v4();
+    let rows = tx.query_typed(
+        "WITH u AS (UPDATE reports SET version = $2, updated_at = $3, deleted_at = $3 \
+         WHERE id = $1 RETURNING id), \
+         e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+         SELECT $4, $5, id, $2, $6, $3 FROM u RETURNING position) \
+         SELECT position, pg_notify('report_events', '')::text FROM e",
         &[
             (&id, Type::UUID),
             (&tomb.version, Type::INT8),
             (&now, Type::TIMESTAMPTZ),
+            (&event_id, Type::UUID),
+            (&EventType::ReportDeleted.as_str(), Type::TEXT),
+            (&payload, Type::TEXT),
         ],
     )?;
-    append_event(
-        tx,
-        EventType::ReportDeleted,
-        id,
-        tomb.version,
-        &json(&tomb)?,
-        now,
-    )?;
+    one_event(id, rows.len())?;
     Ok(tomb)
 }
 
@@ -324,30 +365,16 @@ fn coordinates(location: Option<Location>) -> (Option<f64>, Option<f64>) {
     (location.map(|l| l.lat), location.map(|l| l.lng))
 }
 
-fn append_event(
-    tx: &mut Transaction<'_>,
-    kind: EventType,
-    report_id: Uuid,
-    version: i64,
-    payload: &str,
-    at: OffsetDateTime,
-) -> Result<(), StoreError> {
-    let event_id = Uuid::new_v4();
-    // pg_notify inside the transaction is delivered at COMMIT, never for a rolled-back write.
-    tx.query_typed(
-        "WITH e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING position) \
-         SELECT position, pg_notify('report_events', '')::text FROM e",
-        &[
-            (&event_id, Type::UUID),
-            (&kind.as_str(), Type::TEXT),
-            (&report_id, Type::UUID),
-            (&version, Type::INT8),
-            (&payload, Type::TEXT),
-            (&at, Type::TIMESTAMPTZ),
-        ],
-    )?;
-    Ok(())
+/// The write statements of update and delete change the row locked by `lock_live` and append
+/// its event: anything but one event row is a bug (the transaction is rolled back).
+fn one_event(id: Uuid, events: usize) -> Result<(), StoreError> {
+    if events == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "report {id}: {events} event rows written"
+        )))
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {

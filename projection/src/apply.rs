@@ -7,9 +7,15 @@
 //!   versions and replays of any range are no-ops;
 //! - a tombstone is final: nothing brings a deleted report back;
 //! - the statistics delta is exactly old row → new row: a live row counts under its
-//!   (category, status), a tombstoned row counts nowhere.
+//!   (category, status), a tombstoned row counts nowhere;
+//! - [`fold`] applies a whole batch: each report is written once (its last winning event) and
+//!   the statistics move by one net delta per (category, status), equal to the sum of the
+//!   per-event deltas, so the writer needs one statement per kind of write, not one per event.
+
+use std::collections::{BTreeMap, HashMap};
 
 use shared::event::Payload;
+use uuid::Uuid;
 
 /// What the projection knows about one stored report row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +129,33 @@ pub fn apply(old: Option<&Row>, change: &Change) -> Outcome {
         }
     }
     Outcome::Write { row: new, stats }
+}
+
+/// What a batch does to the read model, worked out by [`fold`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fold {
+    /// Per report written, the index (into the batch) of the event whose row to store: the
+    /// last event that won. Ordered by id, which is also the writer's lock order.
+    pub writes: BTreeMap<Uuid, usize>,
+    /// The net statistics delta of the whole batch, zeros left out.
+    pub stats: BTreeMap<(String, String), i64>,
+}
+
+/// Folds `batch` (in stream order) through [`apply`], starting from the stored `rows`; `rows`
+/// ends as the rows after the batch.
+pub fn fold(rows: &mut HashMap<Uuid, Row>, batch: &[(Uuid, Change)]) -> Fold {
+    let mut out = Fold::default();
+    for (i, (id, change)) in batch.iter().enumerate() {
+        if let Outcome::Write { row, stats } = apply(rows.get(id), change) {
+            for (k, d) in stats {
+                *out.stats.entry(k).or_default() += d;
+            }
+            rows.insert(*id, row);
+            out.writes.insert(*id, i);
+        }
+    }
+    out.stats.retain(|_, d| *d != 0);
+    out
 }
 
 #[cfg(test)]
@@ -315,6 +348,82 @@ mod tests {
             &range[1..3],
             live(3, "kriminalitas", "in_progress"),
             &[],
+        );
+    }
+
+    /// Given stored `rows`, when `batch` is folded, then exactly the reports in `expect_writes`
+    /// are written (each from the event at that index) and the statistics move by
+    /// `expect_stats` — one net delta per key, equal to folding the events one by one.
+    fn check_fold(
+        rows: &[(u128, Option<Row>)],
+        batch: &[(u128, Change)],
+        expect_writes: &[(u128, usize)],
+        expect_stats: &[(&str, &str, i64)],
+    ) {
+        let mut stored: HashMap<Uuid, Row> = rows
+            .iter()
+            .filter_map(|(id, r)| Some((Uuid::from_u128(*id), r.clone()?)))
+            .collect();
+        let batch: Vec<(Uuid, Change)> = batch
+            .iter()
+            .map(|(id, c)| (Uuid::from_u128(*id), c.clone()))
+            .collect();
+        let got = fold(&mut stored, &batch);
+        let writes: BTreeMap<Uuid, usize> = expect_writes
+            .iter()
+            .map(|(id, i)| (Uuid::from_u128(*id), *i))
+            .collect();
+        let stats: BTreeMap<(String, String), i64> = expect_stats
+            .iter()
+            .map(|(c, s, v)| ((c.to_string(), s.to_string()), *v))
+            .collect();
+        assert_eq!(got.writes, writes, "writes of {batch:?}");
+        assert_eq!(got.stats, stats, "stats of {batch:?}");
+    }
+
+    #[test]
+    fn fold_writes_each_report_once_from_its_last_winner() {
+        check_fold(
+            &[],
+            &[
+                (1, up(1, "kebersihan", "pending")),
+                (2, up(1, "keamanan", "pending")),
+                (1, up(2, "kebersihan", "resolved")),
+                (1, up(1, "kebersihan", "pending")), // late duplicate: skipped
+            ],
+            &[(1, 2), (2, 1)],
+            &[("kebersihan", "resolved", 1), ("keamanan", "pending", 1)],
+        );
+    }
+
+    #[test]
+    fn fold_nets_the_statistics_of_the_batch() {
+        // Moves that cancel out leave no delta at all, not a zero one.
+        check_fold(
+            &[(1, live(1, "kesehatan", "pending"))],
+            &[
+                (1, up(2, "kesehatan", "rejected")),
+                (1, up(3, "kesehatan", "pending")),
+                (2, up(1, "kesehatan", "pending")),
+                (3, up(1, "lainnya", "pending")),
+                (3, del(2)),
+            ],
+            &[(1, 1), (2, 2), (3, 4)],
+            &[("kesehatan", "pending", 1)],
+        );
+    }
+
+    #[test]
+    fn fold_respects_stored_rows_and_tombstones() {
+        check_fold(
+            &[(1, tomb(3)), (2, live(5, "keamanan", "resolved"))],
+            &[
+                (1, up(4, "keamanan", "pending")),
+                (2, up(4, "keamanan", "pending")),
+                (2, del(6)),
+            ],
+            &[(2, 2)],
+            &[("keamanan", "resolved", -1)],
         );
     }
 }

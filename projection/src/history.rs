@@ -6,6 +6,7 @@
 //! `ON CONFLICT DO NOTHING`, so duplicates, replays and late older events are harmless and the
 //! order of arrival does not matter; a delete adds its row and removes none.
 
+use postgres::types::Type;
 use postgres::Transaction;
 
 use crate::fanout::Decoded;
@@ -23,11 +24,18 @@ pub fn record(tx: &mut Transaction<'_>, entries: &[&Decoded]) -> Result<(), post
         .collect();
     let ats: Vec<time::OffsetDateTime> = entries.iter().map(|e| e.event.timestamp).collect();
     let payloads: Vec<&str> = entries.iter().map(|e| e.event.payload.as_str()).collect();
-    tx.execute(
+    // Typed: no prepare round trip.
+    tx.execute_typed(
         "INSERT INTO report_history (report_id, version, event_type, at, payload) \
          SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::text[]) \
          ON CONFLICT (report_id, version) DO NOTHING",
-        &[&ids, &versions, &types, &ats, &payloads],
+        &[
+            (&ids, Type::UUID_ARRAY),
+            (&versions, Type::INT8_ARRAY),
+            (&types, Type::TEXT_ARRAY),
+            (&ats, Type::TIMESTAMPTZ_ARRAY),
+            (&payloads, Type::TEXT_ARRAY),
+        ],
     )?;
     Ok(())
 }

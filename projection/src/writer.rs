@@ -23,11 +23,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use postgres::types::Type;
 use postgres::{Client, NoTls};
 use shared::event::{Payload, STREAM};
 use uuid::Uuid;
 
-use crate::apply::{self, Change, Outcome, Row, RowState};
+use crate::apply::{self, Change, Row, RowState};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{
     CATCHUP_PAGE, CONNECT_TIMEOUT, MAX_BACKOFF, MAX_TX_ENTRIES, STATEMENT_TIMEOUT,
@@ -696,18 +697,22 @@ fn transact(
     };
     let lost = |why: String| Error::Inconsistent(format!("{db}: {why}"));
     let mut tx = client.transaction().map_err(db_err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-        .map_err(db_err)?;
+    // Typed statements: no prepare round trip, the statement count is the round-trip count.
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[(&WRITE_LOCK, Type::INT8)],
+    )
+    .map_err(db_err)?;
     let mut ids: Vec<Uuid> = entries.iter().map(|e| e.payload.id()).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut rows: HashMap<Uuid, Row> = HashMap::with_capacity(ids.len());
     if !ids.is_empty() {
         for r in tx
-            .query(
+            .query_typed(
                 "SELECT id, version, category, status, deleted_at IS NOT NULL \
              FROM read_reports WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&ids],
+                &[(&ids, Type::UUID_ARRAY)],
             )
             .map_err(db_err)?
         {
@@ -730,96 +735,179 @@ fn transact(
             );
         }
     }
-    // Fold the batch through the pure rules; keep each report's last written event.
-    let mut finals: BTreeMap<Uuid, &Decoded> = BTreeMap::new();
-    let mut stats: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for e in entries {
-        let id = e.payload.id();
-        match apply::apply(rows.get(&id), &Change::from_payload(&e.payload)) {
-            Outcome::Skip(_) => {}
-            Outcome::Write { row, stats: delta } => {
-                for (k, d) in delta {
-                    *stats.entry(k).or_default() += d;
-                }
-                rows.insert(id, row);
-                finals.insert(id, e);
-            }
+    // Fold the batch through the pure rules: each report written once, one statistics delta.
+    let changes: Vec<(Uuid, Change)> = entries
+        .iter()
+        .map(|e| (e.payload.id(), Change::from_payload(&e.payload)))
+        .collect();
+    let plan = apply::fold(&mut rows, &changes);
+    let mut snapshots = Snapshots::default();
+    let mut tombstones = Tombstones::default();
+    for &i in plan.writes.values() {
+        let e = entries[i];
+        match &e.payload {
+            Payload::Snapshot(r) => snapshots.push(r, &e.event.payload),
+            Payload::Deleted(t) => tombstones.push(t, &e.event.payload),
         }
     }
-    for e in finals.values() {
-        let n = match &e.payload {
-            Payload::Snapshot(r) => tx
-                .execute(
-                    "INSERT INTO read_reports (id, title, description, category, status, version, \
-                   created_at, updated_at, deleted_at, doc) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9) \
-                 ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
-                   description = EXCLUDED.description, category = EXCLUDED.category, \
-                   status = EXCLUDED.status, version = EXCLUDED.version, \
-                   created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-                   deleted_at = NULL, doc = EXCLUDED.doc \
-                 WHERE read_reports.version < EXCLUDED.version \
-                   AND read_reports.deleted_at IS NULL",
-                    &[
-                        &r.id,
-                        &r.title,
-                        &r.description,
-                        &r.category.as_str(),
-                        &r.status.as_str(),
-                        &r.version,
-                        &r.created_at,
-                        &r.updated_at,
-                        &e.event.payload,
-                    ],
-                )
-                .map_err(db_err)?,
-            // A tombstone keeps the row (its last live fields) so that no older event can
-            // bring the report back; one for a report never seen gets empty fields.
-            Payload::Deleted(t) => tx
-                .execute(
-                    "INSERT INTO read_reports (id, title, description, category, status, version, \
-                   created_at, updated_at, deleted_at, doc) \
-                 VALUES ($1, '', '', '', '', $2, $3, $3, $3, $4) \
-                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
-                   updated_at = EXCLUDED.deleted_at, deleted_at = EXCLUDED.deleted_at \
-                 WHERE read_reports.version < EXCLUDED.version",
-                    &[&t.id, &t.version, &t.deleted_at, &e.event.payload],
-                )
-                .map_err(db_err)?,
-        };
-        if n != 1 {
-            return Err(lost(format!(
-                "report {} changed concurrently",
-                e.payload.id()
-            )));
-        }
+    let written =
+        snapshots.write(&mut tx).map_err(db_err)? + tombstones.write(&mut tx).map_err(db_err)?;
+    if written != plan.writes.len() as u64 {
+        return Err(lost(format!(
+            "{} of {} reports changed concurrently",
+            plan.writes.len() as u64 - written.min(plan.writes.len() as u64),
+            plan.writes.len()
+        )));
     }
-    for ((category, status), delta) in stats.into_iter().filter(|(_, d)| *d != 0) {
-        if delta > 0 {
-            tx.execute(
-                "INSERT INTO statistics (category, status, count, last_updated) \
-                 VALUES ($1, $2, $3, now()) \
-                 ON CONFLICT (category, status) DO UPDATE \
-                 SET count = statistics.count + EXCLUDED.count, last_updated = EXCLUDED.last_updated",
-                &[&category, &status, &delta],
-            ).map_err(db_err)?;
-        } else {
-            let n = tx
-                .execute(
-                    "UPDATE statistics SET count = count + $3, last_updated = now() \
-                 WHERE category = $1 AND status = $2",
-                    &[&category, &status, &delta],
-                )
-                .map_err(db_err)?;
-            if n != 1 {
-                return Err(lost(format!(
-                    "statistics row ({category}, {status}) missing"
-                )));
-            }
-        }
+    let missing = move_statistics(&mut tx, &plan.stats).map_err(db_err)?;
+    if missing > 0 {
+        return Err(lost(format!(
+            "{missing} statistics row(s) missing for a decrement"
+        )));
     }
     crate::history::record(&mut tx, entries).map_err(db_err)?;
     checkpoint::write(&mut tx, cp, applied).map_err(db_err)?;
     tx.commit().map_err(db_err)?;
     Ok(())
+}
+
+/// The live rows a batch writes, as columns: one multi-row upsert (`unnest`) for all of them.
+#[derive(Default)]
+struct Snapshots<'a> {
+    ids: Vec<Uuid>,
+    titles: Vec<&'a str>,
+    descriptions: Vec<&'a str>,
+    categories: Vec<&'a str>,
+    statuses: Vec<&'a str>,
+    versions: Vec<i64>,
+    created: Vec<time::OffsetDateTime>,
+    updated: Vec<time::OffsetDateTime>,
+    docs: Vec<&'a str>,
+}
+
+impl<'a> Snapshots<'a> {
+    fn push(&mut self, r: &'a shared::model::Report, doc: &'a str) {
+        self.ids.push(r.id);
+        self.titles.push(&r.title);
+        self.descriptions.push(&r.description);
+        self.categories.push(r.category.as_str());
+        self.statuses.push(r.status.as_str());
+        self.versions.push(r.version);
+        self.created.push(r.created_at);
+        self.updated.push(r.updated_at);
+        self.docs.push(doc);
+    }
+
+    /// Upserts every row, repeating the version guard of `apply.rs` in SQL (newer version
+    /// only, never over a tombstone); returns the rows written.
+    fn write(&self, tx: &mut postgres::Transaction<'_>) -> Result<u64, postgres::Error> {
+        if self.ids.is_empty() {
+            return Ok(0);
+        }
+        tx.execute_typed(
+            "INSERT INTO read_reports (id, title, description, category, status, version, \
+               created_at, updated_at, deleted_at, doc) \
+             SELECT id, title, description, category, status, version, created_at, updated_at, \
+               NULL, doc \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+               $7::timestamptz[], $8::timestamptz[], $9::text[]) \
+               AS b(id, title, description, category, status, version, created_at, updated_at, doc) \
+             ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
+               description = EXCLUDED.description, category = EXCLUDED.category, \
+               status = EXCLUDED.status, version = EXCLUDED.version, \
+               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+               deleted_at = NULL, doc = EXCLUDED.doc \
+             WHERE read_reports.version < EXCLUDED.version \
+               AND read_reports.deleted_at IS NULL",
+            &[
+                (&self.ids, Type::UUID_ARRAY),
+                (&self.titles, Type::TEXT_ARRAY),
+                (&self.descriptions, Type::TEXT_ARRAY),
+                (&self.categories, Type::TEXT_ARRAY),
+                (&self.statuses, Type::TEXT_ARRAY),
+                (&self.versions, Type::INT8_ARRAY),
+                (&self.created, Type::TIMESTAMPTZ_ARRAY),
+                (&self.updated, Type::TIMESTAMPTZ_ARRAY),
+                (&self.docs, Type::TEXT_ARRAY),
+            ],
+        )
+    }
+}
+
+/// The tombstones a batch writes: one multi-row upsert. A tombstone keeps the row (its last
+/// live fields) so that no older event can bring the report back; one for a report never seen
+/// gets empty fields.
+#[derive(Default)]
+struct Tombstones<'a> {
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    at: Vec<time::OffsetDateTime>,
+    docs: Vec<&'a str>,
+}
+
+impl<'a> Tombstones<'a> {
+    fn push(&mut self, t: &shared::model::Tombstone, doc: &'a str) {
+        self.ids.push(t.id);
+        self.versions.push(t.version);
+        self.at.push(t.deleted_at);
+        self.docs.push(doc);
+    }
+
+    fn write(&self, tx: &mut postgres::Transaction<'_>) -> Result<u64, postgres::Error> {
+        if self.ids.is_empty() {
+            return Ok(0);
+        }
+        tx.execute_typed(
+            "INSERT INTO read_reports (id, title, description, category, status, version, \
+               created_at, updated_at, deleted_at, doc) \
+             SELECT id, '', '', '', '', version, at, at, at, doc \
+             FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[]) \
+               AS b(id, version, at, doc) \
+             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
+               updated_at = EXCLUDED.deleted_at, deleted_at = EXCLUDED.deleted_at \
+             WHERE read_reports.version < EXCLUDED.version",
+            &[
+                (&self.ids, Type::UUID_ARRAY),
+                (&self.versions, Type::INT8_ARRAY),
+                (&self.at, Type::TIMESTAMPTZ_ARRAY),
+                (&self.docs, Type::TEXT_ARRAY),
+            ],
+        )
+    }
+}
+
+/// Moves `statistics` by the batch's net deltas in one statement: existing counters are
+/// updated, missing ones inserted for an increment. Returns how many decrements found no
+/// counter — a read model that disagrees with its own rows, which the caller refuses (the
+/// transaction rolls back). A counter driven below zero fails the table's CHECK.
+fn move_statistics(
+    tx: &mut postgres::Transaction<'_>,
+    stats: &BTreeMap<(String, String), i64>,
+) -> Result<i64, postgres::Error> {
+    if stats.is_empty() {
+        return Ok(0);
+    }
+    let categories: Vec<&str> = stats.keys().map(|(c, _)| c.as_str()).collect();
+    let statuses: Vec<&str> = stats.keys().map(|(_, s)| s.as_str()).collect();
+    let deltas: Vec<i64> = stats.values().copied().collect();
+    // Every part of one statement sees the same snapshot, so the INSERT takes exactly the keys
+    // the UPDATE found no row for; the writer's advisory lock keeps other writers out between.
+    let row = tx.query_typed_one(
+        "WITH d AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
+               AS d(category, status, delta)), \
+         u AS (UPDATE statistics s SET count = s.count + d.delta, last_updated = now() \
+               FROM d WHERE s.category = d.category AND s.status = d.status \
+               RETURNING s.category, s.status), \
+         missing AS (SELECT d.* FROM d WHERE NOT EXISTS \
+               (SELECT 1 FROM u WHERE u.category = d.category AND u.status = d.status)), \
+         i AS (INSERT INTO statistics (category, status, count, last_updated) \
+               SELECT category, status, delta, now() FROM missing WHERE delta > 0) \
+         SELECT count(*) FROM missing WHERE delta < 0",
+        &[
+            (&categories, Type::TEXT_ARRAY),
+            (&statuses, Type::TEXT_ARRAY),
+            (&deltas, Type::INT8_ARRAY),
+        ],
+    )?;
+    row.try_get(0)
 }

@@ -223,7 +223,8 @@ fn relay_leader_killed_follower_takes_over() {
 /// instances share the DB, as behind nginx: both have pooled connections to the old server
 /// process. Instance A's `/ready` turns 200; then 30 sequential POSTs, alternating between
 /// the instances, must all be 201 — instance B's pool still holds only dead connections, and
-/// each must be noticed at `BEGIN` (before anything of the write ran) and replaced.
+/// each must be noticed and replaced: a create (one statement, no `BEGIN`) repeats its
+/// statement on a fresh connection, which is a no-op if the dead one had committed it.
 #[test]
 fn writes_after_a_command_db_restart_all_succeed() {
     let cluster = PgCluster::start();
@@ -274,4 +275,68 @@ fn writes_after_a_command_db_restart_all_succeed() {
         (70, 70),
         "every write exactly once, with its event"
     );
+}
+
+/// A create is one statement without `BEGIN`, so when its connection dies the service cannot
+/// know whether it committed; it repeats the statement on another connection. The repeat must
+/// then be a no-op when the first try committed: no second row, no second event, no second
+/// NOTIFY — and the service answers 201 because the row is there.
+#[test]
+fn a_repeated_create_statement_writes_and_notifies_once() {
+    use postgres::fallible_iterator::FallibleIterator;
+    use postgres::types::{ToSql, Type};
+
+    let stack = Stack::new("create_repeat");
+    let mut listener = stack.db();
+    listener
+        .batch_execute("LISTEN report_events")
+        .expect("LISTEN");
+    let mut db = stack.db();
+    let before = fingerprint(&mut db);
+    let now = time::OffsetDateTime::now_utc();
+    let (id, event_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let none: Option<f64> = None;
+    let no_text: Option<String> = None;
+    let params: [(&(dyn ToSql + Sync), Type); 13] = [
+        (&id, Type::UUID),
+        (&"Jalan berlubang", Type::TEXT),
+        (&"Lubang besar di depan sekolah", Type::TEXT),
+        (&"infrastruktur", Type::TEXT),
+        (&"pending", Type::TEXT),
+        (&now, Type::TIMESTAMPTZ),
+        (&none, Type::FLOAT8),
+        (&none, Type::FLOAT8),
+        (&no_text, Type::TEXT),
+        (&no_text, Type::TEXT),
+        (&event_id, Type::UUID),
+        (&"ReportCreated", Type::TEXT),
+        (&"{}", Type::TEXT),
+    ];
+    let first = db
+        .query_typed(command::store::CREATE_SQL, &params)
+        .expect("first try");
+    let repeat = db
+        .query_typed(command::store::CREATE_SQL, &params)
+        .expect("repeat");
+    assert_eq!((first.len(), repeat.len()), (1, 0), "rows returned");
+    let after = fingerprint(&mut db);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "one report and one event"
+    );
+    // Notifications of one session arrive in commit order: the marker comes right after the
+    // first try's NOTIFY, unless the repeat notified too.
+    db.batch_execute("NOTIFY report_events, 'marker'")
+        .expect("marker");
+    let mut payloads = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut it = notifications.timeout_iter(Duration::from_secs(30));
+    while let Some(n) = it.next().expect("notification") {
+        payloads.push(n.payload().to_string());
+        if n.payload() == "marker" {
+            break;
+        }
+    }
+    assert_eq!(payloads, ["", "marker"], "one NOTIFY for one create");
 }

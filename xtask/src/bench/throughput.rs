@@ -119,6 +119,9 @@ pub struct ThroughputReport {
     pub figures: Vec<Figure>,
     pub projection: Option<ProjectionRun>,
     pub rss: Vec<ServiceRss>,
+    /// The command DB's write ceiling and `POST` via nginx against it.
+    #[serde(default)]
+    pub writes: Option<WriteCeilingRun>,
 }
 
 /// Runs the whole suite against the running local cluster.
@@ -239,6 +242,9 @@ pub fn run(sh: &Shell, cfg: &ThroughputConfig) -> Result<ThroughputReport> {
         });
     }
 
+    let (write_figures, writes) = write_ceiling(sh, &topo, &wrk, token.as_deref(), secs, tps)?;
+    figures.extend(write_figures);
+
     Ok(ThroughputReport {
         level: "throughput".into(),
         started_at,
@@ -253,6 +259,7 @@ pub fn run(sh: &Shell, cfg: &ThroughputConfig) -> Result<ThroughputReport> {
         figures,
         projection,
         rss: rss::sample(sh),
+        writes: Some(writes),
     })
 }
 
@@ -780,6 +787,210 @@ fn projection_run(
     result
 }
 
+/// Scratch database of the write ceiling, on command-db.
+const WRITE_CEILING_DB: &str = "pgbench_write_ceiling";
+
+/// The command DB's write ceiling next to `POST /reports` through nginx, all in this run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WriteCeilingRun {
+    /// tps of [`post_sql`] with its `pg_notify` (what one POST does).
+    pub ceiling_tps: f64,
+    /// tps of the same script without `pg_notify`.
+    pub without_notify_tps: f64,
+    /// `POST /reports` via nginx, 2xx per second.
+    pub post_nginx_per_s: f64,
+    /// `post_nginx_per_s` / `ceiling_tps`.
+    pub post_ratio: f64,
+    /// 1 − `ceiling_tps` / `without_notify_tps`: the share of the ceiling NOTIFY costs.
+    pub notify_cost: f64,
+}
+
+/// The SQL of one `POST /reports` (`command/src/store.rs`'s create: one statement inserting the
+/// report and its event and notifying), as a pgbench script line with literal values: a report
+/// like the one wrk posts, its payload serialised as the service does.
+fn post_sql(notify: bool) -> Result<String> {
+    let (body, _) = crate::ops::seed::report_body(&mut Rng::new(7));
+    let b: serde_json::Value = serde_json::from_slice(&body)?;
+    let field = |k: &str| {
+        b.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let report = shared::model::Report {
+        id: uuid::Uuid::new_v4(),
+        title: field("title"),
+        description: field("description"),
+        category: field("category")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("report_body's category: {e}"))?,
+        status: shared::model::Status::Pending,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        location: None,
+        address: None,
+        media_url: None,
+    };
+    let payload = serde_json::to_string(&report)?;
+    let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let select = if notify {
+        "SELECT position, pg_notify('report_events', '')::text FROM e"
+    } else {
+        "SELECT position FROM e"
+    };
+    Ok(format!(
+        "WITH r AS (INSERT INTO reports (id, title, description, category, status, version, \
+         created_at, updated_at, lat, lng, address, media_url) VALUES (gen_random_uuid(), {}, {}, \
+         {}, 'pending', 1, now(), now(), NULL, NULL, NULL, NULL) ON CONFLICT (id) DO NOTHING \
+         RETURNING id), e AS (INSERT INTO event_log (event_id, event_type, report_id, version, \
+         payload, created_at) SELECT gen_random_uuid(), {}, id, 1, {}, now() FROM r RETURNING \
+         position) {select};\n",
+        q(&report.title),
+        q(&report.description),
+        q(report.category.as_str()),
+        q(shared::event::EventType::ReportCreated.as_str()),
+        q(&payload),
+    ))
+}
+
+/// pgbench with `script` on a fresh scratch database of command-db holding the command schema
+/// (`sql/command.sql`, as the service applies it), dropped afterwards.
+fn pgbench_write(
+    sh: &Shell,
+    topo: &Topology,
+    secs: u64,
+    name: &str,
+    script: &Path,
+) -> Result<Figure> {
+    let svc = topo
+        .service("command-db")
+        .context("the cluster has no command-db")?;
+    let port = svc.port().to_string();
+    let (psql, pgbench) = (pg_tool("psql"), pg_tool("pgbench"));
+    let drop = format!("DROP DATABASE IF EXISTS {WRITE_CEILING_DB} WITH (FORCE)");
+    let create = format!("CREATE DATABASE {WRITE_CEILING_DB}");
+    for sql in [&drop, &create] {
+        run_tool(
+            "psql",
+            cmd!(
+                sh,
+                "{psql} -h 127.0.0.1 -p {port} -U {PG_USER} -d postgres -v ON_ERROR_STOP=1 -c {sql}"
+            ),
+        )?;
+    }
+    let result = (|| -> Result<Figure> {
+        let url = format!("postgres://{PG_USER}@127.0.0.1:{port}/{WRITE_CEILING_DB}");
+        shared::migrate::command_db(&mut connect(&url)?).context("command schema")?;
+        let (c, j, t) = (
+            PGBENCH_CLIENTS.to_string(),
+            PGBENCH_THREADS.to_string(),
+            secs.to_string(),
+        );
+        let out = run_tool(
+            "pgbench -f",
+            cmd!(
+                sh,
+                "{pgbench} -n -f {script} -M prepared -c {c} -j {j} -T {t} -h 127.0.0.1 -p {port} -U {PG_USER} {WRITE_CEILING_DB}"
+            ),
+        )?;
+        let tps = parse_pgbench_tps(&out)
+            .with_context(|| format!("no `tps = ` in pgbench's output:\n{out}"))?;
+        let avg = out.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("latency average =")?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        });
+        Ok(Figure {
+            name: name.to_string(),
+            target: format!("command-db (127.0.0.1:{port}/{WRITE_CEILING_DB})"),
+            unit: "tps".into(),
+            per_s: tps,
+            total: (tps * secs as f64).round() as u64,
+            p50_ms: avg,
+            ..Figure::default()
+        })
+    })();
+    let _ = run_tool(
+        "psql",
+        cmd!(
+            sh,
+            "{psql} -h 127.0.0.1 -p {port} -U {PG_USER} -d postgres -c {drop}"
+        ),
+    );
+    result
+}
+
+/// The write ceiling with and without NOTIFY, then `POST /reports` via nginx: three figures
+/// (ratios to the `-S` ceiling `tps` like every other) and the write summary.
+fn write_ceiling(
+    sh: &Shell,
+    topo: &Topology,
+    wrk: &Path,
+    token: Option<&str>,
+    secs: u64,
+    tps: f64,
+) -> Result<(Vec<Figure>, WriteCeilingRun)> {
+    let scratch = std::env::temp_dir().join(format!("xtask-write-ceiling-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let result = (|| -> Result<Vec<Figure>> {
+        let with = scratch.join("post.sql");
+        let without = scratch.join("post-without-notify.sql");
+        std::fs::write(&with, post_sql(true)?)?;
+        std::fs::write(&without, post_sql(false)?)?;
+        let lua = scratch.join("post.lua");
+        std::fs::write(&lua, post_script(token))?;
+        let mut figures = Vec::new();
+        eprintln!("throughput: write ceiling (pgbench: one POST's SQL on command-db)");
+        figures.push(pgbench_write(
+            sh,
+            topo,
+            secs,
+            &format!("write ceiling: POST's SQL, pgbench -c {PGBENCH_CLIENTS}"),
+            &with,
+        )?);
+        figures.push(pgbench_write(
+            sh,
+            topo,
+            secs,
+            &format!("write ceiling without NOTIFY, pgbench -c {PGBENCH_CLIENTS}"),
+            &without,
+        )?);
+        let url = format!("http://127.0.0.1:{}/reports", topo.ports.write);
+        eprintln!("throughput: POST /reports via nginx ({url})");
+        figures.push(wrk_figure(
+            sh,
+            wrk,
+            "POST /reports → nginx (all command instances)",
+            &url,
+            secs,
+            Some(&lua),
+        )?);
+        Ok(figures)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut figures = result?;
+    for f in &mut figures {
+        f.ratio_to_ceiling = ratio(f.per_s, tps);
+    }
+    let run = WriteCeilingRun {
+        ceiling_tps: figures[0].per_s,
+        without_notify_tps: figures[1].per_s,
+        post_nginx_per_s: figures[2].per_s,
+        post_ratio: ratio(figures[2].per_s, figures[0].per_s),
+        notify_cost: if figures[1].per_s > 0.0 {
+            ((1.0 - figures[0].per_s / figures[1].per_s) * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        },
+    };
+    Ok((figures, run))
+}
+
 impl ThroughputReport {
     /// The on-screen table.
     pub fn table(&self) -> String {
@@ -841,6 +1052,18 @@ impl ThroughputReport {
                     "  {db:<22} caught up {ms:>9.0} ms after the start request"
                 );
             }
+        }
+        if let Some(w) = &self.writes {
+            let _ = writeln!(
+                t,
+                "\nwrites: POST via nginx {:.0} req/s = {:.3} of the write ceiling ({:.0} tps, \
+                 one POST's SQL in pgbench); NOTIFY costs {:.1} % of it ({:.0} tps without)",
+                w.post_nginx_per_s,
+                w.post_ratio,
+                w.ceiling_tps,
+                w.notify_cost * 100.0,
+                w.without_notify_tps
+            );
         }
         t.push('\n');
         t.push_str(&rss::table(&self.rss));
@@ -907,6 +1130,24 @@ Transfer/sec:     10.00MB
             let mut args = vec!["--throughput"];
             args.extend(extra);
             assert!(parse(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn post_sql_is_one_line_with_or_without_notify() {
+        let with = post_sql(true).unwrap();
+        let without = post_sql(false).unwrap();
+        assert!(with.contains("pg_notify('report_events'"), "{with}");
+        assert!(!without.contains("pg_notify"), "{without}");
+        for s in [&with, &without] {
+            // pgbench reads one SQL command per line; the literals are quoted and balanced.
+            assert_eq!(s.lines().count(), 1, "{s}");
+            assert!(s.ends_with(";\n"), "{s}");
+            assert_eq!(s.matches('\'').count() % 2, 0, "{s}");
+            assert!(
+                s.contains("'ReportCreated'") && s.contains("\"version\":1"),
+                "{s}"
+            );
         }
     }
 
