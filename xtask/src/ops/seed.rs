@@ -164,10 +164,6 @@ pub const CITIES: [City; 4] = [
 /// around a kelurahan with the default radius finds its reports.
 pub const SPREAD_M: f64 = 800.0;
 
-/// No seeded report is further than this from its city's centre (the farthest kelurahan point
-/// is ~4.5 km out, plus [`SPREAD_M`]); the test holds every body to it.
-pub const CITY_RADIUS_M: f64 = 6_000.0;
-
 /// Words a `q` search finds in seeded reports (each is in some template or address), for
 /// `bench --mix extended`; pairs test the "every word must match" path.
 pub const SEARCH_TERMS: &[&str] = &[
@@ -456,6 +452,10 @@ mod tests {
             .collect();
         assert_eq!(statuses, STATUSES);
     }
+
+    /// No seeded report is further than this from its city's centre (the farthest kelurahan
+    /// point is ~4.5 km out, plus [`SPREAD_M`]).
+    const CITY_RADIUS_M: f64 = 6_000.0;
 
     /// Every body passes the command service's own validation, is located within
     /// [`CITY_RADIUS_M`] of the centre of the city its address names, and every city,
