@@ -93,12 +93,16 @@ pub fn entries(stored: &[Stored]) -> Vec<Entry> {
     out
 }
 
+/// The statement [`load`] sends (`$1` the report id, `$2` [`MAX_VERSIONS`]); public so
+/// `bench --scale` measures and EXPLAINs exactly this text.
+pub const SELECT_HISTORY: &str = "SELECT version, event_type, at, payload FROM report_history \
+     WHERE report_id = $1 ORDER BY version LIMIT $2";
+
 /// The stored events of one report, oldest first (empty when it has none).
 pub fn load(client: &mut impl GenericClient, id: &Uuid) -> Result<Vec<Stored>, postgres::Error> {
     client
         .query_typed(
-            "SELECT version, event_type, at, payload FROM report_history \
-             WHERE report_id = $1 ORDER BY version LIMIT $2",
+            SELECT_HISTORY,
             &[(id, Type::UUID), (&MAX_VERSIONS, Type::INT8)],
         )?
         .iter()

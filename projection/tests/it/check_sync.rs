@@ -228,3 +228,111 @@ fn check_sync_subcommand_reports_and_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// History is checked against the event log: given a command DB written the way the command
+/// service writes it and both query DBs rebuilt from it, when one history row of the replica
+/// is tampered with (payload, then type, then a lost row), then `projection check-sync` fails
+/// naming that DB, the report and the version; after `projection rebuild` it passes again.
+#[test]
+fn check_sync_compares_history_with_the_event_log() {
+    use shared::model::{Category, Status};
+
+    let pg = pg();
+    let command_url = pg.create_db("sync_hist_command");
+    let primary_url = pg.create_db("sync_hist_primary");
+    let replica_url = pg.create_db("sync_hist_replica");
+    let mut command = crate::rebuild::CommandDb(pg.client("sync_hist_command"));
+    shared::migrate::command_db(&mut command.0).expect("migrate command");
+    let mut reports: Vec<_> = (0..4)
+        .map(|n| command.create(n, Category::Infrastruktur))
+        .collect();
+    command.update(&mut reports[1], Category::Infrastruktur, Status::InProgress);
+    command.update(&mut reports[1], Category::Kesehatan, Status::Resolved);
+    command.delete(&reports[2]);
+    let env = [
+        ("COMMAND_DATABASE_URL", command_url),
+        (
+            "QUERY_DATABASE_URLS",
+            format!("query-db-primary={primary_url},query-db-replica1={replica_url}"),
+        ),
+    ];
+    let projection = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_projection"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run projection");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let check_sync = || projection(&["check-sync", "--wait", "0"]);
+    for db in ["query-db-primary", "query-db-replica1"] {
+        let (code, text) = projection(&["rebuild", "--db", db]);
+        assert_eq!(code, Some(0), "{text}");
+    }
+    let (code, text) = check_sync();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("query-db-replica1: in sync"), "{text}");
+
+    let mut replica = pg.client("sync_hist_replica");
+    let target = reports[1].id;
+    let tampers = [
+        (
+            "UPDATE report_history SET payload = payload || ' ' WHERE report_id = $1 AND version = 2",
+            "history version 2 (ReportUpdated) has another payload than the event log",
+        ),
+        (
+            "UPDATE report_history SET event_type = 'ReportDeleted' WHERE report_id = $1 AND version = 2",
+            "history version 2 is ReportDeleted here, ReportUpdated in the event log",
+        ),
+        (
+            "DELETE FROM report_history WHERE report_id = $1 AND version = 3",
+            "history lacks version 3 (ReportUpdated) of the event log",
+        ),
+    ];
+    for (tamper, expected) in tampers {
+        // When one history row of the replica differs from the log ...
+        replica.execute(tamper, &[&target]).expect("tamper");
+        // ... then check-sync fails naming the DB, the report and the difference ...
+        let (code, text) = check_sync();
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("query-db-primary: in sync"), "{text}");
+        assert!(text.contains("query-db-replica1: "), "{text}");
+        assert!(
+            text.contains(&format!("report {target}: {expected}")),
+            "expected {expected:?} in:\n{text}"
+        );
+        // ... and after a rebuild of that DB it passes again.
+        let (code, text) = projection(&["rebuild", "--db", "query-db-replica1"]);
+        assert_eq!(code, Some(0), "{text}");
+        let (code, text) = check_sync();
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains("query-db-replica1: in sync"), "{text}");
+    }
+
+    // A history row of a report the log never had is named too.
+    let stranger = Uuid::from_u128(0xdead);
+    replica
+        .execute(
+            "INSERT INTO report_history (report_id, version, event_type, at, payload) \
+             VALUES ($1, 1, 'ReportCreated', now(), '{}')",
+            &[&stranger],
+        )
+        .expect("tamper");
+    let (code, text) = check_sync();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "report {stranger}: history has version 1 (ReportCreated) that the event log lacks"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("history: 7 events in command-db's event log, 8 here"),
+        "{text}"
+    );
+}

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::support::pg;
 
 /// The command service's writes, done the same way: row and event in one transaction.
-struct CommandDb(Client);
+pub struct CommandDb(pub Client);
 
 impl CommandDb {
     fn event(&mut self, kind: &str, id: Uuid, version: i64, payload: String) {
@@ -30,7 +30,7 @@ impl CommandDb {
             .expect("insert event");
     }
 
-    fn create(&mut self, n: usize, category: Category) -> Report {
+    pub fn create(&mut self, n: usize, category: Category) -> Report {
         let now = now_micros();
         let r = Report {
             id: Uuid::new_v4(),
@@ -79,7 +79,7 @@ impl CommandDb {
         r
     }
 
-    fn update(&mut self, r: &mut Report, category: Category, status: Status) {
+    pub fn update(&mut self, r: &mut Report, category: Category, status: Status) {
         r.category = category;
         r.status = status;
         r.version += 1;
@@ -100,7 +100,7 @@ impl CommandDb {
         self.event("ReportUpdated", r.id, r.version, json(&*r));
     }
 
-    fn delete(&mut self, r: &Report) {
+    pub fn delete(&mut self, r: &Report) {
         let t = Tombstone {
             id: r.id,
             version: r.version + 1,

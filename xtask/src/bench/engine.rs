@@ -25,7 +25,7 @@ use super::lag::{LagFeed, Sample, Sampler};
 use super::report::{new_histogram, record, BenchReport, EndpointReport, Generator, Latency};
 use super::schedule::{Endpoint, Schedule, Side, Wrr, WRITE_MIX};
 use crate::http::{Conn, HttpError, Response, Target};
-use crate::ops::seed::{report_body, CATEGORIES};
+use crate::ops::seed::{report_body, CATEGORIES, CITIES, SEARCH_TERMS};
 use crate::rng::Rng;
 
 /// A worker that picks its request up later than this after the intended time counts as a
@@ -433,26 +433,26 @@ fn execute(
                 read.request("GET", &format!("/reports?page={page}"), None),
             )
         }
-        Endpoint::ById => {
-            let now = Instant::now();
-            let id = shared.pools.lock().ok().and_then(|p| {
-                let ready: Vec<&String> = p
-                    .readable
-                    .iter()
-                    .filter(|(_, at)| *at <= now)
-                    .map(|(id, _)| id)
-                    .collect();
-                rng.pick(&ready).map(|s| (*s).clone())
-            });
-            match id {
-                Some(id) => (
-                    Endpoint::ById,
-                    read.request("GET", &format!("/reports/{id}"), None),
-                ),
-                // Nothing readable yet (an empty database): read the first page instead.
-                None => (Endpoint::List, read.request("GET", "/reports?page=1", None)),
-            }
-        }
+        Endpoint::ById => match readable_id(shared, rng) {
+            Some(id) => (
+                Endpoint::ById,
+                read.request("GET", &format!("/reports/{id}"), None),
+            ),
+            // Nothing readable yet (an empty database): read the first page instead.
+            None => (Endpoint::List, read.request("GET", "/reports?page=1", None)),
+        },
+        Endpoint::History => match readable_id(shared, rng) {
+            Some(id) => (
+                Endpoint::History,
+                read.request("GET", &format!("/reports/{id}/history"), None),
+            ),
+            None => (Endpoint::List, read.request("GET", "/reports?page=1", None)),
+        },
+        Endpoint::Near => (Endpoint::Near, read.request("GET", &near_path(rng), None)),
+        Endpoint::Search => (
+            Endpoint::Search,
+            read.request("GET", &search_path(rng), None),
+        ),
         Endpoint::ByCategory => {
             let category = rng.pick(&CATEGORIES).copied().unwrap_or("lainnya");
             let page = 1 + rng.below(2);
@@ -468,6 +468,35 @@ fn execute(
         Endpoint::Stats => (Endpoint::Stats, read.request("GET", "/statistics", None)),
         Endpoint::Health => (Endpoint::Health, read.request("GET", "/health", None)),
     }
+}
+
+/// A report id that is readable by now (see [`READABLE_AFTER`]), if any.
+fn readable_id(shared: &Shared, rng: &mut Rng) -> Option<String> {
+    let now = Instant::now();
+    let pools = shared.pools.lock().ok()?;
+    let ready: Vec<&String> = pools
+        .readable
+        .iter()
+        .filter(|(_, at)| *at <= now)
+        .map(|(id, _)| id)
+        .collect();
+    rng.pick(&ready).map(|s| (*s).clone())
+}
+
+/// `near=` around one of the seeded kelurahan with the default radius, where `seed` and the
+/// bench's own creates put reports.
+fn near_path(rng: &mut Rng) -> String {
+    let city = rng.pick(&CITIES).unwrap_or(&CITIES[0]);
+    let (lat, lng) = rng
+        .pick(city.districts)
+        .map_or((city.lat, city.lng), |d| (d.lat, d.lng));
+    format!("/reports?near={lat:.4},{lng:.4}&radius_m=1000")
+}
+
+/// `q=` with one of the words seeded reports contain, spaces percent-encoded.
+fn search_path(rng: &mut Rng) -> String {
+    let term = rng.pick(SEARCH_TERMS).copied().unwrap_or("sampah");
+    format!("/reports?q={}", term.replace(' ', "%20"))
 }
 
 fn create(shared: &Shared, write: &mut Conn, rng: &mut Rng) -> Result<Response, HttpError> {

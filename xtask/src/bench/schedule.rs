@@ -29,10 +29,14 @@ pub enum Endpoint {
     ByCategory,
     Stats,
     Health,
+    /// SPEC §7.1 reads, only in a mix that asks for them (`--mix extended`).
+    Near,
+    Search,
+    History,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::Create,
         Endpoint::Update,
         Endpoint::Delete,
@@ -41,6 +45,9 @@ impl Endpoint {
         Endpoint::ByCategory,
         Endpoint::Stats,
         Endpoint::Health,
+        Endpoint::Near,
+        Endpoint::Search,
+        Endpoint::History,
     ];
 
     /// The row label in the table and the `name` in the JSON.
@@ -54,6 +61,9 @@ impl Endpoint {
             Endpoint::ByCategory => "GET /reports?category=X",
             Endpoint::Stats => "GET /statistics",
             Endpoint::Health => "GET /health",
+            Endpoint::Near => "GET /reports?near=LAT,LNG",
+            Endpoint::Search => "GET /reports?q=WORDS",
+            Endpoint::History => "GET /reports/{id}/history",
         }
     }
 
@@ -73,8 +83,9 @@ pub const WRITE_MIX: [(Endpoint, u32); 3] = [
     (Endpoint::Delete, 10),
 ];
 
-/// The read mix in percent (SPEC §6: list 40, by id 20, by category 25, statistics 10,
-/// health 5).
+/// The read mix in percent. The default is SPEC §6's exactly (list 40, by id 20, by category
+/// 25, statistics 10, health 5) and leaves the second edition's reads out, so the original
+/// levels keep measuring what they always measured; [`Mix::EXTENDED`] adds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mix {
     pub list: u32,
@@ -82,29 +93,63 @@ pub struct Mix {
     pub category: u32,
     pub stats: u32,
     pub health: u32,
+    pub near: u32,
+    pub q: u32,
+    pub history: u32,
 }
 
 impl Default for Mix {
     fn default() -> Mix {
-        Mix {
-            list: 40,
-            id: 20,
-            category: 25,
-            stats: 10,
-            health: 5,
-        }
+        Mix::ORIGINAL
     }
 }
 
 impl Mix {
-    /// Parses `list=40,id=20,category=25,stats=10,health=5`; keys left out weigh 0.
+    /// SPEC §6's read mix.
+    pub const ORIGINAL: Mix = Mix {
+        list: 40,
+        id: 20,
+        category: 25,
+        stats: 10,
+        health: 5,
+        near: 0,
+        q: 0,
+        history: 0,
+    };
+
+    /// `--mix extended`: SPEC §6's mix scaled to 80 %, plus near 8, q 7, history 5 — about
+    /// the share a civic app's map, search box and report page would add.
+    pub const EXTENDED: Mix = Mix {
+        list: 32,
+        id: 16,
+        category: 20,
+        stats: 8,
+        health: 4,
+        near: 8,
+        q: 7,
+        history: 5,
+    };
+
+    /// The valid keys, for messages and the help.
+    pub const KEYS: &'static str = "list, id, category, stats, health, near, q, history";
+
+    /// Parses `original`, `extended` or `list=40,id=20,…,near=8,q=7,history=5`; keys left
+    /// out weigh 0.
     pub fn parse(text: &str) -> Result<Mix> {
+        match text.trim() {
+            "original" => return Ok(Mix::ORIGINAL),
+            "extended" => return Ok(Mix::EXTENDED),
+            _ => {}
+        }
         let mut mix = Mix {
             list: 0,
             id: 0,
             category: 0,
             stats: 0,
             health: 0,
+            near: 0,
+            q: 0,
+            history: 0,
         };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
@@ -120,8 +165,14 @@ impl Mix {
                 "category" => &mut mix.category,
                 "stats" | "statistics" => &mut mix.stats,
                 "health" => &mut mix.health,
+                "near" => &mut mix.near,
+                "q" | "search" => &mut mix.q,
+                "history" => &mut mix.history,
                 other => {
-                    bail!("--mix: unknown key `{other}`; valid keys: list, id, category, stats, health")
+                    bail!(
+                        "--mix: unknown key `{other}`; valid keys: {} (or `original`, `extended`)",
+                        Mix::KEYS
+                    )
                 }
             };
             *slot = value;
@@ -132,16 +183,21 @@ impl Mix {
         Ok(mix)
     }
 
-    pub fn weights(&self) -> [(Endpoint, u32); 5] {
+    pub fn weights(&self) -> [(Endpoint, u32); 8] {
         [
             (Endpoint::List, self.list),
             (Endpoint::ById, self.id),
             (Endpoint::ByCategory, self.category),
             (Endpoint::Stats, self.stats),
             (Endpoint::Health, self.health),
+            (Endpoint::Near, self.near),
+            (Endpoint::Search, self.q),
+            (Endpoint::History, self.history),
         ]
     }
 
+    /// The weights by key for the JSON report; the second edition's keys only when used, so
+    /// an original-mix report reads exactly as before.
     pub fn to_map(&self) -> BTreeMap<String, u32> {
         [
             ("list", self.list),
@@ -149,8 +205,12 @@ impl Mix {
             ("category", self.category),
             ("stats", self.stats),
             ("health", self.health),
+            ("near", self.near),
+            ("q", self.q),
+            ("history", self.history),
         ]
         .into_iter()
+        .filter(|(k, v)| *v > 0 || !matches!(*k, "near" | "q" | "history"))
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -268,17 +328,45 @@ mod tests {
                 assert_eq!(counts[e] as usize, *w as usize * n / 100, "{e:?}");
             }
         };
-        check(&Mix::default().weights(), 100);
-        check(&Mix::default().weights(), 1000);
+        check(&Mix::ORIGINAL.weights(), 100);
+        check(&Mix::ORIGINAL.weights(), 1000);
+        check(&Mix::EXTENDED.weights(), 100);
         check(&WRITE_MIX, 100);
         check(&Mix::parse("list=100").unwrap().weights(), 100);
+    }
+
+    /// Both mixes are percentages, and the original one is SPEC §6's without the new reads.
+    #[test]
+    fn mixes_sum_to_100_and_the_original_has_no_new_reads() {
+        for mix in [Mix::ORIGINAL, Mix::EXTENDED] {
+            assert_eq!(mix.weights().iter().map(|(_, w)| w).sum::<u32>(), 100);
+        }
+        assert_eq!(
+            Mix::ORIGINAL.near + Mix::ORIGINAL.q + Mix::ORIGINAL.history,
+            0
+        );
+        assert!(Mix::EXTENDED.weights().iter().all(|(_, w)| *w > 0));
+        assert_eq!(
+            Mix::ORIGINAL.to_map().keys().collect::<Vec<_>>(),
+            ["category", "health", "id", "list", "stats"]
+        );
     }
 
     #[test]
     fn mix_parses_and_names_bad_keys() {
         assert_eq!(
             Mix::parse("list=40,id=20,category=25,stats=10,health=5").unwrap(),
-            Mix::default()
+            Mix::ORIGINAL
+        );
+        assert_eq!(Mix::parse("original").unwrap(), Mix::ORIGINAL);
+        assert_eq!(Mix::parse("extended").unwrap(), Mix::EXTENDED);
+        assert_eq!(
+            Mix::parse("near=1,q=2,history=3").unwrap().weights()[5..],
+            [
+                (Endpoint::Near, 1),
+                (Endpoint::Search, 2),
+                (Endpoint::History, 3)
+            ]
         );
         let err = format!("{:#}", Mix::parse("lists=3").unwrap_err());
         assert!(err.contains("unknown key `lists`"), "{err}");

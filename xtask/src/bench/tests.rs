@@ -29,6 +29,8 @@ struct Behaviour {
 
 struct FakeServer {
     url: String,
+    /// Every request path, in arrival order.
+    paths: Arc<Mutex<Vec<String>>>,
     /// Time each request spent being processed (lock held), in request order.
     processing: Arc<Mutex<Vec<Duration>>>,
 }
@@ -37,12 +39,14 @@ fn start_fake(behaviour: Behaviour) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let processing = Arc::new(Mutex::new(Vec::new()));
+    let paths = Arc::new(Mutex::new(Vec::new()));
     let state = Arc::new((
         Mutex::new(HashMap::<Uuid, i64>::new()),
         AtomicU64::new(0),
         behaviour,
         Arc::clone(&processing),
         AtomicU64::new(0),
+        Arc::clone(&paths),
     ));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -54,7 +58,11 @@ fn start_fake(behaviour: Behaviour) -> FakeServer {
             });
         }
     });
-    FakeServer { url, processing }
+    FakeServer {
+        url,
+        processing,
+        paths,
+    }
 }
 
 type State = (
@@ -63,10 +71,11 @@ type State = (
     Behaviour,
     Arc<Mutex<Vec<Duration>>>,
     AtomicU64,
+    Arc<Mutex<Vec<String>>>,
 );
 
 fn serve(stream: TcpStream, conn_no: u64, state: &State) -> std::io::Result<()> {
-    let (reports, counter, behaviour, processing, _) = state;
+    let (reports, counter, behaviour, processing, _, paths) = state;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
@@ -93,6 +102,7 @@ fn serve(stream: TcpStream, conn_no: u64, state: &State) -> std::io::Result<()> 
         }
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
+        paths.lock().unwrap().push(path.clone());
 
         // One request at a time server-wide: a stall holds everyone behind it.
         let (status, json, version) = {
@@ -264,7 +274,10 @@ fn b_healthy_server_gives_every_figure_and_no_errors() {
     let report = run(&cfg).unwrap();
     let table = report.table();
     eprintln!("{table}");
-    assert_eq!(report.endpoints.len(), Endpoint::ALL.len(), "{table}");
+    // The original mix: the three writes and SPEC §6's five reads, none of the new ones.
+    let names: Vec<&str> = report.endpoints.iter().map(|e| e.name.as_str()).collect();
+    let original: Vec<&str> = Endpoint::ALL[..8].iter().map(|e| e.name()).collect();
+    assert_eq!(names, original, "{table}");
     for e in &report.endpoints {
         assert!(e.sent > 0, "{} sent nothing\n{table}", e.name);
         assert_eq!(e.ok, e.sent, "{} had errors\n{table}", e.name);
@@ -464,6 +477,54 @@ fn too_few_workers_are_reported_as_the_generator_limit() {
         "{:?}",
         report.reads.latency
     );
+}
+
+/// `--mix extended` adds near, q and history, each with its own latency row in the table and
+/// in the JSON, and the requests have the shapes the query service answers.
+#[test]
+fn extended_mix_measures_near_q_and_history() {
+    let server = start_fake(Behaviour::default());
+    let mut cfg = config(&server.url, 20.0, 100.0, 3.0);
+    cfg.mix = Mix::parse("extended").unwrap();
+    let report = run(&cfg).unwrap();
+    let table = report.table();
+    eprintln!("{table}");
+    let names: Vec<&str> = report.endpoints.iter().map(|e| e.name.as_str()).collect();
+    let all: Vec<&str> = Endpoint::ALL.iter().map(|e| e.name()).collect();
+    assert_eq!(names, all, "{table}");
+    for e in [Endpoint::Near, Endpoint::Search, Endpoint::History] {
+        let row = report
+            .endpoints
+            .iter()
+            .find(|r| r.name == e.name())
+            .unwrap();
+        assert!(row.sent > 0 && row.ok == row.sent, "{table}");
+        assert!(table.contains(e.name()), "{table}");
+    }
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["mix"]["near"], 8, "{json}");
+    assert!(json["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "GET /reports/{id}/history" && e["p99_ms"].is_number()));
+    // Every path the fake server saw parses as the query service's parameters would.
+    let paths = server.paths.lock().unwrap();
+    let near: Vec<&String> = paths.iter().filter(|p| p.contains("near=")).collect();
+    assert!(!near.is_empty());
+    for p in near {
+        let (_, q) = p.split_once('?').unwrap();
+        let params: HashMap<&str, &str> =
+            q.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        assert!(shared::geo::parse_near(params["near"]).is_ok(), "{p}");
+        assert_eq!(params["radius_m"], "1000", "{p}");
+    }
+    assert!(paths
+        .iter()
+        .any(|p| p.starts_with("/reports?q=") && !p.contains(' ')));
+    assert!(paths
+        .iter()
+        .any(|p| p.starts_with("/reports/") && p.ends_with("/history")));
 }
 
 #[test]

@@ -165,8 +165,14 @@ const BENCH_FLAGS: &[Flag] = &[
     Flag::new("read-rps", RATE, "R", "reads per second instead of a level"),
     Flag::new("duration", RUN_SECONDS, "S", "seconds per run")
         .otherwise("10; 5 per step of max and per figure of --throughput"),
-    Flag::new("mix", Kind::Text, "MIX", "weights of the read endpoints")
-        .otherwise("list=40,id=20,category=25,stats=10,health=5"),
+    Flag::new(
+        "mix",
+        Kind::Text,
+        "MIX",
+        "read weights: original, extended (adds near, q, history) or key=weight,… \
+         (keys list id category stats health near q history)",
+    )
+    .otherwise("original: list=40,id=20,category=25,stats=10,health=5"),
     Flag::new("write-url", Kind::Text, "URL", "where writes go")
         .otherwise("the local cluster's nginx"),
     Flag::new("read-url", Kind::Text, "URL", "where reads go")
