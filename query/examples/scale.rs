@@ -29,6 +29,11 @@ const RUNS: usize = 200;
 /// Set (to anything) to keep `SCRATCH_DB` afterwards and reuse it when it already holds the
 /// asked number of reports: the fill of a million takes minutes, a plan change seconds.
 const KEEP_ENV: &str = "SCALE_KEEP_DB";
+/// Set (to anything) to print each statement's `EXPLAIN (ANALYZE, BUFFERS)` before timing it:
+/// the plan that was measured, not only its index names.
+const ANALYZE_ENV: &str = "SCALE_EXPLAIN_ANALYZE";
+/// Overrides [`RUNS`] (a quick look while changing a statement; the figures use the default).
+const RUNS_ENV: &str = "SCALE_RUNS";
 
 /// Typed parameters of one statement, as `query_typed` takes them.
 type Params<'a> = Vec<(&'a (dyn ToSql + Sync), Type)>;
@@ -98,7 +103,8 @@ fn filled(admin: &mut Client, url: &str, rows: u64) -> bool {
         .unwrap_or(false);
     let count = || -> Result<i64> {
         let mut c = Client::connect(url, NoTls)?;
-        Ok(c.query_one("SELECT count(*) FROM read_reports", &[])?.get(0))
+        Ok(c.query_one("SELECT count(*) FROM read_reports", &[])?
+            .get(0))
     };
     exists && matches!(count(), Ok(n) if u64::try_from(n).ok() == Some(rows))
 }
@@ -361,9 +367,23 @@ fn time_statement(
         })
         .collect();
     access.dedup();
-    let mut times = Vec::with_capacity(RUNS);
+    if std::env::var_os(ANALYZE_ENV).is_some() {
+        let analyzed = c
+            .query_typed(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
+            .with_context(|| format!("EXPLAIN ANALYZE {what}"))?;
+        println!("--- {what}");
+        for r in analyzed {
+            println!("{}", r.get::<_, String>(0));
+        }
+    }
+    let runs = std::env::var(RUNS_ENV)
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(RUNS);
+    let mut times = Vec::with_capacity(runs);
     c.query_typed(sql, params)?;
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let t = Instant::now();
         c.query_typed(sql, params)?;
         times.push(t.elapsed());
@@ -372,9 +392,9 @@ fn time_statement(
     Ok(ScaleRow {
         what: what.to_owned(),
         plan: access.join(", "),
-        p50_ms: ms(times[RUNS / 2]),
-        p99_ms: ms(times[RUNS * 99 / 100]),
-        max_ms: ms(times[RUNS - 1]),
+        p50_ms: ms(times[runs / 2]),
+        p99_ms: ms(times[runs * 99 / 100]),
+        max_ms: ms(times[runs - 1]),
     })
 }
 

@@ -31,7 +31,7 @@ use crate::paging::{single, Filter, ListParams};
 pub const Q_MAX_CHARS: usize = 200;
 /// Text and place filters count their matches up to this many: an exact count of a broad
 /// search at a million reports would cost more than the page itself.
-pub const TOTAL_CAP: i64 = 10_000;
+pub const TOTAL_CAP: i64 = 1_000;
 
 /// A validated list request.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,11 +230,18 @@ impl Statement {
         let (mut conds, chord) = conditions(q, &mut args);
         let base = conds.join(" AND ");
         let total_sql = if q.counted() {
-            // Ordered like the newest-first index: for a word in nearly every report, a plain
-            // count would be a table scan that stops at the cap; this walks the index instead.
+            // Never an unordered count: for a word in nearly every report the planner would
+            // take a table scan that stops at the cap. Ordered like the page, the count reads
+            // an index the order needs: the GiST KNN scan for `near` (whatever the estimate of
+            // the radius, which the planner cannot make), the newest-first index or the
+            // selective one (then a sort) for the others.
+            let order = match &chord {
+                Some(expr) => expr.clone(),
+                None => "created_at DESC, id DESC".to_owned(),
+            };
             format!(
                 "SELECT count(*)::int8 FROM (SELECT 1 FROM read_reports WHERE {base} \
-                 ORDER BY created_at DESC, id DESC LIMIT {}) c",
+                 ORDER BY {order} LIMIT {}) c",
                 TOTAL_CAP + 1
             )
         } else {
@@ -283,12 +290,36 @@ impl Statement {
                 "created_at DESC, id DESC".to_owned(),
             ),
         };
+        let page_sql = if q.counted() && chord.is_none() {
+            let keys = args.add(
+                (TOTAL_CAP + 1).max(offset.saturating_add(per_page + 1)),
+                Type::INT8,
+            );
+            // A text or box filter, newest first: the page's keys are planned as if the
+            // page were TOTAL_CAP + 1 rows long (or reached that deep), then read lazily (a CTE scan stops when the
+            // page is full). Planned for 21 rows, a rare word (whose frequency the planner
+            // can only guess) walks the whole newest-first index looking for them; planned for
+            // the cap, it takes the selective index and sorts its few matches, and a common
+            // word still walks the newest-first index, which stops at the page.
+            format!(
+                "keys AS MATERIALIZED (SELECT created_at, id FROM read_reports WHERE {} \
+                 ORDER BY {order} LIMIT {keys}), \
+                 page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
+                 FROM (SELECT id FROM keys ORDER BY created_at DESC, id DESC \
+                 LIMIT {limit} OFFSET {off}) k JOIN read_reports r ON r.id = k.id)",
+                conds.join(" AND ")
+            )
+        } else {
+            format!(
+                "page AS (SELECT doc, created_at, id, {select_chord} AS chord FROM read_reports \
+                 WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {off})",
+                conds.join(" AND ")
+            )
+        };
         let sql = format!(
-            "WITH page AS (SELECT doc, created_at, id, {select_chord} AS chord FROM read_reports \
-             WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {off}) \
+            "WITH {page_sql} \
              SELECT t.total, page.doc, page.created_at, page.id, page.chord \
-             FROM ({total_sql}) AS t(total) LEFT JOIN page ON true",
-            conds.join(" AND ")
+             FROM ({total_sql}) AS t(total) LEFT JOIN page ON true"
         );
         Statement {
             sql,
