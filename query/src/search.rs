@@ -236,20 +236,28 @@ impl Statement {
         let matches = conds[1..].join(" AND ");
         let newest = q.counted() && chord.is_none();
         let mut ctes = Vec::new();
+        // The planner prices a box at a constant 0.1 % of the table (`contsel`), however many
+        // reports it holds, so a box alone walks further before it is asked.
+        let walk_rows = if q.q.is_none() {
+            BOX_WALK_ROWS
+        } else {
+            WALK_ROWS
+        };
         let total_sql = if newest {
             let n = args.add(TOTAL_CAP + 1, Type::INT8);
-            ctes.push(walked("t", None, &matches, "", &n));
+            ctes.push(walked("t", None, walk_rows, &matches, "", &n));
             "SELECT count(*)::int8 FROM t_keys".to_owned()
         } else if let Some(expr) = &chord {
             // Never an unordered count (for a place in a dense city the planner would take a
             // table scan that stops at the cap) and never in newest-first order (that walks
             // the whole newest-first index when fewer than the cap match): counted along the
             // GiST KNN scan, whatever the planner guesses of the radius, which it cannot.
-            format!(
-                "SELECT count(*)::int8 FROM (SELECT 1 FROM read_reports WHERE {base} \
-                 ORDER BY {expr} LIMIT {}) c",
+            ctes.push(format!(
+                "t_near AS MATERIALIZED (SELECT id, {expr} AS chord FROM read_reports \
+                 WHERE {base} ORDER BY {expr} LIMIT {})",
                 TOTAL_CAP + 1
-            )
+            ));
+            "SELECT count(*)::int8 FROM t_near".to_owned()
         } else {
             let mut stats = Vec::new();
             if let Some(c) = q.filter.category {
@@ -293,6 +301,13 @@ impl Statement {
         // orders by distance alone (ties fixed up in [`list`]).
         let knn = chord.is_some() && offset == 0;
         let page_sql = match &chord {
+            // The first page lies within the total's KNN prefix: read from it, the radius is
+            // scanned once (all of it when few of its reports match a filter).
+            Some(_) if knn && q.cursor.is_none() && per_page < TOTAL_CAP + 1 => format!(
+                "page AS (SELECT r.doc, r.created_at, r.id, n.chord FROM (SELECT id, chord \
+                 FROM t_near ORDER BY chord LIMIT {limit}) n \
+                 JOIN read_reports r ON r.id = n.id)"
+            ),
             Some(expr) if knn => format!(
                 "page AS (SELECT doc, created_at, id, {expr} AS chord FROM read_reports \
                  WHERE {all} ORDER BY {expr} LIMIT {limit} OFFSET {off})"
@@ -316,7 +331,7 @@ impl Statement {
                     "t_keys"
                 } else {
                     let shared = after.is_empty().then_some("t_walk");
-                    ctes.push(walked("p", shared, &matches, &after, &need));
+                    ctes.push(walked("p", shared, walk_rows, &matches, &after, &need));
                     "p_keys"
                 };
                 "page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
@@ -365,10 +380,13 @@ fn near_box(conds: &[String], expr: &str, bound: &str) -> String {
 /// report of [`WALK_ROWS`] / 21 fills a page, and a match in one of 40 settles the capped
 /// total, yet short (a millisecond or two at a million reports).
 pub const WALK_ROWS: i64 = 4_000;
+/// [`WALK_ROWS`] for a `bbox=` without `q=`: the planner's guess of a box is a constant, so the
+/// walk, cheap per row for a box test, settles down to a match in one report of 100.
+pub const BOX_WALK_ROWS: i64 = 10_000;
 
-/// CTEs `{name}_found`, `{name}_rest`, `{name}_keys` (and `{name}_walk` unless `walk` names
-/// one to share): `(created_at, id)` of the first `n` live reports, newest first, after the
-/// cursor condition `after`, matching `matches`.
+/// CTEs `{name}_found`, `{name}_rest`, `{name}_keys` (and `{name}_walk` of `rows` rows
+/// unless `walk` names one to share): `(created_at, id)` of the first `n` live reports, newest
+/// first, after the cursor condition `after`, matching `matches`.
 ///
 /// Which index finds them fastest depends on how many match, which the planner can only
 /// guess for words and boxes, and guesses wrong both ways (correlated words, a dense city, a
@@ -378,7 +396,14 @@ pub const WALK_ROWS: i64 = 4_000;
 /// total were wanted: for a rare filter that is the selective index and a sort of its few
 /// matches (planned for a page, a word it guesses at 0.1 % would walk the index again).
 /// Every CTE is read lazily, so a walk that fills the page early stops there.
-fn walked(name: &str, walk: Option<&str>, matches: &str, after: &str, n: &str) -> String {
+fn walked(
+    name: &str,
+    walk: Option<&str>,
+    rows: i64,
+    matches: &str,
+    after: &str,
+    n: &str,
+) -> String {
     let mut ctes = Vec::new();
     let walk = match walk {
         Some(shared) => shared.to_owned(),
@@ -386,7 +411,7 @@ fn walked(name: &str, walk: Option<&str>, matches: &str, after: &str, n: &str) -
             ctes.push(format!(
                 "{name}_walk AS MATERIALIZED (SELECT created_at, id, ({matches}) AS hit \
                  FROM read_reports WHERE deleted_at IS NULL{after} \
-                 ORDER BY created_at DESC, id DESC LIMIT {WALK_ROWS})"
+                 ORDER BY created_at DESC, id DESC LIMIT {rows})"
             ));
             format!("{name}_walk")
         }
