@@ -13,7 +13,11 @@
 //!   the keyset;
 //! - the page and its total are read in one statement (one snapshot); totals of plain filters
 //!   come from the exact `statistics` table, those of text/place filters are counted up to
-//!   [`TOTAL_CAP`] (`capped` says when the real number is larger).
+//!   [`TOTAL_CAP`] (`capped` says when the real number is larger);
+//! - every shape reads an index and no more rows than its answer needs, however wrong the
+//!   planner's guess of a filter's frequency: `near` counts and pages along the KNN scan,
+//!   `q`/`bbox` walk a bounded prefix of the newest-first index before asking for older
+//!   matches ([`walked`]); the scale bench measures each shape at a million reports.
 
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
