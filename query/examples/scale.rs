@@ -12,8 +12,10 @@
 //! what the service runs. The rows are located around four real city centres (90 % of them,
 //! within ~5 km), with Indonesian titles, and one history row per version.
 //!
-//! Totals come from the `statistics` table, so counting is O(1) at any size; deep pages pay
-//! for their OFFSET (an index walk), which the table shows honestly.
+//! Totals of plain lists come from the `statistics` table, so counting is O(1) at any size;
+//! those of `near`/`bbox`/`q` are counted up to `query::search::TOTAL_CAP`. Deep pages pay for
+//! their OFFSET (an index walk), which the table shows honestly. `SCALE_KEEP_DB`,
+//! `SCALE_EXPLAIN_ANALYZE` and `SCALE_RUNS` (below) are for working on a statement.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,14 @@ use query::search::{ListQuery, Statement};
 const SCRATCH_DB: &str = "scale_bench";
 /// Timed runs per statement (after one warm-up): enough for a p99 that is not just the max.
 const RUNS: usize = 200;
+/// Set (to anything) to keep `SCRATCH_DB` afterwards and reuse it when it already holds the
+/// asked number of reports: the fill of a million takes minutes, a plan change seconds.
+const KEEP_ENV: &str = "SCALE_KEEP_DB";
+/// Set (to anything) to print each statement's `EXPLAIN (ANALYZE, BUFFERS)` before timing it:
+/// the plan that was measured, not only its index names.
+const ANALYZE_ENV: &str = "SCALE_EXPLAIN_ANALYZE";
+/// Overrides [`RUNS`] (a quick look while changing a statement; the figures use the default).
+const RUNS_ENV: &str = "SCALE_RUNS";
 
 /// Typed parameters of one statement, as `query_typed` takes them.
 type Params<'a> = Vec<(&'a (dyn ToSql + Sync), Type)>;
@@ -66,20 +76,54 @@ fn run(primary_url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
     let admin_url = replace_db(primary_url, "postgres");
     let mut admin = Client::connect(&admin_url, NoTls)
         .with_context(|| format!("connect to {admin_url} (is the local cluster up?)"))?;
-    admin.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)"
-    ))?;
-    admin.batch_execute(&format!("CREATE DATABASE {SCRATCH_DB}"))?;
-    let result = measure(&replace_db(primary_url, SCRATCH_DB), rows);
-    admin.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)"
-    ))?;
+    let keep = std::env::var_os(KEEP_ENV).is_some();
+    let url = replace_db(primary_url, SCRATCH_DB);
+    let reuse = keep && filled(&mut admin, &url, rows);
+    if !reuse {
+        admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)"
+        ))?;
+        admin.batch_execute(&format!("CREATE DATABASE {SCRATCH_DB}"))?;
+    }
+    let result = measure(&url, rows, !reuse);
+    if !keep {
+        admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)"
+        ))?;
+    }
     result
 }
 
-fn measure(url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
+/// Whether `SCRATCH_DB` exists and holds exactly `rows` reports (a kept fill to reuse).
+fn filled(admin: &mut Client, url: &str, rows: u64) -> bool {
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&SCRATCH_DB],
+        )
+        .map(|r| r.is_some())
+        .unwrap_or(false);
+    let count = || -> Result<i64> {
+        let mut c = Client::connect(url, NoTls)?;
+        Ok(c.query_one("SELECT count(*) FROM read_reports", &[])?
+            .get(0))
+    };
+    exists && matches!(count(), Ok(n) if u64::try_from(n).ok() == Some(rows))
+}
+
+fn measure(url: &str, rows: u64, fill: bool) -> Result<Vec<ScaleRow>> {
     let mut c = Client::connect(url, NoTls).with_context(|| format!("connect to {url}"))?;
     shared::migrate::query_db(&mut c)?;
+    if fill {
+        fill_reports(&mut c, rows)?;
+    } else {
+        println!("reusing the {rows} reports kept in {SCRATCH_DB} ({KEEP_ENV})");
+    }
+    statements(&mut c, rows)
+}
+
+/// Fills the scratch database with `rows` reports, their history and exact statistics.
+fn fill_reports(c: &mut Client, rows: u64) -> Result<()> {
     let started = Instant::now();
     println!("filling {rows} reports …");
     let n = i64::try_from(rows).context("row count")?;
@@ -138,6 +182,11 @@ fn measure(url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
          GROUP BY 1, 2; ANALYZE read_reports; ANALYZE statistics;",
     )?;
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// EXPLAINs and times every statement of the read path.
+fn statements(c: &mut Client, rows: u64) -> Result<Vec<ScaleRow>> {
     let some_id: uuid::Uuid = c
         .query_one(
             "SELECT id FROM read_reports WHERE deleted_at IS NULL LIMIT 1",
@@ -204,7 +253,7 @@ fn measure(url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
     ];
     let mut out = Vec::new();
     for (what, sql, params) in &cases {
-        out.push(time_statement(&mut c, rows, what, sql, params)?);
+        out.push(time_statement(c, rows, what, sql, params)?);
     }
 
     // SPEC §7.1: the list statements the service builds for these query strings.
@@ -239,23 +288,24 @@ fn measure(url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
     for (what, query) in searches {
         let q = list_query(query)?;
         let st = Statement::build(&q);
-        out.push(time_statement(&mut c, rows, what, &st.sql, &st.params())?);
+        out.push(time_statement(c, rows, what, &st.sql, &st.params())?);
     }
     // Cursor pages: the second page of each order, from the cursor page 1 answered.
     for (what, query) in [
         ("list, cursor page 2", "per_page=20"),
         ("category, cursor page 2", "category=keamanan"),
         ("near, cursor page 2", "near=-6.9218,107.6071"),
+        ("bbox, cursor page 2", "bbox=106.80,-6.20,106.85,-6.15"),
         ("q, cursor page 2", "q=lampu"),
     ] {
         let first = list_query(query)?;
-        let listed = query::search::list(&mut c, &first, &mut Vec::new())?;
+        let listed = query::search::list(c, &first, &mut Vec::new())?;
         let next = listed
             .next
             .with_context(|| format!("{what}: page 1 of {query} has no next cursor"))?;
         let q = list_query(&format!("{query}&cursor={}", next.encode()))?;
         let st = Statement::build(&q);
-        out.push(time_statement(&mut c, rows, what, &st.sql, &st.params())?);
+        out.push(time_statement(c, rows, what, &st.sql, &st.params())?);
     }
     // A report's history: one that was updated, then a deleted one.
     for (what, cond) in [
@@ -273,7 +323,7 @@ fn measure(url: &str, rows: u64) -> Result<Vec<ScaleRow>> {
             (&query::history::MAX_VERSIONS, Type::INT8),
         ];
         out.push(time_statement(
-            &mut c,
+            c,
             rows,
             what,
             query::history::SELECT_HISTORY,
@@ -320,9 +370,23 @@ fn time_statement(
         })
         .collect();
     access.dedup();
-    let mut times = Vec::with_capacity(RUNS);
+    if std::env::var_os(ANALYZE_ENV).is_some() {
+        let analyzed = c
+            .query_typed(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
+            .with_context(|| format!("EXPLAIN ANALYZE {what}"))?;
+        println!("--- {what}");
+        for r in analyzed {
+            println!("{}", r.get::<_, String>(0));
+        }
+    }
+    let runs = std::env::var(RUNS_ENV)
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(RUNS);
+    let mut times = Vec::with_capacity(runs);
     c.query_typed(sql, params)?;
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let t = Instant::now();
         c.query_typed(sql, params)?;
         times.push(t.elapsed());
@@ -331,9 +395,9 @@ fn time_statement(
     Ok(ScaleRow {
         what: what.to_owned(),
         plan: access.join(", "),
-        p50_ms: ms(times[RUNS / 2]),
-        p99_ms: ms(times[RUNS * 99 / 100]),
-        max_ms: ms(times[RUNS - 1]),
+        p50_ms: ms(times[runs / 2]),
+        p99_ms: ms(times[runs * 99 / 100]),
+        max_ms: ms(times[runs - 1]),
     })
 }
 

@@ -13,7 +13,11 @@
 //!   the keyset;
 //! - the page and its total are read in one statement (one snapshot); totals of plain filters
 //!   come from the exact `statistics` table, those of text/place filters are counted up to
-//!   [`TOTAL_CAP`] (`capped` says when the real number is larger).
+//!   [`TOTAL_CAP`] (`capped` says when the real number is larger);
+//! - every shape reads an index and no more rows than its answer needs, however wrong the
+//!   planner's guess of a filter's frequency: `near` counts and pages along the KNN scan,
+//!   `q`/`bbox` walk a bounded prefix of the newest-first index before asking for older
+//!   matches ([`walked`]); the scale bench measures each shape at a million reports.
 
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
@@ -29,9 +33,12 @@ use crate::paging::{single, Filter, ListParams};
 /// Longest `q` accepted (SPEC §7.1): a search phrase, not a document; it bounds the work of
 /// one full-text query.
 pub const Q_MAX_CHARS: usize = 200;
-/// Text and place filters count their matches up to this many: an exact count of a broad
-/// search at a million reports would cost more than the page itself.
-pub const TOTAL_CAP: i64 = 10_000;
+/// Text and place filters count their matches up to this many (`meta.total` exact up to it,
+/// then `total_capped`): counting costs a row visit per match, so an exact count of a broad
+/// search at a million reports would cost far more than the page; 100 keeps every counted
+/// total within a few milliseconds there (README "At a million reports"), and `next_cursor`
+/// still says whether more follow.
+pub const TOTAL_CAP: i64 = 100;
 
 /// A validated list request.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,14 +236,32 @@ impl Statement {
         let mut args = Args::default();
         let (mut conds, chord) = conditions(q, &mut args);
         let base = conds.join(" AND ");
-        let total_sql = if q.counted() {
-            // Ordered like the newest-first index: for a word in nearly every report, a plain
-            // count would be a table scan that stops at the cap; this walks the index instead.
-            format!(
-                "SELECT count(*)::int8 FROM (SELECT 1 FROM read_reports WHERE {base} \
-                 ORDER BY created_at DESC, id DESC LIMIT {}) c",
+        // What a row must match besides being live (`conds[0]` is `deleted_at IS NULL`).
+        let matches = conds[1..].join(" AND ");
+        let newest = q.counted() && chord.is_none();
+        let mut ctes = Vec::new();
+        // The planner prices a box at a constant 0.1 % of the table (`contsel`), however many
+        // reports it holds, so a box alone walks further before it is asked.
+        let walk_rows = if q.q.is_none() {
+            BOX_WALK_ROWS
+        } else {
+            WALK_ROWS
+        };
+        let total_sql = if newest {
+            let n = args.add(TOTAL_CAP + 1, Type::INT8);
+            ctes.push(walked("t", None, walk_rows, &matches, "", &n));
+            "SELECT count(*)::int8 FROM t_keys".to_owned()
+        } else if let Some(expr) = &chord {
+            // Never an unordered count (for a place in a dense city the planner would take a
+            // table scan that stops at the cap) and never in newest-first order (that walks
+            // the whole newest-first index when fewer than the cap match): counted along the
+            // GiST KNN scan, whatever the planner guesses of the radius, which it cannot.
+            ctes.push(format!(
+                "t_near AS MATERIALIZED (SELECT id, {expr} AS chord FROM read_reports \
+                 WHERE {base} ORDER BY {expr} LIMIT {})",
                 TOTAL_CAP + 1
-            )
+            ));
+            "SELECT count(*)::int8 FROM t_near".to_owned()
         } else {
             let mut stats = Vec::new();
             if let Some(c) = q.filter.category {
@@ -252,10 +277,12 @@ impl Statement {
             };
             format!("SELECT COALESCE(sum(count), 0)::int8 FROM statistics{filter}")
         };
+        let mut after = String::new();
         match (&q.cursor, &chord) {
             (Some(Cursor::Newest { created_at, id }), _) => {
                 let t = args.add(*created_at, Type::TIMESTAMPTZ);
                 let i = args.add(*id, Type::UUID);
+                after = format!(" AND (created_at, id) < ({t}, {i})");
                 conds.push(format!("(created_at, id) < ({t}, {i})"));
             }
             (Some(Cursor::Near { chord: c, id }), Some(expr)) => {
@@ -272,23 +299,63 @@ impl Statement {
         // One row more than the page tells whether another page follows.
         let limit = args.add(per_page + 1, Type::INT8);
         let off = args.add(offset, Type::INT8);
-        // Page N > 1 of a nearest-first list sorts by (distance, id) itself; the first page and
-        // cursor pages use the KNN scan, which orders by distance alone (ties fixed up below).
+        let need = args.add(offset.saturating_add(per_page + 1), Type::INT8);
+        let all = conds.join(" AND ");
+        // The first page and cursor pages of a nearest-first list use the KNN scan, which
+        // orders by distance alone (ties fixed up in [`list`]).
         let knn = chord.is_some() && offset == 0;
-        let (select_chord, order) = match &chord {
-            Some(expr) if knn => (expr.clone(), expr.clone()),
-            Some(expr) => (expr.clone(), format!("{expr}, id")),
-            None => (
-                "NULL::float8".to_owned(),
-                "created_at DESC, id DESC".to_owned(),
+        let page_sql = match &chord {
+            // The first page lies within the total's KNN prefix: read from it, the radius is
+            // scanned once (all of it when few of its reports match a filter).
+            Some(_) if knn && q.cursor.is_none() && per_page < TOTAL_CAP + 1 => format!(
+                "page AS (SELECT r.doc, r.created_at, r.id, n.chord FROM (SELECT id, chord \
+                 FROM t_near ORDER BY chord LIMIT {limit}) n \
+                 JOIN read_reports r ON r.id = n.id)"
+            ),
+            Some(expr) if knn => format!(
+                "page AS (SELECT doc, created_at, id, {expr} AS chord FROM read_reports \
+                 WHERE {all} ORDER BY {expr} LIMIT {limit} OFFSET {off})"
+            ),
+            Some(expr) => {
+                // Page N > 1 must order by (distance, id) to be exact under ties, an order no
+                // index gives: the KNN scan finds how far the first `need` reach, and only the
+                // reports within that distance (a box of it is the index condition) are sorted.
+                let reach = near_box(&conds, expr, "(SELECT max(chord) FROM reach)");
+                format!(
+                    "reach AS MATERIALIZED (SELECT {expr} AS chord FROM read_reports \
+                     WHERE {all} ORDER BY {expr} LIMIT {need}), \
+                     page AS (SELECT doc, created_at, id, {expr} AS chord FROM read_reports \
+                     WHERE {all} AND {reach} ORDER BY {expr}, id LIMIT {limit} OFFSET {off})"
+                )
+            }
+            None if newest => {
+                // Without a cursor the total's keys are the first TOTAL_CAP + 1 matches: a
+                // page within them is read from them, deeper ones walk the same rows again.
+                let keys = if after.is_empty() && offset + per_page < TOTAL_CAP + 1 {
+                    "t_keys"
+                } else {
+                    let shared = after.is_empty().then_some("t_walk");
+                    ctes.push(walked("p", shared, walk_rows, &matches, &after, &need));
+                    "p_keys"
+                };
+                "page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
+                 FROM (SELECT id FROM {keys} ORDER BY created_at DESC, id DESC \
+                 LIMIT {limit} OFFSET {off}) k JOIN read_reports r ON r.id = k.id)"
+                    .replace("{keys}", keys)
+                    .replace("{limit}", &limit)
+                    .replace("{off}", &off)
+            }
+            None => format!(
+                "page AS (SELECT doc, created_at, id, NULL::float8 AS chord FROM read_reports \
+                 WHERE {all} ORDER BY created_at DESC, id DESC LIMIT {limit} OFFSET {off})"
             ),
         };
+        ctes.push(page_sql);
         let sql = format!(
-            "WITH page AS (SELECT doc, created_at, id, {select_chord} AS chord FROM read_reports \
-             WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {off}) \
+            "WITH {} \
              SELECT t.total, page.doc, page.created_at, page.id, page.chord \
              FROM ({total_sql}) AS t(total) LEFT JOIN page ON true",
-            conds.join(" AND ")
+            ctes.join(", ")
         );
         Statement {
             sql,
@@ -298,6 +365,74 @@ impl Statement {
             knn,
         }
     }
+}
+
+/// The condition that a report lies within `bound` (a chord) of the `near=` centre, as an
+/// index condition of `read_reports_near`: the near condition of `conds` with its radius
+/// replaced.
+fn near_box(conds: &[String], expr: &str, bound: &str) -> String {
+    // `expr` is `(report_earth_point(lat, lng) <-> report_earth_point($a, $b))`.
+    let centre = expr
+        .strip_prefix("(report_earth_point(lat, lng) <-> ")
+        .and_then(|e| e.strip_suffix(')'))
+        .unwrap_or(expr);
+    debug_assert!(conds.iter().any(|c| c.contains(centre)));
+    format!("report_earth_point(lat, lng) <@ cube_enlarge({centre}, {bound}, 3)")
+}
+
+/// Rows newest first walked before the selective index is asked: enough that a match in one
+/// report of [`WALK_ROWS`] / 21 fills a page, and a match in one of 40 settles the capped
+/// total, yet short (a millisecond or two at a million reports).
+pub const WALK_ROWS: i64 = 4_000;
+/// [`WALK_ROWS`] for a `bbox=` without `q=`: the planner's guess of a box is a constant, so the
+/// walk, cheap per row for a box test, settles down to a match in one report of 100.
+pub const BOX_WALK_ROWS: i64 = 10_000;
+
+/// CTEs `{name}_found`, `{name}_rest`, `{name}_keys` (and `{name}_walk` of `rows` rows
+/// unless `walk` names one to share): `(created_at, id)` of the first `n` live reports, newest
+/// first, after the cursor condition `after`, matching `matches`.
+///
+/// Which index finds them fastest depends on how many match, which the planner can only
+/// guess for words and boxes, and guesses wrong both ways (correlated words, a dense city, a
+/// word it never saw). So it is measured: a walk of the newest [`WALK_ROWS`] rows of the
+/// newest-first index takes the matches among them; only when fewer than `n` match there (the
+/// filter is rare) are older ones asked of the planner, planned as if at least the capped
+/// total were wanted: for a rare filter that is the selective index and a sort of its few
+/// matches (planned for a page, a word it guesses at 0.1 % would walk the index again).
+/// Every CTE is read lazily, so a walk that fills the page early stops there.
+fn walked(
+    name: &str,
+    walk: Option<&str>,
+    rows: i64,
+    matches: &str,
+    after: &str,
+    n: &str,
+) -> String {
+    let mut ctes = Vec::new();
+    let walk = match walk {
+        Some(shared) => shared.to_owned(),
+        None => {
+            ctes.push(format!(
+                "{name}_walk AS MATERIALIZED (SELECT created_at, id, ({matches}) AS hit \
+                 FROM read_reports WHERE deleted_at IS NULL{after} \
+                 ORDER BY created_at DESC, id DESC LIMIT {rows})"
+            ));
+            format!("{name}_walk")
+        }
+    };
+    ctes.push(format!(
+        "{name}_found AS MATERIALIZED (SELECT created_at, id FROM {walk} WHERE hit LIMIT {n}), \
+         {name}_rest AS MATERIALIZED (SELECT created_at, id FROM read_reports \
+         WHERE deleted_at IS NULL AND {matches}{after} \
+         AND (SELECT count(*) FROM {name}_found) < {n} \
+         AND (created_at, id) < (SELECT created_at, id FROM {walk} \
+         ORDER BY created_at, id LIMIT 1) \
+         ORDER BY created_at DESC, id DESC LIMIT GREATEST({n}, {})), \
+         {name}_keys AS (SELECT created_at, id FROM {name}_found \
+         UNION ALL (SELECT created_at, id FROM {name}_rest LIMIT {n}))",
+        TOTAL_CAP + 1
+    ));
+    ctes.join(", ")
 }
 
 /// Appends one page of documents to `out` (comma-separated; the caller writes the brackets).

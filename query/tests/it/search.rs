@@ -341,6 +341,7 @@ fn search_shapes_use_indexes() {
         "near=-6.0,106.9&radius_m=500".to_owned(),
         "near=-6.0,106.9&radius_m=50000&status=resolved".to_owned(),
         format!("near=-6.0,106.9&cursor=d.40a0000000000000.{id}"),
+        "near=-6.0,106.9&radius_m=50000&page=3".to_owned(),
         "bbox=106.8,-6.2,106.81,-6.19".to_owned(),
         "bbox=106.8,-6.2,106.81,-6.19&category=kesehatan".to_owned(),
         "q=12345".to_owned(),
@@ -364,5 +365,81 @@ fn search_shapes_use_indexes() {
             !plan.contains("Seq Scan on read_reports"),
             "{query}: seq scan\n{plan}"
         );
+    }
+}
+
+/// Totals of `q`/`bbox` are exact up to `TOTAL_CAP` and capped beyond it, and matches older
+/// than the bounded walk of the newest rows (`WALK_ROWS`) are found by the fallback: every
+/// answer (total, pages by cursor and by number) equals a plain SQL reference.
+#[test]
+fn capped_totals_and_matches_beyond_the_walk() {
+    use query::search::{TOTAL_CAP, WALK_ROWS};
+    let url = fresh_db("search_walk");
+    let mut c = PG.client("search_walk");
+    let n = WALK_ROWS + 400;
+    // Row i is i seconds old. `langka`: 5 rows inside the walk, 150 older ones; `jarang`: 30
+    // rows, all older than the walk; `umum`: every row; `kotak`: located inside the box.
+    c.execute(
+        "INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc) \
+         SELECT id, title, 'laporan umum', 'lainnya', 'pending', 1, t, t, \
+             CASE WHEN i % 97 = 0 THEN t END, \
+             json_build_object('id', id, 'title', title, 'location', \
+                 json_build_object('lat', CASE WHEN i % 3 = 0 THEN -6.2 ELSE 10.0 END, \
+                                   'lng', 106.8))::text \
+         FROM generate_series(1, $1::int8) AS i, \
+         LATERAL (SELECT md5(i::text)::uuid AS id, \
+             timestamptz '2026-01-01' - i * interval '1 second' AS t, \
+             CASE WHEN i IN (10, 500, 1000, 2000, 3000) OR i > $1 - 150 THEN 'langka ' \
+                  WHEN i BETWEEN $1 - 200 AND $1 - 171 THEN 'jarang ' ELSE '' END \
+             || 'nomor ' || i AS title) x",
+        &[&n],
+    )
+    .expect("seed");
+    c.batch_execute("VACUUM ANALYZE read_reports")
+        .expect("analyze");
+    let svc = start_query(&format!("only={url}"), &[]);
+    let cap = usize::try_from(TOTAL_CAP).expect("cap");
+    for (query, reference) in [
+        ("q=langka", "title LIKE 'langka%'"),
+        ("q=jarang", "title LIKE 'jarang%'"),
+        ("q=umum", "true"),
+        (
+            "q=langka&bbox=106.7,-6.3,106.9,-6.1",
+            "title LIKE 'langka%' AND lat < 0",
+        ),
+        ("bbox=106.7,-6.3,106.9,-6.1", "lat < 0"),
+    ] {
+        let want: Vec<Uuid> = c
+            .query(
+                format!(
+                    "SELECT id FROM read_reports WHERE deleted_at IS NULL AND {reference} \
+                     ORDER BY created_at DESC, id DESC"
+                )
+                .as_str(),
+                &[],
+            )
+            .expect("reference")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(!want.is_empty(), "{query}: the seed matches nothing");
+        let first = get(&svc, &format!("/reports?{query}&per_page=7")).json();
+        let meta = &first["meta"];
+        assert_eq!(meta["total"], want.len().min(cap), "{query}: {meta}");
+        assert_eq!(
+            meta["total_capped"].as_bool().unwrap_or(false),
+            want.len() > cap,
+            "{query}: {meta}"
+        );
+        if want.len() <= 2_000 {
+            let items = follow(&svc, &format!("/reports?{query}&per_page=40"));
+            assert_eq!(ids(&items), want, "{query}: cursor pages");
+        }
+        // A numbered page beyond the capped total still lists the right reports.
+        let page = get(&svc, &format!("/reports?{query}&per_page=50&page=3")).json();
+        let got = ids(page["data"].as_array().expect("data"));
+        let expect: Vec<Uuid> = want.iter().skip(100).take(50).copied().collect();
+        assert_eq!(got, expect, "{query}: page 3");
     }
 }
