@@ -328,15 +328,17 @@ fn run_tool(what: &str, c: xshell::Cmd<'_>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `pgbench -S -M prepared` on a fresh scale-1 scratch database of query-db-primary.
-fn pgbench_ceiling(sh: &Shell, topo: &Topology, secs: u64) -> Result<Figure> {
-    let svc = topo
-        .service(QUERY_PRIMARY)
-        .with_context(|| format!("the cluster has no {QUERY_PRIMARY}"))?;
-    let port = svc.port().to_string();
-    let (psql, pgbench) = (pg_tool("psql"), pg_tool("pgbench"));
-    let drop = format!("DROP DATABASE IF EXISTS {CEILING_DB} WITH (FORCE)");
-    let create = format!("CREATE DATABASE {CEILING_DB}");
+/// Runs `work` in a fresh scratch database `db` on the server at `port` (dropped first if a
+/// crashed run left it, and dropped again afterwards, whatever `work` returned).
+fn with_scratch_db<T>(
+    sh: &Shell,
+    port: &str,
+    db: &str,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let psql = pg_tool("psql");
+    let drop = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+    let create = format!("CREATE DATABASE {db}");
     for sql in [&drop, &create] {
         run_tool(
             "psql",
@@ -346,7 +348,37 @@ fn pgbench_ceiling(sh: &Shell, topo: &Topology, secs: u64) -> Result<Figure> {
             ),
         )?;
     }
-    let result = (|| -> Result<Figure> {
+    let result = work();
+    let _ = run_tool(
+        "psql",
+        cmd!(
+            sh,
+            "{psql} -h 127.0.0.1 -p {port} -U {PG_USER} -d postgres -c {drop}"
+        ),
+    );
+    result
+}
+
+/// pgbench's `latency average = X ms`, when it printed one.
+fn pgbench_latency_avg(out: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("latency average =")?
+            .split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+    })
+}
+
+/// `pgbench -S -M prepared` on a fresh scale-1 scratch database of query-db-primary.
+fn pgbench_ceiling(sh: &Shell, topo: &Topology, secs: u64) -> Result<Figure> {
+    let svc = topo
+        .service(QUERY_PRIMARY)
+        .with_context(|| format!("the cluster has no {QUERY_PRIMARY}"))?;
+    let port = svc.port().to_string();
+    let pgbench = pg_tool("pgbench");
+    with_scratch_db(sh, &port, CEILING_DB, || {
         run_tool(
             "pgbench -i",
             cmd!(
@@ -391,14 +423,7 @@ fn pgbench_ceiling(sh: &Shell, topo: &Topology, secs: u64) -> Result<Figure> {
                     .ok()
             })
             .unwrap_or(0);
-        let avg = out.lines().find_map(|l| {
-            l.trim()
-                .strip_prefix("latency average =")?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        });
+        let avg = pgbench_latency_avg(&out);
         Ok(Figure {
             name: format!(
                 "ceiling: pgbench -S -M prepared -c {PGBENCH_CLIENTS} -j {PGBENCH_THREADS}"
@@ -411,15 +436,7 @@ fn pgbench_ceiling(sh: &Shell, topo: &Topology, secs: u64) -> Result<Figure> {
             p50_ms: avg,
             ..Figure::default()
         })
-    })();
-    let _ = run_tool(
-        "psql",
-        cmd!(
-            sh,
-            "{psql} -h 127.0.0.1 -p {port} -U {PG_USER} -d postgres -c {drop}"
-        ),
-    );
-    result
+    })
 }
 
 /// `tps = 27512.345678 (without initial connection time)`.
@@ -868,19 +885,8 @@ fn pgbench_write(
         .service("command-db")
         .context("the cluster has no command-db")?;
     let port = svc.port().to_string();
-    let (psql, pgbench) = (pg_tool("psql"), pg_tool("pgbench"));
-    let drop = format!("DROP DATABASE IF EXISTS {WRITE_CEILING_DB} WITH (FORCE)");
-    let create = format!("CREATE DATABASE {WRITE_CEILING_DB}");
-    for sql in [&drop, &create] {
-        run_tool(
-            "psql",
-            cmd!(
-                sh,
-                "{psql} -h 127.0.0.1 -p {port} -U {PG_USER} -d postgres -v ON_ERROR_STOP=1 -c {sql}"
-            ),
-        )?;
-    }
-    let result = (|| -> Result<Figure> {
+    let pgbench = pg_tool("pgbench");
+    with_scratch_db(sh, &port, WRITE_CEILING_DB, || {
         let url = format!("postgres://{PG_USER}@127.0.0.1:{port}/{WRITE_CEILING_DB}");
         shared::migrate::command_db(&mut connect(&url)?).context("command schema")?;
         let (c, j, t) = (
@@ -897,14 +903,7 @@ fn pgbench_write(
         )?;
         let tps = parse_pgbench_tps(&out)
             .with_context(|| format!("no `tps = ` in pgbench's output:\n{out}"))?;
-        let avg = out.lines().find_map(|l| {
-            l.trim()
-                .strip_prefix("latency average =")?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        });
+        let avg = pgbench_latency_avg(&out);
         Ok(Figure {
             name: name.to_string(),
             target: format!("command-db (127.0.0.1:{port}/{WRITE_CEILING_DB})"),
@@ -914,15 +913,7 @@ fn pgbench_write(
             p50_ms: avg,
             ..Figure::default()
         })
-    })();
-    let _ = run_tool(
-        "psql",
-        cmd!(
-            sh,
-            "{psql} -h 127.0.0.1 -p {port} -U {PG_USER} -d postgres -c {drop}"
-        ),
-    );
-    result
+    })
 }
 
 /// The write ceiling with and without NOTIFY, then `POST /reports` via nginx: three figures

@@ -8,37 +8,17 @@
 //!
 //! It runs the debug service binaries that `cargo xtask test` builds (`XTASK_BIN_DIR`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use crate::support::{bin_dir, command_model, pg, ports_of, query_model, run_xtask};
+use postgres::Client;
 use serde_json::{json, Value};
 use shared::testkit::{http, HttpResponse};
-
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
-
-/// Where `cargo build` put the service binaries: next to the xtask binary under test.
-fn bin_dir() -> PathBuf {
-    Path::new(XTASK)
-        .parent()
-        .expect("xtask binary has a directory")
-        .to_path_buf()
-}
-
-/// Every local port of `up --base-port base` for this topology (see `topology::Ports`).
-fn ports_of(base: u16) -> Vec<u16> {
-    let b = i32::from(base);
-    let mut p = vec![b, b + 10, b - 10, b - 2640, b - 1690, b - 1640];
-    p.extend((1..=3).map(|k| b + 20 + k));
-    p.extend((1..=3).map(|k| b + 120 + k));
-    p.extend((0..=2).map(|r| b - 2639 + r));
-    p.into_iter().map(|p| p as u16).collect()
-}
 
 /// A base port whose whole port set is free, below the ephemeral range so that no client
 /// socket grabs one of them meanwhile.
@@ -64,19 +44,7 @@ struct Cluster {
 
 impl Cluster {
     fn xtask(&self, args: &[&str]) -> Output {
-        let out = Command::new(XTASK)
-            .args(args)
-            .env("XTASK_STATE_DIR", self.state.path())
-            .env("XTASK_BIN_DIR", bin_dir())
-            .output()
-            .unwrap_or_else(|e| panic!("run xtask {args:?}: {e}"));
-        println!(
-            "$ xtask {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_xtask(self.state.path(), args)
     }
 
     fn xtask_ok(&self, args: &[&str]) -> String {
@@ -172,11 +140,6 @@ impl Drop for Cluster {
     }
 }
 
-fn pg(port: u16, db: &str) -> Client {
-    Client::connect(&format!("postgres://postgres@127.0.0.1:{port}/{db}"), NoTls)
-        .unwrap_or_else(|e| panic!("connect to {db} on {port}: {e}"))
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
@@ -198,44 +161,6 @@ fn expect_status(r: &HttpResponse, want: u16, what: &str) -> Value {
         String::from_utf8_lossy(&r.body)
     );
     r.json()
-}
-
-/// (version, deleted) per report, and statistics (non-zero counts) of one database.
-type Model = (
-    BTreeMap<String, (i64, bool)>,
-    BTreeMap<(String, String), i64>,
-);
-
-fn command_model(c: &mut Client) -> Model {
-    model(
-        c,
-        "SELECT id::text, version, deleted_at IS NOT NULL FROM reports",
-        "SELECT category, status, count(*) FROM reports WHERE deleted_at IS NULL GROUP BY 1, 2",
-    )
-}
-
-fn query_model(c: &mut Client) -> Model {
-    model(
-        c,
-        "SELECT id::text, version, deleted_at IS NOT NULL FROM read_reports",
-        "SELECT category, status, count FROM statistics WHERE count <> 0",
-    )
-}
-
-fn model(c: &mut Client, rows: &str, stats: &str) -> Model {
-    let rows = c
-        .query(rows, &[])
-        .expect("rows")
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
-    let stats = c
-        .query(stats, &[])
-        .expect("statistics")
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect();
-    (rows, stats)
 }
 
 /// Waits until every listed query DB (0 = primary, r = replica r) equals the command DB.

@@ -16,32 +16,24 @@
 //! The [`Deployment`] guard runs `down --volumes` and then removes anything still labelled
 //! with its project, also when the test fails.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use crate::support::{command_model, pg, ports_of, query_model, run_xtask};
+use postgres::Client;
 use serde_json::json;
 use shared::testkit::http;
-
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
 /// The service image `up --docker` runs (`images::SERVICE`: the workspace version).
 const SERVICE_IMAGE: &str = concat!("reporting:", env!("CARGO_PKG_VERSION"));
 
 /// Writes per second of the light load that runs through the faults.
 const LOAD_WRITES_PER_SEC: u64 = 10;
-
-fn bin_dir() -> PathBuf {
-    Path::new(XTASK)
-        .parent()
-        .expect("xtask binary has a directory")
-        .to_path_buf()
-}
 
 /// Debian's client, the daemon's own version, when installed (as `up --docker` leaves it).
 fn docker() -> Command {
@@ -58,16 +50,6 @@ fn docker_out(args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Every host port of `up --base-port base` for 3/3/2 (see `topology::Ports`).
-fn ports_of(base: u16) -> Vec<u16> {
-    let b = i32::from(base);
-    let mut p = vec![b, b + 10, b - 10, b - 2640, b - 1690, b - 1640];
-    p.extend((1..=3).map(|k| b + 20 + k));
-    p.extend((1..=3).map(|k| b + 120 + k));
-    p.extend((0..=2).map(|r| b - 2639 + r));
-    p.into_iter().map(|p| p as u16).collect()
 }
 
 /// A base port whose whole set is free, every port below the ephemeral range (32768) so no
@@ -92,19 +74,7 @@ struct Deployment {
 
 impl Deployment {
     fn xtask(&self, args: &[&str]) -> Output {
-        let out = Command::new(XTASK)
-            .args(args)
-            .env("XTASK_STATE_DIR", self.state.path())
-            .env("XTASK_BIN_DIR", bin_dir())
-            .output()
-            .unwrap_or_else(|e| panic!("run xtask {args:?}: {e}"));
-        println!(
-            "$ xtask {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_xtask(self.state.path(), args)
     }
 
     fn xtask_ok(&self, args: &[&str]) -> String {
@@ -240,49 +210,6 @@ impl Drop for Deployment {
             }
         }
     }
-}
-
-fn pg(port: u16, db: &str) -> Client {
-    Client::connect(&format!("postgres://postgres@127.0.0.1:{port}/{db}"), NoTls)
-        .unwrap_or_else(|e| panic!("connect to {db} on {port}: {e}"))
-}
-
-/// (version, deleted) per report, and statistics (non-zero counts) of one database.
-type Model = (
-    BTreeMap<String, (i64, bool)>,
-    BTreeMap<(String, String), i64>,
-);
-
-fn model(c: &mut Client, rows: &str, stats: &str) -> Model {
-    let rows = c
-        .query(rows, &[])
-        .expect("rows")
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
-    let stats = c
-        .query(stats, &[])
-        .expect("statistics")
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect();
-    (rows, stats)
-}
-
-fn command_model(c: &mut Client) -> Model {
-    model(
-        c,
-        "SELECT id::text, version, deleted_at IS NOT NULL FROM reports",
-        "SELECT category, status, count(*) FROM reports WHERE deleted_at IS NULL GROUP BY 1, 2",
-    )
-}
-
-fn query_model(c: &mut Client) -> Model {
-    model(
-        c,
-        "SELECT id::text, version, deleted_at IS NOT NULL FROM read_reports",
-        "SELECT category, status, count FROM statistics WHERE count <> 0",
-    )
 }
 
 /// Waits until every query DB (primary, replica 1, replica 2) equals the command DB, rows

@@ -5,3 +5,4 @@ mod cli;
 mod cluster;
 mod docker;
 mod kube;
+mod support;
