@@ -43,6 +43,13 @@ pub const DB_POOL_SIZE: &str = "DB_POOL_SIZE";
 pub const RELAY_BATCH: &str = "RELAY_BATCH";
 pub const RELAY_BATCH_DEFAULT: i64 = 500;
 
+/// How long the relay leader waits for a wake-up before it looks at the event log anyway: the
+/// longest an event whose wake-up was lost (its instance killed between commit and NOTIFY)
+/// waits. Short enough that such an event is still published within half a second; tests set
+/// it long to show that the wake-up alone publishes promptly.
+pub const RELAY_POLL_MS: &str = "RELAY_POLL_MS";
+pub const RELAY_POLL_MS_DEFAULT: u64 = 500;
+
 /// Statement timeout for command-DB calls: a hung database answers 503 after this, it never
 /// piles up requests.
 pub const STATEMENT_TIMEOUT_MS: &str = "STATEMENT_TIMEOUT_MS";
@@ -62,6 +69,7 @@ pub struct Config {
     pub stack_size: usize,
     pub pool_size: u32,
     pub relay_batch: i64,
+    pub relay_poll: Duration,
     pub statement_timeout: Duration,
 }
 
@@ -85,6 +93,9 @@ impl Config {
             stack_size: config::parse(MAY_STACK_SIZE, MAY_STACK_SIZE_DEFAULT)?.max(32 * 1024),
             pool_size: config::parse(DB_POOL_SIZE, workers as u32)?.max(1),
             relay_batch: config::parse(RELAY_BATCH, RELAY_BATCH_DEFAULT)?.clamp(1, 10_000),
+            relay_poll: Duration::from_millis(
+                config::parse(RELAY_POLL_MS, RELAY_POLL_MS_DEFAULT)?.max(1),
+            ),
             statement_timeout: Duration::from_millis(config::parse(
                 STATEMENT_TIMEOUT_MS,
                 STATEMENT_TIMEOUT_MS_DEFAULT,
@@ -103,7 +114,7 @@ impl shared::startup::ServiceConfig for Config {
 
     fn summary(&self) -> String {
         format!(
-            "port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} statement_timeout={:?}",
+            "port={} auth={} command_db={} redis={} workers={} stack={}KiB pool={} relay_batch={} relay_poll={:?} statement_timeout={:?}",
             self.port,
             if self.tokens.enabled() {
                 format!("on ({} tokens)", self.tokens.len())
@@ -116,6 +127,7 @@ impl shared::startup::ServiceConfig for Config {
             self.stack_size / 1024,
             self.pool_size,
             self.relay_batch,
+            self.relay_poll,
             self.statement_timeout
         )
     }

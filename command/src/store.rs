@@ -1,20 +1,19 @@
 //! The command database: every write is ONE transaction holding both the report row and its
-//! event-log row (the outbox), plus a `NOTIFY` that wakes the relay at commit.
+//! event-log row (the outbox). It does not NOTIFY: the relay's wake-up is sent after the
+//! commit (`wake.rs`), because a notifying commit serialises with every other one.
 //!
 //! **Invariant:** a 2xx is only answered after `COMMIT` returned; a change is in the report
 //! table exactly when its event is in the event log. Writes to one report serialise on its row
 //! lock, so its versions — and its event-log positions — strictly increase.
 //!
 //! Round trips per write (each one parks the request's worker until the DB answers):
-//! - create: ONE — a single statement whose data-modifying CTE inserts the row and the event
-//!   and notifies, run as its own (implicit) transaction: the answer to it arrives after the
+//! - create: ONE — a single statement whose data-modifying CTE inserts the row and the event,
+//!   run as its own (implicit) transaction: the answer to it arrives after the
 //!   commit, so the invariant holds without `BEGIN`/`COMMIT` (see [`create`] for why a retry
 //!   on a dead connection stays safe without the `BEGIN` probe);
 //! - update / delete: four — `BEGIN`, the `SELECT … FOR UPDATE` whose row the new version is
 //!   computed from (in Rust: the merge, "nothing changed", `If-Match`), one statement writing
-//!   the row and the event and notifying, `COMMIT`.
-//!
-//! `pg_notify` inside the transaction is delivered at commit, never for a rolled-back write.
+//!   the row and the event, `COMMIT`.
 
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
@@ -27,7 +26,7 @@ use uuid::Uuid;
 
 use crate::validate::{CreateReport, UpdateReport};
 
-/// The channel the relay LISTENs on.
+/// The channel the relay LISTENs on and the notifier (`wake.rs`) NOTIFYs.
 pub const NOTIFY_CHANNEL: &str = "report_events";
 
 /// What can go wrong in the store; [`StoreError::into_api`] is the one mapping to HTTP.
@@ -128,7 +127,7 @@ pub const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, descrip
      RETURNING id), \
      e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
      SELECT $11, $12, id, 1, $13, $6 FROM r RETURNING position) \
-     SELECT position, pg_notify('report_events', '')::text FROM e";
+     SELECT position FROM e";
 
 /// Creates a report at version 1, in one round trip.
 ///
@@ -139,8 +138,7 @@ pub const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, descrip
 /// chosen once, before the first try; the repeat inserts nothing when the first try committed
 /// (the id is a fresh v4 UUID, so an existing row with it can only be that first try's, event
 /// and all), and inserts both rows when it did not. Either way exactly one row and one event
-/// exist when the 2xx goes out; a repeat that finds the row sends no NOTIFY, the commit that
-/// wrote it already did.
+/// exist when the 2xx goes out.
 pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
     let now = now_micros();
     let report = Report {
@@ -248,7 +246,7 @@ fn change(
          RETURNING id), \
          e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
          SELECT $11, $12, id, $6, $13, $7 FROM u RETURNING position) \
-         SELECT position, pg_notify('report_events', '')::text FROM e",
+         SELECT position FROM e",
         &[
             (&id, Type::UUID),
             (&next.title, Type::TEXT),
@@ -294,7 +292,7 @@ fn tombstone(
          WHERE id = $1 RETURNING id), \
          e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
          SELECT $4, $5, id, $2, $6, $3 FROM u RETURNING position) \
-         SELECT position, pg_notify('report_events', '')::text FROM e",
+         SELECT position FROM e",
         &[
             (&id, Type::UUID),
             (&tomb.version, Type::INT8),

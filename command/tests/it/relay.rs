@@ -15,7 +15,7 @@ use shared::testkit::{signal, wait_until, Service};
 use super::*;
 
 /// One metric of a command instance, when it answers.
-fn metric(port: u16, name: &str) -> Option<f64> {
+pub(super) fn metric(port: u16, name: &str) -> Option<f64> {
     let r = http(port, "GET", "/metrics", &[], b"").ok()?;
     String::from_utf8_lossy(&r.body)
         .lines()
@@ -24,7 +24,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn leads(port: u16) -> bool {
+pub(super) fn leads(port: u16) -> bool {
     metric(port, "command_relay_leader") == Some(1.0)
 }
 
