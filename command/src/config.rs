@@ -21,7 +21,7 @@ pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/";
 /// worker) is the number of writes committing at once — and since writes no longer NOTIFY in
 /// their commit, PostgreSQL flushes concurrent commits together (group commit): more commits
 /// in flight, more writes per WAL flush. POST straight to one instance, wrk -c64, on 2 cores:
-/// ~860 / 1 200 / 1 650 / 2 000 req/s at 8 / 16 / 32 / 64 workers (README). 16 per instance
+/// ~860 / 1 250 / 1 670 / 2 000 req/s at 8 / 16 / 32 / 64 workers (README). 16 per instance
 /// keeps three instances at 48 command-DB connections, inside a stock PostgreSQL's 100.
 pub const MAY_WORKERS: &str = "MAY_WORKERS";
 pub const MAY_WORKERS_DEFAULT: usize = 16;
