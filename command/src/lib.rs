@@ -2,7 +2,8 @@
 //! the report row and its event (the outbox), and relays the event log to the Redis stream.
 //!
 //! Data flow: request → [`routes`] → [`validate`] → [`store`] (transaction + event log) →
-//! [`relay`] (leadership: [`lease`], fencing: [`fence`]) → Redis stream `report-events`.
+//! [`wake`] (one coalesced NOTIFY after the commits) → [`relay`] (leadership: [`lease`],
+//! fencing: [`fence`]) → Redis stream `report-events`.
 
 pub mod auth;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod validate;
+pub mod wake;
 
 pub use config::Config;
 pub use server::{run, start, Running};

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub relay_published: AtomicU64,
     pub relay_batches: AtomicU64,
     pub relay_errors: AtomicU64,
+    /// `NOTIFY`s the instance's notifier sent to wake the relay (`wake.rs`): one covers many
+    /// writes.
+    pub relay_wakeups: AtomicU64,
     /// Whether the relay's last Redis call succeeded.
     pub redis_up: AtomicBool,
     /// Whether this instance's relay is the elected publisher.
@@ -73,6 +76,11 @@ impl Metrics {
                 "command_relay_batches_total",
                 "Relay batches published (one transaction each).",
                 &self.relay_batches,
+            ),
+            (
+                "command_relay_wakeups_total",
+                "NOTIFYs sent after writes to wake the relay (one covers every write before it).",
+                &self.relay_wakeups,
             ),
             (
                 "command_relay_errors_total",

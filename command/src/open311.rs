@@ -49,6 +49,7 @@ pub fn create(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
     let cmd = request(&form)?;
     require_schema(ctx)?;
     let report = store::create(&ctx.pool, cmd).map_err(store::StoreError::into_api)?;
+    ctx.waker.wake();
     let body = serde_json::to_vec(&[Created {
         service_request_id: report.id.to_string(),
     }])

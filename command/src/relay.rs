@@ -34,7 +34,14 @@
 //! already handle the case: a projection that knows the type applies it, an older one puts the
 //! entry in the dead-letter stream with the reason (SPEC §4.7), where it can be replayed.
 //!
-//! **LISTEN/NOTIFY stays bounded.** Every write NOTIFYs at commit; PostgreSQL keeps each
+//! **Wake-ups.** A write does not notify in its own commit (that serialised the commits and
+//! cost most of the write ceiling): after the commit each instance's notifier (`wake.rs`)
+//! sends one `NOTIFY` for all the writes since its previous one. The leader waits for one up
+//! to its poll interval (`RELAY_POLL_MS`) and looks at the event log anyway when none comes:
+//! a lost wake-up (an instance killed between commit and `NOTIFY`) delays an event by at
+//! most that interval, it never loses one.
+//!
+//! **LISTEN/NOTIFY stays bounded.** The notifiers NOTIFY after writes; PostgreSQL keeps each
 //! notification until every LISTENing session has read it, and the queue is shared and
 //! finite; what a session has been sent but not read sits in its socket. So a relay LISTENs
 //! only while it leads *and* its Redis answers: it UNLISTENs when it steps down, on any Redis
@@ -63,11 +70,6 @@ use crate::fence::{self, FenceError, Fields};
 use crate::lease::{self, Term, LEASE_TTL, RENEW_EVERY};
 use crate::metrics::Metrics;
 use crate::store::NOTIFY_CHANNEL;
-
-/// How long the leader waits for a NOTIFY before looking at the event log anyway: a safety net
-/// for a missed notification (a reconnect, writes made before this relay took over), short
-/// enough that such an event is still published within half a second.
-const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Redis connect/read/write timeout: a hung Redis makes the relay back off, never hang.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,6 +106,9 @@ pub struct RelayConfig {
     pub database_url: String,
     pub redis_url: String,
     pub batch: i64,
+    /// How long the leader waits for a wake-up before looking at the event log anyway
+    /// (`RELAY_POLL_MS`): what publishes a write whose wake-up was lost (see `wake.rs`).
+    pub poll: Duration,
     /// This instance's id: part of the lease holder's name and the Redis client name
     /// (`relay-<instance>`), so operators and drills can tell which instance leads.
     pub instance: String,
@@ -503,7 +508,7 @@ impl State<'_> {
         }
     }
 
-    /// Waits up to [`IDLE_POLL`] for a NOTIFY, then drains any others that queued meanwhile (one
+    /// Waits up to the poll interval for a NOTIFY, then drains any others that queued meanwhile (one
     /// batch serves them all). Each wait is a fresh `timeout_iter` for the time left: a
     /// `TimeoutIter` that has timed out once answers `None` at once from then on, so reusing
     /// one would spin.
@@ -511,7 +516,7 @@ impl State<'_> {
         let Some(pg) = self.pg.as_mut() else {
             return;
         };
-        let deadline = Instant::now() + IDLE_POLL;
+        let deadline = Instant::now() + self.config.poll;
         loop {
             let now = Instant::now();
             if now >= deadline || stop.load(Ordering::SeqCst) {

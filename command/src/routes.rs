@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::auth::Tokens;
 use crate::metrics::Metrics;
 use crate::route::Route;
+use crate::wake::Waker;
 use crate::{open311, store, validate};
 
 /// What every request handler may use.
@@ -25,6 +26,8 @@ pub struct Ctx {
     /// Set once the migrations are applied; writes answer 503 before that.
     pub schema_ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Asks for the relay's wake-up after a write committed (`wake.rs`).
+    pub waker: Waker,
     pub tokens: Tokens,
 }
 
@@ -156,6 +159,7 @@ fn create(ctx: &Ctx, req: &Incoming) -> Result<Reply, ApiError> {
     let cmd = validate::create(&req.body)?;
     require_schema(ctx)?;
     let report = store::create(&ctx.pool, cmd).map_err(store::StoreError::into_api)?;
+    ctx.waker.wake();
     let etag = etag_header(report.version);
     Ok(Reply::new(201, ok_body(&ctx.instance, Some("report created"), &report)).with_header(etag))
 }
@@ -168,6 +172,7 @@ fn update(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
     require_schema(ctx)?;
     let report =
         store::update(&ctx.pool, id, cmd, if_match).map_err(store::StoreError::into_api)?;
+    ctx.waker.wake();
     let etag = etag_header(report.version);
     Ok(Reply::new(200, ok_body(&ctx.instance, Some("report updated"), &report)).with_header(etag))
 }
@@ -178,6 +183,7 @@ fn delete(ctx: &Ctx, id: &str, req: &Incoming) -> Result<Reply, ApiError> {
     let if_match = validate::if_match(req.header("if-match"))?;
     require_schema(ctx)?;
     let tomb = store::delete(&ctx.pool, id, if_match).map_err(store::StoreError::into_api)?;
+    ctx.waker.wake();
     let etag = etag_header(tomb.version);
     Ok(Reply::new(200, ok_body(&ctx.instance, Some("report deleted"), &tomb)).with_header(etag))
 }

@@ -1,4 +1,5 @@
-//! Wiring: pool → migrations (retried in the background) → relay thread → HTTP server, then
+//! Wiring: pool → migrations (retried in the background) → relay thread → wake-up notifier →
+//! HTTP server, then
 //! wait for the stop flag. `main.rs` hands [`run`] to `shared::startup::main` (logger, config,
 //! signals); tests that need the command side in their own process call [`start`].
 
@@ -16,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::relay::{Relay, RelayConfig};
 use crate::route::Route;
 use crate::routes::{self, Ctx};
+use crate::wake::{Notifier, Waker};
 
 #[derive(Clone)]
 struct Service(Arc<Ctx>);
@@ -73,9 +75,10 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     Ok(())
 }
 
-/// A started service: the HTTP listener and the relay thread.
+/// A started service: the HTTP listener, the relay thread and the wake-up notifier.
 pub struct Running {
     relay: Relay,
+    notifier: Notifier,
     pub port: u16,
 }
 
@@ -83,6 +86,7 @@ impl Running {
     /// Stops the relay after its batch in flight. The HTTP listener lives until the process
     /// exits (may_minihttp has no graceful stop); the binary exits right after this.
     pub fn stop(self) {
+        self.notifier.stop();
         self.relay.stop();
     }
 }
@@ -109,10 +113,19 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             database_url: config.database_url.clone(),
             redis_url: config.redis_url.clone(),
             batch: config.relay_batch,
+            poll: config.relay_poll,
             instance: config.instance.clone(),
         },
         metrics.clone(),
         schema_ready.clone(),
+    )
+    .map_err(StartError::Thread)?;
+    let waker = Waker::default();
+    let notifier = Notifier::start(
+        config.database_url.clone(),
+        &config.instance,
+        waker.clone(),
+        metrics.clone(),
     )
     .map_err(StartError::Thread)?;
 
@@ -128,6 +141,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         pool,
         schema_ready,
         metrics,
+        waker,
         tokens: config.tokens.clone(),
     });
     // The listener coroutine runs until the process exits; its handle is not needed.
@@ -139,6 +153,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     shared::info!("listening on 0.0.0.0:{}", config.port);
     Ok(Running {
         relay,
+        notifier,
         port: config.port,
     })
 }

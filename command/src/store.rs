@@ -1,23 +1,25 @@
 //! The command database: every write is ONE transaction holding both the report row and its
-//! event-log row (the outbox), plus a `NOTIFY` that wakes the relay at commit.
+//! event-log row (the outbox). It does not NOTIFY: the relay's wake-up is sent after the
+//! commit (`wake.rs`), because a notifying commit serialises with every other one.
 //!
 //! **Invariant:** a 2xx is only answered after `COMMIT` returned; a change is in the report
 //! table exactly when its event is in the event log. Writes to one report serialise on its row
 //! lock, so its versions — and its event-log positions — strictly increase.
 //!
 //! Round trips per write (each one parks the request's worker until the DB answers):
-//! - create: ONE — a single statement whose data-modifying CTE inserts the row and the event
-//!   and notifies, run as its own (implicit) transaction: the answer to it arrives after the
+//! - create: ONE — a single statement whose data-modifying CTE inserts the row and the event,
+//!   run as its own (implicit) transaction: the answer to it arrives after the
 //!   commit, so the invariant holds without `BEGIN`/`COMMIT` (see [`create`] for why a retry
 //!   on a dead connection stays safe without the `BEGIN` probe);
-//! - update / delete: four — `BEGIN`, the `SELECT … FOR UPDATE` whose row the new version is
-//!   computed from (in Rust: the merge, "nothing changed", `If-Match`), one statement writing
-//!   the row and the event and notifying, `COMMIT`.
-//!
-//! `pg_notify` inside the transaction is delivered at commit, never for a rolled-back write.
+//! - update / delete: two — read the live row, compute the new version in Rust (the merge,
+//!   "nothing changed", `If-Match`), one statement writing row + event only if the row is still
+//!   at the version read (see [`update`]). Not one: the event's payload is the whole new
+//!   snapshot serialised by `shared::model`, which needs the current row first. A write that
+//!   keeps losing races falls back to the four of the locking transaction (`BEGIN`,
+//!   `SELECT … FOR UPDATE`, the write, `COMMIT`).
 
 use postgres::types::{ToSql, Type};
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 use shared::db::{classify, Conn, DbErrorKind, Pool};
 use shared::event::EventType;
 use shared::http::ApiError;
@@ -27,7 +29,7 @@ use uuid::Uuid;
 
 use crate::validate::{CreateReport, UpdateReport};
 
-/// The channel the relay LISTENs on.
+/// The channel the relay LISTENs on and the notifier (`wake.rs`) NOTIFYs.
 pub const NOTIFY_CHANNEL: &str = "report_events";
 
 /// What can go wrong in the store; [`StoreError::into_api`] is the one mapping to HTTP.
@@ -128,7 +130,7 @@ pub const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, descrip
      RETURNING id), \
      e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
      SELECT $11, $12, id, 1, $13, $6 FROM r RETURNING position) \
-     SELECT position, pg_notify('report_events', '')::text FROM e";
+     SELECT position FROM e";
 
 /// Creates a report at version 1, in one round trip.
 ///
@@ -139,8 +141,7 @@ pub const CREATE_SQL: &str = "WITH r AS (INSERT INTO reports (id, title, descrip
 /// chosen once, before the first try; the repeat inserts nothing when the first try committed
 /// (the id is a fresh v4 UUID, so an existing row with it can only be that first try's, event
 /// and all), and inserts both rows when it did not. Either way exactly one row and one event
-/// exist when the 2xx goes out; a repeat that finds the row sends no NOTIFY, the commit that
-/// wrote it already did.
+/// exist when the 2xx goes out.
 pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
     let now = now_micros();
     let report = Report {
@@ -197,29 +198,86 @@ pub fn create(pool: &Pool, cmd: CreateReport) -> Result<Report, StoreError> {
     }
 }
 
+/// How many times an update or delete writes optimistically (read, then a write conditional on
+/// the version read) before it queues on the row lock instead. Losing means another write to
+/// the same report committed between our read and our write; each loss is someone else's
+/// progress, but a hot report could starve one request forever, so after this many it takes
+/// the locking transaction, which waits its turn and cannot lose.
+const OPTIMISTIC_TRIES: u32 = 3;
+
+/// The live row an update or delete starts from, read without a lock (the write checks that
+/// it is still the version read).
+const SELECT_REPORT: &str = "SELECT title, description, category, status, version, created_at, \
+     updated_at, deleted_at, lat, lng, address, media_url FROM reports WHERE id = $1";
+
+/// The same row, locked until the transaction ends (the locking path).
+const SELECT_REPORT_FOR_UPDATE: &str = "SELECT title, description, category, status, version, \
+     created_at, updated_at, deleted_at, lat, lng, address, media_url FROM reports WHERE id = $1 \
+     FOR UPDATE";
+
+/// Writes the new version and its event, only if the row is still live at the version the
+/// change was computed from (`$14`): no row returned = another write got there first, and
+/// nothing was written. The `UPDATE` takes the row lock before the event's position is drawn,
+/// so one report's positions increase with its versions.
+const UPDATE_SQL: &str = "WITH u AS (UPDATE reports SET title = $2, description = $3, \
+     category = $4, status = $5, version = $6, updated_at = $7, lat = $8, lng = $9, \
+     address = $10 WHERE id = $1 AND version = $14 AND deleted_at IS NULL RETURNING id), \
+     e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+     SELECT $11, $12, id, $6, $13, $7 FROM u RETURNING position) \
+     SELECT position FROM e";
+
+/// The tombstone and its event, under the same condition as [`UPDATE_SQL`] (`$7`: the version
+/// the tombstone was computed from).
+const DELETE_SQL: &str = "WITH u AS (UPDATE reports SET version = $2, updated_at = $3, \
+     deleted_at = $3 WHERE id = $1 AND version = $7 AND deleted_at IS NULL RETURNING id), \
+     e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+     SELECT $4, $5, id, $2, $6, $3 FROM u RETURNING position) \
+     SELECT position FROM e";
+
 /// Applies a partial update. A change that alters nothing creates no new version.
+///
+/// Two round trips, no `BEGIN`/`COMMIT`: read the live row, compute the new version in Rust
+/// (the merge, "nothing changed", `If-Match`), then one statement writing row + event only if
+/// the row is still at the version read — each its own transaction, so the write's answer
+/// comes after its commit. **Same guarantees as under a lock:** a write lands only on the
+/// version it was computed from, so no update is lost and versions (and their event-log
+/// positions) strictly increase; `If-Match` is judged against the version the write replaces.
+/// A lost race starts over from a fresh read (and then answers 409 if `If-Match` named the
+/// version that is gone); see [`OPTIMISTIC_TRIES`] for the fallback. The write statement is
+/// never repeated after it was sent: its failure may follow a commit (503, as before).
 pub fn update(
     pool: &Pool,
     id: Uuid,
     cmd: UpdateReport,
     if_match: Option<i64>,
 ) -> Result<Report, StoreError> {
-    in_transaction(pool, |tx| change(tx, id, cmd, if_match))
+    for _ in 0..OPTIMISTIC_TRIES {
+        let (mut conn, current) = read_live(pool, id, if_match)?;
+        let Some(next) = merged(&current, &cmd) else {
+            return Ok(current);
+        };
+        if write_update(&mut *conn, &current, &next)? == 1 {
+            return Ok(next);
+        }
+    }
+    in_transaction(pool, |tx| {
+        let current = live_report(tx, SELECT_REPORT_FOR_UPDATE, id, if_match)?;
+        let Some(next) = merged(&current, &cmd) else {
+            return Ok(current);
+        };
+        one_event(id, write_update(tx, &current, &next)?)?;
+        Ok(next)
+    })
 }
 
-fn change(
-    tx: &mut Transaction<'_>,
-    id: Uuid,
-    cmd: UpdateReport,
-    if_match: Option<i64>,
-) -> Result<Report, StoreError> {
-    let current = lock_live(tx, id, if_match)?;
+/// `current` with `cmd` applied at the next version, or `None` when nothing would change.
+fn merged(current: &Report, cmd: &UpdateReport) -> Option<Report> {
     let mut next = current.clone();
-    if let Some(t) = cmd.title {
-        next.title = t;
+    if let Some(t) = &cmd.title {
+        next.title.clone_from(t);
     }
-    if let Some(d) = cmd.description {
-        next.description = d;
+    if let Some(d) = &cmd.description {
+        next.description.clone_from(d);
     }
     if let Some(c) = cmd.category {
         next.category = c;
@@ -230,96 +288,136 @@ fn change(
     if let Some(l) = cmd.location {
         next.location = l;
     }
-    if let Some(a) = cmd.address {
-        next.address = a;
+    if let Some(a) = &cmd.address {
+        next.address.clone_from(a);
     }
-    if next == current {
-        return Ok(current);
+    if next == *current {
+        return None;
     }
-    let now = now_micros();
     next.version = current.version + 1;
-    next.updated_at = now;
+    next.updated_at = now_micros();
+    Some(next)
+}
+
+/// Runs [`UPDATE_SQL`] for `next`, computed from `current`; returns the event rows written
+/// (0: `current` was no longer the live version).
+fn write_update(
+    client: &mut impl GenericClient,
+    current: &Report,
+    next: &Report,
+) -> Result<usize, StoreError> {
+    let (event_id, payload) = (Uuid::new_v4(), json(next)?);
     let (lat, lng) = coordinates(next.location);
-    let payload = json(&next)?;
-    let event_id = Uuid::new_v4();
-    let rows = tx.query_typed(
-        "WITH u AS (UPDATE reports SET title = $2, description = $3, category = $4, status = $5, \
-         version = $6, updated_at = $7, lat = $8, lng = $9, address = $10 WHERE id = $1 \
-         RETURNING id), \
-         e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
-         SELECT $11, $12, id, $6, $13, $7 FROM u RETURNING position) \
-         SELECT position, pg_notify('report_events', '')::text FROM e",
+    let rows = client.query_typed(
+        UPDATE_SQL,
         &[
-            (&id, Type::UUID),
+            (&next.id, Type::UUID),
             (&next.title, Type::TEXT),
             (&next.description, Type::TEXT),
             (&next.category.as_str(), Type::TEXT),
             (&next.status.as_str(), Type::TEXT),
             (&next.version, Type::INT8),
-            (&now, Type::TIMESTAMPTZ),
+            (&next.updated_at, Type::TIMESTAMPTZ),
             (&lat, Type::FLOAT8),
             (&lng, Type::FLOAT8),
             (&next.address, Type::TEXT),
             (&event_id, Type::UUID),
             (&EventType::ReportUpdated.as_str(), Type::TEXT),
             (&payload, Type::TEXT),
+            (&current.version, Type::INT8),
         ],
     )?;
-    one_event(id, rows.len())?;
-    Ok(next)
+    Ok(rows.len())
 }
 
 /// Deletes a report: the row stays as a tombstone at a new version, so the deletion is ordered
-/// after every earlier change and the id can never come back.
+/// after every earlier change and the id can never come back. Two round trips like
+/// [`update`], with the same guarantees and the same fallback.
 pub fn delete(pool: &Pool, id: Uuid, if_match: Option<i64>) -> Result<Tombstone, StoreError> {
-    in_transaction(pool, |tx| tombstone(tx, id, if_match))
+    for _ in 0..OPTIMISTIC_TRIES {
+        let (mut conn, current) = read_live(pool, id, if_match)?;
+        let tomb = tombstone_of(&current);
+        if write_tombstone(&mut *conn, &current, &tomb)? == 1 {
+            return Ok(tomb);
+        }
+    }
+    in_transaction(pool, |tx| {
+        let current = live_report(tx, SELECT_REPORT_FOR_UPDATE, id, if_match)?;
+        let tomb = tombstone_of(&current);
+        one_event(id, write_tombstone(tx, &current, &tomb)?)?;
+        Ok(tomb)
+    })
 }
 
-fn tombstone(
-    tx: &mut Transaction<'_>,
-    id: Uuid,
-    if_match: Option<i64>,
-) -> Result<Tombstone, StoreError> {
-    let current = lock_live(tx, id, if_match)?;
-    let now = now_micros();
-    let tomb = Tombstone {
-        id,
+fn tombstone_of(current: &Report) -> Tombstone {
+    Tombstone {
+        id: current.id,
         version: current.version + 1,
-        deleted_at: now,
-    };
-    let payload = json(&tomb)?;
-    let event_id = Uuid::new_v4();
-    let rows = tx.query_typed(
-        "WITH u AS (UPDATE reports SET version = $2, updated_at = $3, deleted_at = $3 \
-         WHERE id = $1 RETURNING id), \
-         e AS (INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
-         SELECT $4, $5, id, $2, $6, $3 FROM u RETURNING position) \
-         SELECT position, pg_notify('report_events', '')::text FROM e",
+        deleted_at: now_micros(),
+    }
+}
+
+/// Runs [`DELETE_SQL`]; returns the event rows written (0: `current` was no longer live).
+fn write_tombstone(
+    client: &mut impl GenericClient,
+    current: &Report,
+    tomb: &Tombstone,
+) -> Result<usize, StoreError> {
+    let (event_id, payload) = (Uuid::new_v4(), json(tomb)?);
+    let rows = client.query_typed(
+        DELETE_SQL,
         &[
-            (&id, Type::UUID),
+            (&tomb.id, Type::UUID),
             (&tomb.version, Type::INT8),
-            (&now, Type::TIMESTAMPTZ),
+            (&tomb.deleted_at, Type::TIMESTAMPTZ),
             (&event_id, Type::UUID),
             (&EventType::ReportDeleted.as_str(), Type::TEXT),
             (&payload, Type::TEXT),
+            (&current.version, Type::INT8),
         ],
     )?;
-    one_event(id, rows.len())?;
-    Ok(tomb)
+    Ok(rows.len())
 }
 
-/// Locks the live row and checks `If-Match` under the lock, so two instances racing on one
-/// report are serialised and the loser sees the winner's version.
-fn lock_live(
+/// Reads the live row on a pooled connection and checks `If-Match` against it; returns the
+/// connection for the write. A read changes nothing, so one that fails on a dead connection
+/// simply moves on to another (like [`ping`]).
+fn read_live(pool: &Pool, id: Uuid, if_match: Option<i64>) -> Result<(Conn, Report), StoreError> {
+    let mut attempts = connection_attempts(pool);
+    loop {
+        attempts -= 1;
+        let mut conn = checkout(pool)?;
+        match conn.query_typed(SELECT_REPORT, &[(&id, Type::UUID)]) {
+            Ok(rows) => {
+                let current = decode_live(&rows, id, if_match)?;
+                return Ok((conn, current));
+            }
+            Err(e) if attempts > 0 && dead_connection(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs `sql` (one of the `SELECT_REPORT*`) and decodes the live row, checking `If-Match`.
+/// Under `FOR UPDATE`, two instances racing on one report are serialised and the loser sees
+/// the winner's version.
+fn live_report(
     tx: &mut Transaction<'_>,
+    sql: &str,
     id: Uuid,
     if_match: Option<i64>,
 ) -> Result<Report, StoreError> {
-    let rows = tx.query_typed(
-        "SELECT title, description, category, status, version, created_at, updated_at, deleted_at, \
-         lat, lng, address, media_url FROM reports WHERE id = $1 FOR UPDATE",
-        &[(&id, Type::UUID)],
-    )?;
+    let rows = tx.query_typed(sql, &[(&id, Type::UUID)])?;
+    decode_live(&rows, id, if_match)
+}
+
+/// The report of a `SELECT_REPORT*` answer: 404 for no row or a tombstone, 409 when `If-Match`
+/// names another version.
+fn decode_live(
+    rows: &[postgres::Row],
+    id: Uuid,
+    if_match: Option<i64>,
+) -> Result<Report, StoreError> {
     let Some(row) = rows.first() else {
         return Err(StoreError::NotFound(id));
     };
@@ -365,8 +463,8 @@ fn coordinates(location: Option<Location>) -> (Option<f64>, Option<f64>) {
     (location.map(|l| l.lat), location.map(|l| l.lng))
 }
 
-/// The write statements of update and delete change the row locked by `lock_live` and append
-/// its event: anything but one event row is a bug (the transaction is rolled back).
+/// Under the row lock, the write statements of update and delete change the locked row and
+/// append its event: anything but one event row is a bug (the transaction is rolled back).
 fn one_event(id: Uuid, events: usize) -> Result<(), StoreError> {
     if events == 1 {
         Ok(())
@@ -393,5 +491,83 @@ pub fn ping(pool: &Pool) -> Result<(), StoreError> {
             Err(e) if attempts > 0 && dead_connection(&e) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let t = OffsetDateTime::from_unix_timestamp(1_764_000_000).expect("a valid time");
+        Report {
+            id: Uuid::nil(),
+            title: "Jalan berlubang".into(),
+            description: "Di depan sekolah".into(),
+            category: Category::Infrastruktur,
+            status: Status::Pending,
+            version: 4,
+            created_at: t,
+            updated_at: t,
+            location: Some(Location {
+                lat: -6.2,
+                lng: 106.8,
+            }),
+            address: Some("Jl. Merdeka 1".into()),
+            media_url: None,
+        }
+    }
+
+    /// `expect`: `None` = no new version; otherwise the report the update must produce
+    /// (its `updated_at` is the clock's, so it is not compared).
+    fn check(cmd: UpdateReport, expect: Option<Report>) {
+        let current = report();
+        let got = merged(&current, &cmd);
+        match (got, expect) {
+            (None, None) => {}
+            (Some(mut got), Some(want)) => {
+                assert!(got.updated_at >= current.updated_at, "{cmd:?}");
+                got.updated_at = want.updated_at;
+                assert_eq!(got, want, "{cmd:?}");
+            }
+            (got, want) => panic!("{cmd:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn merge_makes_the_next_version_or_nothing() {
+        check(UpdateReport::default(), None);
+        check(
+            UpdateReport {
+                title: Some("Jalan berlubang".into()),
+                status: Some(Status::Pending),
+                ..UpdateReport::default()
+            },
+            None,
+        );
+        check(
+            UpdateReport {
+                status: Some(Status::InProgress),
+                ..UpdateReport::default()
+            },
+            Some(Report {
+                status: Status::InProgress,
+                version: 5,
+                ..report()
+            }),
+        );
+        check(
+            UpdateReport {
+                location: Some(None),
+                address: Some(None),
+                ..UpdateReport::default()
+            },
+            Some(Report {
+                location: None,
+                address: None,
+                version: 5,
+                ..report()
+            }),
+        );
     }
 }

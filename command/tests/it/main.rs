@@ -12,6 +12,7 @@ mod place;
 mod relay;
 mod roundtrip;
 mod startup;
+mod wake;
 
 use std::sync::OnceLock;
 use std::time::Duration;

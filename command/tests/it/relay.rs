@@ -15,7 +15,7 @@ use shared::testkit::{signal, wait_until, Service};
 use super::*;
 
 /// One metric of a command instance, when it answers.
-fn metric(port: u16, name: &str) -> Option<f64> {
+pub(super) fn metric(port: u16, name: &str) -> Option<f64> {
     let r = http(port, "GET", "/metrics", &[], b"").ok()?;
     String::from_utf8_lossy(&r.body)
         .lines()
@@ -24,7 +24,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn leads(port: u16) -> bool {
+pub(super) fn leads(port: u16) -> bool {
     metric(port, "command_relay_leader") == Some(1.0)
 }
 
@@ -382,9 +382,10 @@ fn unknown_event_type_is_published_as_is() {
 }
 
 /// With Redis down, 50 000 writes keep PostgreSQL's notification queue near empty and all
-/// succeed. The writes are a server-side loop doing exactly what a write does — insert the
-/// report, insert its event-log row, `pg_notify` — one transaction each (through HTTP they
-/// would take minutes in a debug build); a few HTTP writes at the end show the service too.
+/// succeed. The writes are a server-side loop — insert the report, insert its event-log row,
+/// `pg_notify` — one transaction each (through HTTP they would take minutes in a debug build):
+/// one NOTIFY per write, the worst case, since the service's notifier (`wake.rs`) sends at
+/// most one per 2 ms; a few HTTP writes at the end show the service too.
 ///
 /// The bound: the queue's unit is an 8 KiB page (usage 1e-6 ≈ one page ≈ 256 of these
 /// notifications); we allow 20 pages. But a session that LISTENs and stops reading does not

@@ -35,6 +35,7 @@ fn five_thousand_writes_through_the_command_service() {
         stack_size: 128 * 1024,
         pool_size: 4,
         relay_batch: 500,
+        relay_poll: Duration::from_millis(500),
         statement_timeout: Duration::from_secs(5),
         tokens: command::auth::Tokens::default(),
     })

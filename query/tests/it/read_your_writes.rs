@@ -27,6 +27,7 @@ fn a_write_then_an_immediate_read_with_its_version_sees_it() {
         stack_size: 128 * 1024,
         pool_size: 2,
         relay_batch: 500,
+        relay_poll: Duration::from_millis(500),
         statement_timeout: Duration::from_secs(5),
         tokens: command::auth::Tokens::default(),
     })
