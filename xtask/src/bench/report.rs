@@ -370,12 +370,11 @@ pub fn runs_table(burst: Option<&super::burst::BurstReport>, runs: &[BenchReport
             .propagation
             .as_ref()
             .map_or_else(|| "-".to_string(), |p| format!("{:.2}", p.all.p99_ms));
-        let rss = r
-            .rss
-            .iter()
-            .filter_map(|s| s.rss_kib)
-            .max()
-            .map_or_else(|| "-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+        // Command, query and projection only: the memory target is about our services.
+        let rss = super::rss::max_of_ours(&r.rss).map_or_else(
+            || "-".to_string(),
+            |k| format!("{:.1} MiB", k as f64 / 1024.0),
+        );
         let _ = writeln!(
             t,
             "{:<5} {:>11.2} {:>12.2} {:>13} {:>8} {:>11} {:>12} {:>12}  {}",
