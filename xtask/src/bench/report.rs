@@ -363,7 +363,7 @@ pub fn runs_table(burst: Option<&super::burst::BurstReport>, runs: &[BenchReport
         "errors",
         "late sends",
         "waited conn",
-        "max RSS MiB"
+        "our max RSS"
     );
     for (i, r) in runs.iter().enumerate() {
         let propagation = r
