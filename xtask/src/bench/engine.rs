@@ -57,7 +57,8 @@ const START_LEAD: Duration = Duration::from_millis(50);
 /// priority wakes tens of milliseconds late (load 50 on two cores: the pacer 100–250 ms
 /// behind, up to half the requests sent late), and a pacer that sleeps between requests pays
 /// that on every one; at -10 the kernel gives it the CPU first. The generator itself needs
-/// ~10 % of a core at 1 000 req/s, so this takes little from the servers it measures.
+/// ~20 % of one core at stress (2.0 s of CPU for a 10 s run at 1 000 req/s, the lag pollers
+/// included), so this takes little from the servers it measures.
 /// Lowering the nice value needs root (or CAP_SYS_NICE); without it the run goes on as is.
 const GENERATOR_NICE: i32 = -10;
 /// The pacer waits at most this long for the connections to open before it starts the
