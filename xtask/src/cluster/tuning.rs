@@ -19,9 +19,9 @@ const ALL: &[(&str, &str)] = &[("wal_init_zero", "off")];
 /// checkpoint in one transaction (`projection/src/writer.rs`), so a crash can only lose the
 /// last few hundred milliseconds of batches *together with their checkpoint*, and the
 /// projection re-applies them from the stream. Waiting for the WAL flush of every batch
-/// bought nothing but latency: after a burst, COMMITs of the projection took 240–360 ms on
-/// the shared machine, on each of the three DBs, all on the propagation path. The command DB, the
-/// source of truth, keeps synchronous commits.
+/// bought nothing but latency: after a burst, COMMITs of the projection took 110–580 ms on
+/// the shared machine, on each of the three DBs, all on the propagation path. The command
+/// DB, the source of truth, keeps synchronous commits.
 ///
 /// `gin_pending_list_limit=256kB`: the full-text index (`read_reports_search`, GIN) collects
 /// new entries in a pending list and merges it into the index once it exceeds this limit —

@@ -17,10 +17,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use xshell::Shell;
 
-use crate::cluster::tuning;
 use crate::cluster::topology::{
     Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB,
 };
+use crate::cluster::tuning;
 
 // Every image is built by `cargo xtask images` from one Debian base (see `crate::deploy::images`).
 use crate::deploy::images::{
