@@ -481,8 +481,12 @@ fn a_fixed_set_of_connections_queues_the_rest_and_blames_the_server() {
     );
     assert!(g.queued_for_connection >= 20, "{g:?}");
     assert!(g.connection_wait_max_ms >= 200.0, "{g:?}");
-    assert!(!g.bottleneck && g.warning.is_none(), "{g:?}");
-    assert!(g.late_sends < 5, "{g:?}");
+    // The waits are not the generator's: only its own pacing counts as late. (Not zero: on
+    // a busy machine the pacer itself may wake late, and then it rightly says so.)
+    assert!(
+        g.late_sends * 2 < g.queued_for_connection,
+        "waits for a busy connection counted as the generator's lateness: {g:?}"
+    );
     assert_eq!(report.reads.sent, 150);
     assert_eq!(report.reads.error_count(), 0, "{}", report.table());
     // The wait in the queue counts: latency is from the intended time.
@@ -595,4 +599,62 @@ fn seed_creates_and_walks_the_workflow() {
     );
     // 20 creates + 6 + 2×4 + 2 updates.
     assert_eq!(summary.instances.values().sum::<u64>(), 36);
+}
+
+/// `--burst`: the POSTs are closed loop on a fixed set of connections (every create the fake
+/// server saw is counted), and the drain returns only once every event-log row is published
+/// and every query DB's checkpoint has reached the last position.
+#[test]
+fn burst_then_drain_waits_for_every_query_db() {
+    use shared::testkit::PgCluster;
+
+    let server = start_fake(Behaviour::default());
+    let b = burst::post_burst(&server.url, None, Duration::from_millis(400), 3).unwrap();
+    let posts = server
+        .paths
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| *p == "/reports")
+        .count();
+    assert!(b.created >= 10 && b.errors == 0, "{b:?}");
+    assert_eq!(b.created as usize, posts, "{b:?}");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 3, "{b:?}");
+
+    let pg = PgCluster::start();
+    let command_url = pg.create_db("drain_command");
+    shared::migrate::command_db(&mut pg.client("drain_command")).unwrap();
+    let query_url = pg.create_db("drain_query");
+    shared::migrate::query_db(&mut pg.client("drain_query")).unwrap();
+    let mut command = pg.client("drain_command");
+    for version in 1..=3i64 {
+        command
+            .execute(
+                "INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+                 VALUES ($1, 'ReportCreated', $2, $3, '{}', now())",
+                &[&Uuid::new_v4(), &Uuid::from_u128(7), &version],
+            )
+            .unwrap();
+    }
+    // A fake relay publishes after 200 ms, a fake projection reaches position 3 after 500 ms.
+    let mut query = pg.client("drain_query");
+    let pipeline = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        command
+            .execute("UPDATE event_log SET published_at = now()", &[])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        query
+            .execute(
+                "INSERT INTO checkpoint (stream, entry_id, position, updated_at) VALUES ($1, '1-0', 3, now())",
+                &[&shared::event::STREAM],
+            )
+            .unwrap();
+    });
+    let started = Instant::now();
+    let last = burst::drain(&command_url, &[("query-db".to_string(), query_url)]).unwrap();
+    let waited = started.elapsed();
+    pipeline.join().unwrap();
+    assert_eq!(last, 3);
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
 }
