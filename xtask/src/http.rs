@@ -9,6 +9,10 @@
 //! closes it. A request on a reused connection that the server had already closed (an idle
 //! keep-alive timeout) is retried once on a fresh connection, because nothing reached the
 //! server; any other failure is reported as what it was.
+//!
+//! A [`Conn`] runs over any [`Transport`]: `std`'s `TcpStream` blocks its thread, `may`'s
+//! parks only its coroutine, which is how the bench keeps a fixed set of connections on a
+//! few threads (`bench::engine`).
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -129,30 +133,84 @@ impl Response {
     }
 }
 
+/// A byte stream a [`Conn`] can run over: a TCP connection that can be opened with a
+/// timeout and tuned for request/response traffic.
+pub trait Transport: Read + Write + Sized {
+    fn open(addr: &SocketAddr, timeout: Duration) -> std::io::Result<Self>;
+    /// `TCP_NODELAY` and read/write timeouts; failures only cost latency, so they are ignored.
+    fn tune(&self, timeout: Duration);
+}
+
+impl Transport for TcpStream {
+    fn open(addr: &SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        TcpStream::connect_timeout(addr, timeout)
+    }
+
+    fn tune(&self, timeout: Duration) {
+        let _ = self.set_nodelay(true);
+        let _ = self.set_read_timeout(Some(timeout));
+        let _ = self.set_write_timeout(Some(timeout));
+    }
+}
+
+/// In a coroutine, waiting on this parks the coroutine, not the thread.
+impl Transport for may::net::TcpStream {
+    fn open(addr: &SocketAddr, timeout: Duration) -> std::io::Result<may::net::TcpStream> {
+        may::net::TcpStream::connect_timeout(addr, timeout)
+    }
+
+    fn tune(&self, timeout: Duration) {
+        let _ = self.set_nodelay(true);
+        let _ = self.set_read_timeout(Some(timeout));
+        let _ = self.set_write_timeout(Some(timeout));
+    }
+}
+
 /// A keep-alive connection to one target, opened lazily.
-pub struct Conn {
+pub struct Conn<S: Transport = TcpStream> {
     target: Target,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    stream: Option<S>,
     /// Bytes read past the end of the previous response (should stay empty: no pipelining).
     buf: Vec<u8>,
     /// Extra header lines (`Name: value\r\n`) sent with every request.
     extra_headers: String,
+    /// TCP connections opened so far (the first, and one after each close).
+    connects: u64,
 }
 
 impl Conn {
     pub fn new(target: Target, timeout: Duration) -> Conn {
+        Conn::over(target, timeout)
+    }
+}
+
+impl<S: Transport> Conn<S> {
+    /// A connection over the transport `S`.
+    pub fn over(target: Target, timeout: Duration) -> Conn<S> {
         Conn {
             target,
             timeout,
             stream: None,
             buf: Vec::with_capacity(8192),
             extra_headers: String::new(),
+            connects: 0,
         }
     }
 
+    /// Opens the connection now rather than with the first request, so a pool of them can be
+    /// ready before a measurement starts.
+    pub fn open(&mut self) -> Result<(), HttpError> {
+        self.connect()
+    }
+
+    /// TCP connections this `Conn` has opened so far.
+    pub fn connects(&self) -> u64 {
+        self.connects
+    }
+
     /// Sends `Authorization: Bearer <token>` with every request.
-    pub fn with_token(mut self, token: Option<&str>) -> Conn {
+    pub fn with_token(mut self, token: Option<&str>) -> Conn<S> {
         if let Some(t) = token {
             self.extra_headers = format!("Authorization: Bearer {t}\r\n");
         }
@@ -196,11 +254,10 @@ impl Conn {
 
     fn connect(&mut self) -> Result<(), HttpError> {
         if self.stream.is_none() {
-            let s = TcpStream::connect_timeout(&self.target.addr, self.timeout)
+            let s = S::open(&self.target.addr, self.timeout)
                 .map_err(|e| HttpError::Connect(format!("{}: {e}", self.target.addr)))?;
-            let _ = s.set_nodelay(true);
-            let _ = s.set_read_timeout(Some(self.timeout));
-            let _ = s.set_write_timeout(Some(self.timeout));
+            s.tune(self.timeout);
+            self.connects += 1;
             self.buf.clear();
             self.stream = Some(s);
         }
@@ -316,7 +373,7 @@ fn io_failure_eof(nothing_read: bool) -> Failure {
 }
 
 /// Reads until `buf` holds at least `want` bytes.
-fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> Result<(), Failure> {
+fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> Result<(), Failure> {
     let mut chunk = [0u8; 8192];
     while buf.len() < want {
         match stream.read(&mut chunk) {
@@ -335,7 +392,7 @@ fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> Result<(), Fa
 
 /// Reads one CRLF-terminated line at the start of `buf` (more from `stream` as needed) and
 /// removes it, CRLF included.
-fn take_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, Failure> {
+fn take_line(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<String, Failure> {
     loop {
         if let Some(i) = find(buf, b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..i]).into_owned();
@@ -353,7 +410,7 @@ fn take_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, Failur
 }
 
 /// A `Transfer-Encoding: chunked` body: `size[;ext] CRLF data CRLF` … `0 CRLF` trailers CRLF.
-fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Failure> {
+fn read_chunked(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Vec<u8>, Failure> {
     let protocol = |what: String| Failure::Error(HttpError::Protocol(what));
     let mut body = Vec::new();
     loop {
@@ -381,7 +438,7 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Fa
 }
 
 /// A body without framing: everything until the server closes the connection.
-fn read_to_close(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Failure> {
+fn read_to_close(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Vec<u8>, Failure> {
     let mut chunk = [0u8; 8192];
     loop {
         match stream.read(&mut chunk) {

@@ -4,11 +4,12 @@
 //! and a comparison with an earlier JSON.
 //!
 //! Layout: [`config`] (what one run needs, the levels), [`schedule`] (intended times, mixes), (requests go through `crate::http`), [`engine`]
-//! (scheduler, workers, collector), [`lag`] (query-DB pollers), [`report`] (figures, table,
+//! (pacer, a fixed set of connections on coroutines, collector), [`lag`] (query-DB pollers), [`report`] (figures, table,
 //! JSON, compare), [`rss`] (each service's memory at the end of a run), [`throughput`] (the
 //! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up). [`run`] is the library entry point: tests and other tasks call it with a
 //! [`BenchConfig`] and get a [`BenchReport`] back.
 
+pub mod burst;
 pub mod config;
 mod engine;
 pub(crate) mod lag;
@@ -31,8 +32,11 @@ pub use report::BenchReport;
 use report::Step;
 pub use schedule::Mix;
 
+use burst::BurstReport;
+
 use crate::cluster::local::LocalCluster;
 use crate::cluster::topology::Topology;
+use crate::cluster::Layout;
 
 /// `--level max`: length of a step, unless `--duration` says otherwise.
 const MAX_STEP: Duration = Duration::from_secs(5);
@@ -149,7 +153,12 @@ pub struct Bench {
     pub token: Option<String>,
     pub query_dbs: Vec<(String, String)>,
     pub no_lag: bool,
-    pub max_workers: Option<usize>,
+    /// `--connections N`: keep-alive connections per side.
+    pub connections: Option<usize>,
+    /// `--burst S`: a closed-loop POST burst of S seconds, drained, before the runs.
+    pub burst: Option<f64>,
+    /// `--runs N`: N runs back to back.
+    pub runs: Option<usize>,
     /// `--throughput`: the closed-loop suite instead of open-loop levels.
     pub throughput: bool,
     /// `--scale N`: the read path's statements at N reports (EXPLAIN + latency).
@@ -168,6 +177,14 @@ impl Bench {
         if self.level.is_some() && (self.write_rps.is_some() || self.read_rps.is_some()) {
             bail!("give either --level or --write-rps/--read-rps, not both");
         }
+        if self.burst.is_some() && (self.write_url.is_some() || self.read_url.is_some()) {
+            bail!("--burst waits for the local cluster's projection to drain; it cannot bench other URLs");
+        }
+        if (self.burst.is_some() || self.runs.is_some_and(|n| n > 1))
+            && self.level.as_deref() == Some("max")
+        {
+            bail!("--burst and --runs repeat a fixed-rate level; --level max steps on its own");
+        }
         if self.throughput {
             let open_loop_only = self.level.is_some()
                 || self.write_rps.is_some()
@@ -178,7 +195,9 @@ impl Bench {
                 || self.compare.is_some()
                 || !self.query_dbs.is_empty()
                 || self.no_lag
-                || self.max_workers.is_some();
+                || self.connections.is_some()
+                || self.burst.is_some()
+                || self.runs.is_some();
             if open_loop_only {
                 bail!(
                     "--throughput measures the local cluster closed-loop; it takes only --duration, --out and --token"
@@ -235,8 +254,8 @@ impl Bench {
         } else {
             Vec::new()
         };
-        if let Some(n) = self.max_workers {
-            cfg.max_workers = n;
+        if let Some(n) = self.connections {
+            cfg.connections = n;
         }
         cfg.progress = true;
         Ok(cfg)
@@ -298,23 +317,85 @@ impl Bench {
                 )
             }
         );
-        let mut report = run(&cfg)?;
-        if self.write_url.is_none() && self.read_url.is_none() {
-            // The local cluster was benched: its services' memory now, at the end of the run.
-            report.rss = rss::sample(sh);
+        let burst = match self.burst {
+            Some(secs) => Some(self.burst_and_drain(sh, &cfg, secs)?),
+            None => None,
+        };
+        let runs = self.runs.unwrap_or(1).max(1);
+        let mut rows = Vec::new();
+        for i in 1..=runs {
+            if runs > 1 {
+                eprintln!("run {i} of {runs}");
+            }
+            let mut report = run(&cfg)?;
+            if self.write_url.is_none() && self.read_url.is_none() {
+                // The local cluster was benched: its services' memory now, at the end of the run.
+                report.rss = rss::sample(sh);
+            }
+            if i == 1 {
+                report.burst = burst.clone();
+            }
+            print!("{}", report.table());
+            let (kind, out) = if runs > 1 {
+                let kind = format!("{}-run{i}of{runs}", report.level);
+                let out = self.out.as_deref().map(|p| numbered(p, i));
+                (kind, out)
+            } else {
+                (report.level.clone(), self.out.clone())
+            };
+            let out = write_results(sh, out.as_deref(), &kind, &report)?;
+            if let Some(old) = &old {
+                let new = serde_json::to_value(&report)?;
+                println!(
+                    "\ncompared with {}:",
+                    self.compare.as_deref().unwrap_or(out.as_path()).display()
+                );
+                print!("{}", report::compare(old, &new));
+            }
+            rows.push(report);
         }
-        print!("{}", report.table());
-        let out = write_results(sh, self.out.as_deref(), &report.level, &report)?;
-        if let Some(old) = old {
-            let new = serde_json::to_value(&report)?;
-            println!(
-                "\ncompared with {}:",
-                self.compare.as_deref().unwrap_or(out.as_path()).display()
-            );
-            print!("{}", report::compare(&old, &new));
+        if runs > 1 || burst.is_some() {
+            print!("{}", report::runs_table(burst.as_ref(), &rows));
         }
         Ok(())
     }
+
+    /// `--burst`: the closed-loop POST burst, then the wait until the pipeline drained it.
+    fn burst_and_drain(&self, sh: &Shell, cfg: &BenchConfig, secs: f64) -> Result<BurstReport> {
+        eprintln!(
+            "burst: {secs} s of closed-loop POST /reports on {} connections → {}",
+            burst::BURST_CONNECTIONS,
+            cfg.write_url
+        );
+        let mut b = burst::post_burst(
+            &cfg.write_url,
+            cfg.token.as_deref(),
+            Duration::from_secs_f64(secs),
+            burst::BURST_CONNECTIONS,
+        )?;
+        let ended = std::time::Instant::now();
+        let topo = Layout::new(sh).topology_or_default();
+        let command_db = topo.command_db_url(crate::cluster::topology::Target::Local);
+        let query_dbs = LocalCluster::of(&topo).query_dbs;
+        b.last_position = burst::drain(&command_db, &query_dbs)?;
+        b.drained_after_s = (ended.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+        eprintln!(
+            "burst: {} created ({} req/s), {} errors; every query DB at position {} {:.2} s after the burst",
+            b.created, b.created_per_s, b.errors, b.last_position, b.drained_after_s
+        );
+        Ok(b)
+    }
+}
+
+/// `dir/name.json` → `dir/name-runI.json`, for the reports of `--runs` with `--out`.
+fn numbered(path: &std::path::Path, i: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "bench".into(), |s| s.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map_or_else(|| "json".into(), |s| s.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}-run{i}.{ext}"))
 }
 
 impl Bench {

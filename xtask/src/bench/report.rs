@@ -118,15 +118,24 @@ pub struct Propagation {
 /// Whether the load generator kept its schedule, so the figures are about the server.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Generator {
-    pub workers_started: u64,
-    pub max_workers: u64,
-    /// Requests a worker picked up more than `late_threshold_ms` after their intended time.
-    pub late_dispatches: u64,
+    /// Keep-alive connections per side, fixed for the run.
+    pub connections_per_side: u64,
+    /// TCP connections opened over the run (a connection the server closed is reopened).
+    pub connections_opened: u64,
+    /// Requests the generator itself sent more than `late_threshold_ms` after their intended
+    /// time (its pacer late, or a hand-over to an idle connection slow).
+    pub late_sends: u64,
     pub late_threshold_ms: f64,
-    pub dispatch_p99_ms: f64,
-    pub dispatch_max_ms: f64,
-    /// How far the scheduler thread itself woke up behind the schedule, at worst.
+    /// The generator's own delay of a request before it was sent.
+    pub own_delay_p99_ms: f64,
+    pub own_delay_max_ms: f64,
+    /// How far the pacer itself woke up behind the schedule, at worst.
     pub scheduler_behind_max_ms: f64,
+    /// Requests that found every connection of their side busy and waited for one (the
+    /// server held them; the wait counts in their latency).
+    pub queued_for_connection: u64,
+    pub connection_wait_p99_ms: f64,
+    pub connection_wait_max_ms: f64,
     pub bottleneck: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
@@ -174,6 +183,9 @@ pub struct BenchReport {
     /// Each service's memory at the end of the run (local cluster only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rss: Vec<super::rss::ServiceRss>,
+    /// `--burst`: the POST burst (and its drain) right before this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<super::burst::BurstReport>,
 }
 
 impl BenchReport {
@@ -277,14 +289,19 @@ impl BenchReport {
         let g = &self.generator;
         let _ = writeln!(
             t,
-            "\ngenerator: {} workers (max {}), dispatch delay p99 {:.2} ms max {:.2} ms, {} late > {} ms, scheduler behind ≤ {:.2} ms",
-            g.workers_started,
-            g.max_workers,
-            g.dispatch_p99_ms,
-            g.dispatch_max_ms,
-            g.late_dispatches,
+            "\ngenerator: {} connections per side ({} opened); its own delay p99 {:.2} ms max {:.2} ms, {} sent late > {} ms, pacer behind ≤ {:.2} ms",
+            g.connections_per_side,
+            g.connections_opened,
+            g.own_delay_p99_ms,
+            g.own_delay_max_ms,
+            g.late_sends,
             g.late_threshold_ms,
             g.scheduler_behind_max_ms
+        );
+        let _ = writeln!(
+            t,
+            "waited for a busy connection (server time): {} requests, p99 {:.2} ms max {:.2} ms",
+            g.queued_for_connection, g.connection_wait_p99_ms, g.connection_wait_max_ms
         );
         if let Some(w) = &g.warning {
             let _ = writeln!(t, "WARNING: {w}");
@@ -321,6 +338,62 @@ impl BenchReport {
         }
         t
     }
+}
+
+/// The runs of `--runs` (after `--burst`, if given) side by side: the figures the stress
+/// targets are about, and whether the generator's own warning stayed silent.
+pub fn runs_table(burst: Option<&super::burst::BurstReport>, runs: &[BenchReport]) -> String {
+    let mut t = String::new();
+    if let Some(b) = burst {
+        let _ = writeln!(
+            t,
+            "\nafter a {:.1} s closed-loop POST burst ({} created, {} req/s, {} errors), drained in {:.2} s:",
+            b.duration_s, b.created, b.created_per_s, b.errors, b.drained_after_s
+        );
+    } else {
+        t.push('\n');
+    }
+    let _ = writeln!(
+        t,
+        "{:<5} {:>11} {:>12} {:>13} {:>8} {:>11} {:>12} {:>12}  generator",
+        "RUN",
+        "read p99",
+        "write p99",
+        "propag. p99",
+        "errors",
+        "late sends",
+        "waited conn",
+        "our max RSS"
+    );
+    for (i, r) in runs.iter().enumerate() {
+        let propagation = r
+            .propagation
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |p| format!("{:.2}", p.all.p99_ms));
+        // Command, query and projection only: the memory target is about our services.
+        let rss = super::rss::max_of_ours(&r.rss).map_or_else(
+            || "-".to_string(),
+            |k| format!("{:.1} MiB", k as f64 / 1024.0),
+        );
+        let _ = writeln!(
+            t,
+            "{:<5} {:>11.2} {:>12.2} {:>13} {:>8} {:>11} {:>12} {:>12}  {}",
+            i + 1,
+            r.reads.latency.p99_ms,
+            r.writes.latency.p99_ms,
+            propagation,
+            r.total_errors(),
+            r.generator.late_sends,
+            r.generator.queued_for_connection,
+            rss,
+            if r.generator.bottleneck {
+                "WARNING"
+            } else {
+                "on schedule"
+            }
+        );
+    }
+    t
 }
 
 /// Every number of a report JSON, by a readable path (`endpoints[GET /health].p99_ms`).

@@ -23,6 +23,26 @@ pub struct ServiceRss {
     pub rss_kib: Option<u64>,
     /// Peak resident set since the process started (a restart resets it).
     pub peak_kib: Option<u64>,
+    /// `RssAnon`: the resident memory that is this process's alone (no mapped files, no
+    /// shared memory). For the postmaster the rest of its RSS is the binary and the shared
+    /// buffers it touched, which every backend shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anon_kib: Option<u64>,
+}
+
+/// Whether `name` is one of our own services (command, query, projection) — the processes the
+/// memory target is about — rather than PostgreSQL, Redis, PgBouncer or nginx.
+pub fn is_ours(name: &str) -> bool {
+    let db = name == "command-db" || name.starts_with("query-db");
+    !db && (name == "projection" || name.starts_with("command-") || name.starts_with("query-"))
+}
+
+/// The largest resident set among our own services, in KiB.
+pub fn max_of_ours(rows: &[ServiceRss]) -> Option<u64> {
+    rows.iter()
+        .filter(|r| is_ours(&r.name))
+        .filter_map(|r| r.rss_kib)
+        .max()
 }
 
 /// One field of `/proc/<pid>/status` in KiB (`VmRSS:    12345 kB`).
@@ -50,6 +70,7 @@ pub fn sample(sh: &Shell) -> Vec<ServiceRss> {
                 pid: svc.pid,
                 rss_kib: status.as_deref().and_then(|s| status_kib(s, "VmRSS")),
                 peak_kib: status.as_deref().and_then(|s| status_kib(s, "VmHWM")),
+                anon_kib: status.as_deref().and_then(|s| status_kib(s, "RssAnon")),
             }
         })
         .collect()
@@ -71,17 +92,18 @@ pub fn table(rows: &[ServiceRss]) -> String {
     );
     let _ = writeln!(
         t,
-        "  {:<20} {:>8} {:>10} {:>10}",
-        "SERVICE", "PID", "RSS MiB", "PEAK MiB"
+        "  {:<20} {:>8} {:>10} {:>10} {:>10}",
+        "SERVICE", "PID", "RSS MiB", "PEAK MiB", "ANON MiB"
     );
     for r in rows {
         let _ = writeln!(
             t,
-            "  {:<20} {:>8} {:>10} {:>10}",
+            "  {:<20} {:>8} {:>10} {:>10} {:>10}",
             r.name,
             r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
             mib(r.rss_kib),
-            mib(r.peak_kib)
+            mib(r.peak_kib),
+            mib(r.anon_kib)
         );
     }
     t
@@ -97,6 +119,42 @@ mod tests {
         assert_eq!(status_kib(s, "VmRSS"), Some(20480));
         assert_eq!(status_kib(s, "VmHWM"), Some(40960));
         assert_eq!(status_kib(s, "VmSwap"), None);
+    }
+
+    fn check(names_rss: &[(&str, u64)], expect: Option<u64>) {
+        let rows: Vec<ServiceRss> = names_rss
+            .iter()
+            .map(|(n, k)| ServiceRss {
+                name: (*n).to_string(),
+                rss_kib: Some(*k),
+                ..ServiceRss::default()
+            })
+            .collect();
+        assert_eq!(max_of_ours(&rows), expect, "{names_rss:?}");
+    }
+
+    #[test]
+    fn the_memory_target_counts_only_our_services() {
+        check(
+            &[("query-db-primary", 36_000), ("command-1", 17_000)],
+            Some(17_000),
+        );
+        check(
+            &[
+                ("query-2", 21_000),
+                ("projection", 9_000),
+                ("redis", 40_000),
+            ],
+            Some(21_000),
+        );
+        check(
+            &[
+                ("nginx", 7_000),
+                ("pgbouncer", 8_000),
+                ("command-db", 35_000),
+            ],
+            None,
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod secret;
 pub mod status;
 pub mod supervise;
 pub mod topology;
+pub mod tuning;
 pub mod up;
 
 use std::path::PathBuf;

@@ -419,9 +419,10 @@ impl<'a> Supervisor<'a> {
                 let data = l.data(&svc.name);
                 let run = l.run();
                 // fsync stays on: the local cluster is also where durability is demonstrated.
+                let tuning = super::tuning::postgres_args(&svc.name);
                 cmd!(
                     sh,
-                    "{postgres} -D {data} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={run} -c fsync=on -c max_connections=300"
+                    "{postgres} -D {data} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={run} -c fsync=on -c max_connections=300 {tuning...}"
                 )
             }
             Kind::Redis => {

@@ -20,6 +20,7 @@ use xshell::Shell;
 use crate::cluster::topology::{
     Kind, Service, Target, Topology, COMMAND_DB, COMMAND_SECRET, QUERY_DB,
 };
+use crate::cluster::tuning;
 
 // Every image is built by `cargo xtask images` from one Debian base (see `crate::deploy::images`).
 use crate::deploy::images::{
@@ -204,6 +205,8 @@ pub fn compose(topo: &Topology) -> Value {
                 };
                 json!({
                     "image": POSTGRES_IMAGE,
+                    // The image's entrypoint runs `postgres -D $PGDATA` with these appended.
+                    "command": tuning::postgres_args(&svc.name),
                     "environment": {"POSTGRES_DB": db},
                     "ports": published(svc),
                     "volumes": [format!("{}:/var/lib/postgresql/data", svc.name)],
@@ -215,7 +218,7 @@ pub fn compose(topo: &Topology) -> Value {
                 volumes.insert("redis".into(), json!({}));
                 json!({
                     "image": REDIS_IMAGE,
-                    "command": ["redis-server", "--dir", "/data", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no"],
+                    "command": ["redis-server", "--dir", "/data", "--appendonly", "yes", "--appendfsync", "everysec", "--save", tuning::REDIS_SAVE, "--protected-mode", "no"],
                     "ports": published(svc),
                     "volumes": ["redis:/data"],
                     "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s", "timeout": "2s", "retries": 30},
@@ -463,6 +466,8 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
             svc,
             POSTGRES_IMAGE,
             json!({
+                // Appended by the image's entrypoint to `postgres -D $PGDATA`.
+                "args": tuning::postgres_args(&svc.name),
                 "ports": [{"containerPort": 5432}],
                 "env": [
                     {"name": "POSTGRES_DB", "value": db},
@@ -481,7 +486,7 @@ pub fn kube(topo: &Topology) -> Vec<(String, Vec<Value>)> {
             svc,
             REDIS_IMAGE,
             json!({
-                "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data", "--protected-mode", "no"],
+                "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--save", tuning::REDIS_SAVE, "--dir", "/data", "--protected-mode", "no"],
                 "ports": [{"containerPort": 6379}],
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                 "readinessProbe": exec_probe(&["redis-cli", "ping"]),

@@ -157,7 +157,9 @@ pub fn bench(a: &Args) -> Result<Task> {
         token: a.text("token")?,
         query_dbs: a.named("query-db")?,
         no_lag: a.on("no-lag"),
-        max_workers: a.int("max-workers")?,
+        connections: a.int("connections")?,
+        burst: a.decimal("burst")?,
+        runs: a.int("runs")?,
         throughput: a.on("throughput"),
         scale: a.int("scale")?,
     };

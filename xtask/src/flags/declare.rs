@@ -196,11 +196,25 @@ const BENCH_FLAGS: &[Flag] = &[
     ),
     Flag::new("token", Kind::Text, "T", "bearer token for writes").otherwise("$XTASK_TOKEN"),
     Flag::new(
-        "max-workers",
+        "connections",
         COUNT,
         "N",
-        "cap on the generator's sending threads",
+        "keep-alive connections per side (writes, reads), fixed for the run",
+    )
+    .otherwise("64"),
+    Flag::new(
+        "burst",
+        RUN_SECONDS,
+        "S",
+        "first a closed-loop POST burst of S seconds, then wait until the projection drained it",
     ),
+    Flag::new(
+        "runs",
+        COUNT,
+        "N",
+        "N runs of the level back to back, each reported, then a summary",
+    )
+    .otherwise("1"),
     Flag::switch(
         "throughput",
         "closed loop instead (wrk -t1 -c64): pgbench -S ceiling, reads, POST, projection, RSS",

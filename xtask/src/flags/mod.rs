@@ -435,8 +435,8 @@ mod tests {
                 "--write-rps expects requests per second from 0 to 1000000",
             ),
             (
-                "bench --max-workers 0",
-                r#"--max-workers expects a positive integer, got "0""#,
+                "bench --connections 0",
+                r#"--connections expects a positive integer, got "0""#,
             ),
             ("bench --scale -5", "--scale expects a non-negative integer"),
             ("bench --level huge", "unknown level `huge`"),

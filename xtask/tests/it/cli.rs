@@ -30,7 +30,7 @@ fn help_comes_from_the_declaration() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("cargo xtask bench"), "{text}");
-    assert!(text.contains("--max-workers N"), "{text}");
+    assert!(text.contains("--connections N"), "{text}");
 }
 
 #[test]
