@@ -34,7 +34,7 @@ use crate::config::{
     CATCHUP_PAGE, CONNECT_TIMEOUT, MAX_BACKOFF, MAX_TX_ENTRIES, STATEMENT_TIMEOUT,
 };
 use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
-use crate::metrics::{DbStatus, Metrics};
+use crate::metrics::{DbStatus, Metrics, Stage};
 use crate::rebuild::{self, RebuildConfig};
 use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
@@ -244,6 +244,7 @@ impl State {
                 return Ok(self.cp.entry_id);
             }
             let after = self.cp.entry_id;
+            let t = Instant::now();
             let redis = self.redis()?;
             let page = match stream::xrange(redis, STREAM, after, upto, CATCHUP_PAGE) {
                 Ok(p) => p,
@@ -257,7 +258,9 @@ impl State {
             };
             // Poison entries are the reader's to park in the DLQ; here they only move the
             // checkpoint past them.
+            let t = self.w.status.timed(Stage::StreamRead, t);
             let decoded: Vec<Decoded> = page.iter().filter_map(|r| decode(r).ok()).collect();
+            self.w.status.timed(Stage::Decode, t);
             let refs: Vec<&Decoded> = decoded.iter().collect();
             let skipped = (page.len() - decoded.len()) as i64;
             self.apply_up_to(&refs, skipped, last)?;
@@ -382,7 +385,14 @@ impl State {
             )));
         };
         let applied = entries.len() as i64 + skipped;
-        if let Err(e) = transact(&self.w.name, client, entries, new_cp, applied) {
+        if let Err(e) = transact(
+            &self.w.name,
+            &self.w.status,
+            client,
+            entries,
+            new_cp,
+            applied,
+        ) {
             // Rolled back. A rejection leaves the connection usable; anything else may not
             // have: reconnect and retry from the checkpoint.
             if poison::rejection(&e).is_none() {
@@ -686,6 +696,7 @@ impl State {
 /// Applies `entries` in order and records `cp`, all in one transaction.
 fn transact(
     db: &str,
+    status: &DbStatus,
     client: &mut Client,
     entries: &[&Decoded],
     cp: Checkpoint,
@@ -696,6 +707,7 @@ fn transact(
         source,
     };
     let lost = |why: String| Error::Inconsistent(format!("{db}: {why}"));
+    let t = Instant::now();
     let mut tx = client.transaction().map_err(db_err)?;
     // Typed statements: no prepare round trip, the statement count is the round-trip count.
     tx.execute_typed(
@@ -741,6 +753,7 @@ fn transact(
         .map(|e| (e.payload.id(), Change::from_payload(&e.payload)))
         .collect();
     let plan = apply::fold(&mut rows, &changes);
+    let t = status.timed(Stage::Lock, t);
     let mut snapshots = Snapshots::default();
     let mut tombstones = Tombstones::default();
     for &i in plan.writes.values() {
@@ -759,15 +772,20 @@ fn transact(
             plan.writes.len()
         )));
     }
+    let t = status.timed(Stage::Rows, t);
     let missing = move_statistics(&mut tx, &plan.stats).map_err(db_err)?;
     if missing > 0 {
         return Err(lost(format!(
             "{missing} statistics row(s) missing for a decrement"
         )));
     }
+    let t = status.timed(Stage::Statistics, t);
     crate::history::record(&mut tx, entries).map_err(db_err)?;
+    let t = status.timed(Stage::History, t);
     checkpoint::write(&mut tx, cp, applied).map_err(db_err)?;
+    let t = status.timed(Stage::Checkpoint, t);
     tx.commit().map_err(db_err)?;
+    status.timed(Stage::Commit, t);
     Ok(())
 }
 
