@@ -27,6 +27,9 @@ pub struct DbStatus {
     pub position: AtomicI64,
     /// Entries applied (no-ops included) since start.
     pub applied_total: AtomicU64,
+    /// Entries this DB's writer read from the stream itself (XRANGE catch-up) instead of
+    /// receiving them from the reader's fan-out.
+    pub caught_up_total: AtomicU64,
     /// Entries read from the stream and not yet applied by this DB (set by the reader).
     pub lag_entries: AtomicU64,
     /// Stream time (ms) of the oldest entry this DB has not applied; 0 when none.
@@ -97,6 +100,7 @@ impl DbStatus {
             attached: AtomicBool::new(false),
             position: AtomicI64::new(0),
             applied_total: AtomicU64::new(0),
+            caught_up_total: AtomicU64::new(0),
             lag_entries: AtomicU64::new(0),
             oldest_unapplied_ms: AtomicU64::new(0),
             stale: AtomicBool::new(false),
@@ -246,6 +250,18 @@ impl Metrics {
             }
         }
         e.family(
+            "projection_caught_up_total",
+            Kind::Counter,
+            "Stream entries a writer read itself (XRANGE from its checkpoint) instead of from the live fan-out.",
+        );
+        for db in &self.dbs {
+            e.sample(
+                "projection_caught_up_total",
+                &[("db", &db.name)],
+                db.caught_up_total.load(Relaxed),
+            );
+        }
+        e.family(
             "projection_batch_size",
             Kind::Summary,
             "Entries per committed writer transaction.",
@@ -298,6 +314,7 @@ mod tests {
             "projection_db_up{db=\"r1\"} 0",
             "projection_lag_entries{db=\"r1\"} 0",
             "projection_applied_total{db=\"r1\"} 0",
+            "projection_caught_up_total{db=\"r1\"} 0",
             "projection_batch_size_sum 7",
             "projection_batch_size_count 1",
             "projection_dlq_total 0",

@@ -90,6 +90,8 @@ struct State {
     epoch: Option<String>,
     /// "Cannot rebuild" is logged once per stale episode.
     rebuild_logged: bool,
+    /// This writer has not been attached yet since the process started (see [`State::catch_up`]).
+    first_attach: bool,
 }
 
 impl Writer {
@@ -109,6 +111,7 @@ impl Writer {
                     marked_stale: false,
                     epoch: None,
                     rebuild_logged: false,
+                    first_attach: true,
                 }
                 .run()
             })
@@ -193,6 +196,12 @@ impl State {
 
     /// Detached: reconnect, apply everything after the checkpoint with XRANGE, then ask the
     /// reader to attach us and cover the gap up to the last entry it dispatched meanwhile.
+    ///
+    /// At process start the XRANGE before the rejoin is skipped: every writer starts at once
+    /// and the reader has dispatched nothing yet, so attaching at the checkpoint right away
+    /// lets the backlog arrive through the fan-out, read and decoded once for all DBs (the
+    /// reader paces itself to the fastest writer), instead of once per DB here. The gap up to
+    /// what the reader dispatched before the rejoin is still covered exactly (`fill_gap`).
     fn catch_up(&mut self) -> Result<Flow, Error> {
         // Live batches still queued are covered by the XRANGE below.
         while self.w.rx.try_recv().is_ok() {}
@@ -200,7 +209,11 @@ impl State {
         if self.w.status.is_stale() {
             return Ok(Flow::Continue); // judged at connect: the stream cannot catch it up
         }
-        let at = self.range_apply(None)?;
+        let at = if std::mem::take(&mut self.first_attach) {
+            self.cp.entry_id
+        } else {
+            self.range_apply(None)?
+        };
         if self.stopping() {
             return Ok(Flow::Stop);
         }
@@ -259,6 +272,10 @@ impl State {
             // Poison entries are the reader's to park in the DLQ; here they only move the
             // checkpoint past them.
             let t = self.w.status.timed(Stage::StreamRead, t);
+            self.w
+                .status
+                .caught_up_total
+                .fetch_add(page.len() as u64, Relaxed);
             let decoded: Vec<Decoded> = page.iter().filter_map(|r| decode(r).ok()).collect();
             self.w.status.timed(Stage::Decode, t);
             let refs: Vec<&Decoded> = decoded.iter().collect();
