@@ -90,7 +90,8 @@ struct State {
     epoch: Option<String>,
     /// "Cannot rebuild" is logged once per stale episode.
     rebuild_logged: bool,
-    /// This writer has not been attached yet since the process started (see [`State::catch_up`]).
+    /// This writer has neither been attached nor failed since the process started (see
+    /// [`State::catch_up`]).
     first_attach: bool,
 }
 
@@ -685,6 +686,9 @@ impl State {
     }
 
     fn failed(&mut self, e: &Error) {
+        // After a failure the reader may be far ahead: catch up from the stream before the
+        // rejoin, so the gap is not covered while live batches pile up behind it.
+        self.first_attach = false;
         if matches!(
             e,
             Error::Db { .. } | Error::DbLost { .. } | Error::Inconsistent(_)
