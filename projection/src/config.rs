@@ -50,6 +50,12 @@ pub const READ_BLOCK: Duration = Duration::from_millis(100);
 /// slow commit, and beyond that a writer catches up from its checkpoint instead of the reader
 /// buffering without bound or waiting for it.
 pub const WRITER_QUEUE_BATCHES: usize = 64;
+/// The reader reads no new entries while every attached writer has at least this many batches
+/// queued: reading further would only overrun the fastest writer's channel and detach it, after
+/// which each writer reads and decodes the same backlog again on its own (XRANGE). Half the
+/// channel, so a writer that is merely busy keeps a full transaction's worth queued, and one
+/// that is slower than the fastest still fills up and is detached as before.
+pub const PACE_QUEUED_BATCHES: usize = WRITER_QUEUE_BATCHES / 2;
 /// Most entries one writer transaction applies when it merges queued batches: big enough to
 /// amortise the commit, small enough to keep row locks and a rollback short.
 pub const MAX_TX_ENTRIES: usize = 1024;

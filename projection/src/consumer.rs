@@ -13,7 +13,8 @@
 //!   bounded while a DB is away for long (when every DB is stale, they are kept to the bound);
 //! - a poison entry is copied to the DLQ with its reason and then acked; the rest goes on;
 //! - the reader never waits for a writer (see `fanout.rs`), so one slow or dead query DB
-//!   never delays the others;
+//!   never delays the others; it only reads no further ahead than the *fastest* attached
+//!   writer has room for, so a backlog is read and decoded once for every DB;
 //! - orphaned pending entries of other consumers (a projection that died under another name)
 //!   are reclaimed with XAUTOCLAIM.
 
@@ -29,7 +30,8 @@ use redis::Value;
 use shared::event::{GROUP, STREAM};
 
 use crate::config::{
-    CLAIM_EVERY, CLAIM_MIN_IDLE, MAX_BACKOFF, READ_BLOCK, READ_COUNT, SHUTDOWN_GRACE, TRIM_EVERY,
+    CLAIM_EVERY, CLAIM_MIN_IDLE, MAX_BACKOFF, PACE_QUEUED_BATCHES, READ_BLOCK, READ_COUNT,
+    SHUTDOWN_GRACE, TRIM_EVERY,
 };
 use crate::dlq;
 use crate::fanout::{decode, Batch, Fanout, FromWriter};
@@ -42,6 +44,14 @@ use crate::Error;
 const ACK_CHUNK: usize = 500;
 /// How often per-DB lag is recomputed for `/metrics` (it walks the unacked ids).
 const LAG_EVERY: Duration = Duration::from_millis(200);
+/// How long the reader waits before looking again when the writers have enough queued: a
+/// fraction of one writer transaction, so the queues never run dry.
+const PACE_WAIT: Duration = Duration::from_millis(5);
+/// After start, how long the reader waits for the writers to attach before it reads new
+/// entries anyway: long enough for writers to connect and ask to rejoin (whatever is read
+/// before they are attached they must fetch themselves, once per DB), short enough that a
+/// projection whose DBs are down still reads, judges the retention bound and parks poison.
+const FIRST_ATTACH_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything the reader thread needs.
 #[derive(Debug)]
@@ -79,6 +89,8 @@ struct State {
     outage_logged: bool,
     /// The ids read most recently, to measure backlogs against the bound.
     recent: Recent,
+    /// When the reader started.
+    started: Instant,
 }
 
 impl Reader {
@@ -104,6 +116,7 @@ impl Reader {
                     last_lag: Instant::now(),
                     backoff: Duration::from_millis(100),
                     outage_logged: false,
+                    started: Instant::now(),
                 }
                 .run()
             })
@@ -185,6 +198,15 @@ impl State {
                 GROUP,
                 self.r.consumer
             );
+        }
+        let waiting_for_writers =
+            self.started.elapsed() < FIRST_ATTACH_GRACE && !self.r.fanout.all_attached();
+        if self.pending_cursor.is_none()
+            && (waiting_for_writers || self.r.fanout.saturated(PACE_QUEUED_BATCHES))
+        {
+            // Entries stay in the stream meanwhile; nothing is lost by reading them later.
+            std::thread::sleep(PACE_WAIT);
+            return Ok(());
         }
         let conn = self
             .conn

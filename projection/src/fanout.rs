@@ -7,6 +7,10 @@
 //!   so a slow or dead query DB never blocks the reader or the healthy writers;
 //! - a writer whose channel is full is *detached*: it gets nothing live until it has caught up
 //!   from its own checkpoint with XRANGE and asked to rejoin;
+//! - the reader is paced by the *fastest* attached writer only ([`Fanout::saturated`]): it
+//!   stops reading while every attached writer has a deep queue, so a backlog flows once
+//!   through the reader to every writer instead of overrunning them all into separate
+//!   catch-ups, and a slow writer still never holds the others back;
 //! - a rejoin is exact: the reader answers with the last entry it dispatched, and the writer
 //!   covers the gap up to it before taking live batches again, so no entry is skipped.
 
@@ -122,6 +126,27 @@ impl Fanout {
                 }
             }
         }
+    }
+
+    /// True when every writer that is not stale takes live batches (and there is one).
+    pub fn all_attached(&self) -> bool {
+        let mut live = self
+            .links
+            .iter()
+            .filter(|l| !l.status.is_stale())
+            .peekable();
+        live.peek().is_some() && live.all(|l| l.status.is_attached())
+    }
+
+    /// True while at least one writer is attached and every attached writer has `pace` or more
+    /// batches queued: the fastest DB has enough work, reading more would only fill channels.
+    pub fn saturated(&self, pace: usize) -> bool {
+        let mut attached = self
+            .links
+            .iter()
+            .filter(|l| l.status.is_attached())
+            .peekable();
+        attached.peek().is_some() && attached.all(|l| l.tx.len() >= pace)
     }
 
     /// Attaches writer `db`, telling it the last entry dispatched so far.

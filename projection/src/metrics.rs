@@ -3,7 +3,10 @@
 //!
 //! Per query DB: checkpoint position, lag in entries and seconds, whether the DB is up and
 //! whether its writer is attached to the live fan-out, entries applied. Global: writer batch
-//! sizes and DLQ count. Everything is an atomic written by one thread and read by the HTTP
+//! sizes and DLQ count. Per query DB and stage, the writer's wall time
+//! (`projection_writer_seconds_total{db,stage}`: stream reads, decoding, each statement of a
+//! batch, the commit), so where a catch-up spends its time is read off `/metrics` instead of
+//! guessed. Everything is an atomic written by one thread and read by the HTTP
 //! thread, so scraping never blocks the pipeline.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -24,6 +27,9 @@ pub struct DbStatus {
     pub position: AtomicI64,
     /// Entries applied (no-ops included) since start.
     pub applied_total: AtomicU64,
+    /// Entries this DB's writer read from the stream itself (XRANGE catch-up) instead of
+    /// receiving them from the reader's fan-out.
+    pub caught_up_total: AtomicU64,
     /// Entries read from the stream and not yet applied by this DB (set by the reader).
     pub lag_entries: AtomicU64,
     /// Stream time (ms) of the oldest entry this DB has not applied; 0 when none.
@@ -35,6 +41,55 @@ pub struct DbStatus {
     /// Automatic rebuilds completed since start, and how long the last one took (ms).
     pub rebuilds_total: AtomicU64,
     pub last_rebuild_ms: AtomicU64,
+    /// Writer wall time per [`Stage`], in nanoseconds.
+    pub stage_ns: [AtomicU64; Stage::ALL.len()],
+}
+
+/// One step of a writer's work, timed into [`DbStatus::stage_ns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// XRANGE round trips while catching up (the reply parsed into raw entries).
+    StreamRead,
+    /// Entries decoded from their stream fields (catch-up; live batches come decoded).
+    Decode,
+    /// `BEGIN`, the write lock and the `SELECT … FOR UPDATE` of the batch's rows.
+    Lock,
+    /// The row upserts (live rows and tombstones).
+    Rows,
+    /// The statistics delta.
+    Statistics,
+    /// The history insert.
+    History,
+    /// The checkpoint write.
+    Checkpoint,
+    /// `COMMIT`, which waits for the WAL flush.
+    Commit,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::StreamRead,
+        Stage::Decode,
+        Stage::Lock,
+        Stage::Rows,
+        Stage::Statistics,
+        Stage::History,
+        Stage::Checkpoint,
+        Stage::Commit,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::StreamRead => "stream_read",
+            Stage::Decode => "decode",
+            Stage::Lock => "lock",
+            Stage::Rows => "rows",
+            Stage::Statistics => "statistics",
+            Stage::History => "history",
+            Stage::Checkpoint => "checkpoint",
+            Stage::Commit => "commit",
+        }
+    }
 }
 
 impl DbStatus {
@@ -45,11 +100,13 @@ impl DbStatus {
             attached: AtomicBool::new(false),
             position: AtomicI64::new(0),
             applied_total: AtomicU64::new(0),
+            caught_up_total: AtomicU64::new(0),
             lag_entries: AtomicU64::new(0),
             oldest_unapplied_ms: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             rebuilds_total: AtomicU64::new(0),
             last_rebuild_ms: AtomicU64::new(0),
+            stage_ns: Default::default(),
         }
     }
 
@@ -67,6 +124,14 @@ impl DbStatus {
 
     pub fn set_attached(&self, on: bool) {
         self.attached.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Adds the time since `since` to `stage` and returns now, the start of the next stage.
+    pub fn timed(&self, stage: Stage, since: std::time::Instant) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        let ns = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
+        self.stage_ns[stage as usize].fetch_add(ns, Relaxed);
+        now
     }
 }
 
@@ -168,6 +233,34 @@ impl Metrics {
             "Stream entries applied to this query DB since start (no-ops included).",
             &|d| d.applied_total.load(Relaxed).to_string(),
         );
+        let stage = "projection_writer_seconds_total";
+        e.family(
+            stage,
+            Kind::Counter,
+            "Writer wall time per query DB and stage (stream_read, decode, lock, rows, statistics, history, checkpoint, commit).",
+        );
+        for db in &self.dbs {
+            for st in Stage::ALL {
+                let ns = db.stage_ns[st as usize].load(Relaxed);
+                e.sample(
+                    stage,
+                    &[("db", &db.name), ("stage", st.label())],
+                    format!("{:.6}", ns as f64 / 1e9),
+                );
+            }
+        }
+        e.family(
+            "projection_caught_up_total",
+            Kind::Counter,
+            "Stream entries a writer read itself (XRANGE from its checkpoint) instead of from the live fan-out.",
+        );
+        for db in &self.dbs {
+            e.sample(
+                "projection_caught_up_total",
+                &[("db", &db.name)],
+                db.caught_up_total.load(Relaxed),
+            );
+        }
         e.family(
             "projection_batch_size",
             Kind::Summary,
@@ -211,6 +304,7 @@ mod tests {
         m.dbs[1].oldest_unapplied_ms.store(1_000, Relaxed);
         m.record_batch(7);
         m.dbs[1].set_stale(true);
+        m.dbs[1].stage_ns[Stage::Commit as usize].store(1_500_000_000, Relaxed);
         let text = m.render(3_500);
         for line in [
             "projection_checkpoint_position{db=\"query-db-primary\"} 0",
@@ -220,6 +314,7 @@ mod tests {
             "projection_db_up{db=\"r1\"} 0",
             "projection_lag_entries{db=\"r1\"} 0",
             "projection_applied_total{db=\"r1\"} 0",
+            "projection_caught_up_total{db=\"r1\"} 0",
             "projection_batch_size_sum 7",
             "projection_batch_size_count 1",
             "projection_dlq_total 0",
@@ -227,6 +322,8 @@ mod tests {
             "# HELP projection_db_up 1 while this query DB answers its writer.",
             "projection_db_stale{db=\"r1\"} 1",
             "projection_db_stale{db=\"query-db-primary\"} 0",
+            "projection_writer_seconds_total{db=\"r1\",stage=\"commit\"} 1.500000",
+            "projection_writer_seconds_total{db=\"r1\",stage=\"rows\"} 0.000000",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

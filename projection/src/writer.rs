@@ -34,7 +34,7 @@ use crate::config::{
     CATCHUP_PAGE, CONNECT_TIMEOUT, MAX_BACKOFF, MAX_TX_ENTRIES, STATEMENT_TIMEOUT,
 };
 use crate::fanout::{decode, Decoded, FromWriter, ToWriter};
-use crate::metrics::{DbStatus, Metrics};
+use crate::metrics::{DbStatus, Metrics, Stage};
 use crate::rebuild::{self, RebuildConfig};
 use crate::stream::{self, EntryId, RawEntry};
 use crate::Error;
@@ -90,6 +90,9 @@ struct State {
     epoch: Option<String>,
     /// "Cannot rebuild" is logged once per stale episode.
     rebuild_logged: bool,
+    /// This writer has neither been attached nor failed since the process started (see
+    /// [`State::catch_up`]).
+    first_attach: bool,
 }
 
 impl Writer {
@@ -109,6 +112,7 @@ impl Writer {
                     marked_stale: false,
                     epoch: None,
                     rebuild_logged: false,
+                    first_attach: true,
                 }
                 .run()
             })
@@ -193,6 +197,12 @@ impl State {
 
     /// Detached: reconnect, apply everything after the checkpoint with XRANGE, then ask the
     /// reader to attach us and cover the gap up to the last entry it dispatched meanwhile.
+    ///
+    /// At process start the XRANGE before the rejoin is skipped: every writer starts at once
+    /// and the reader has dispatched nothing yet, so attaching at the checkpoint right away
+    /// lets the backlog arrive through the fan-out, read and decoded once for all DBs (the
+    /// reader paces itself to the fastest writer), instead of once per DB here. The gap up to
+    /// what the reader dispatched before the rejoin is still covered exactly (`fill_gap`).
     fn catch_up(&mut self) -> Result<Flow, Error> {
         // Live batches still queued are covered by the XRANGE below.
         while self.w.rx.try_recv().is_ok() {}
@@ -200,7 +210,11 @@ impl State {
         if self.w.status.is_stale() {
             return Ok(Flow::Continue); // judged at connect: the stream cannot catch it up
         }
-        let at = self.range_apply(None)?;
+        let at = if std::mem::take(&mut self.first_attach) {
+            self.cp.entry_id
+        } else {
+            self.range_apply(None)?
+        };
         if self.stopping() {
             return Ok(Flow::Stop);
         }
@@ -244,6 +258,7 @@ impl State {
                 return Ok(self.cp.entry_id);
             }
             let after = self.cp.entry_id;
+            let t = Instant::now();
             let redis = self.redis()?;
             let page = match stream::xrange(redis, STREAM, after, upto, CATCHUP_PAGE) {
                 Ok(p) => p,
@@ -257,7 +272,13 @@ impl State {
             };
             // Poison entries are the reader's to park in the DLQ; here they only move the
             // checkpoint past them.
+            let t = self.w.status.timed(Stage::StreamRead, t);
+            self.w
+                .status
+                .caught_up_total
+                .fetch_add(page.len() as u64, Relaxed);
             let decoded: Vec<Decoded> = page.iter().filter_map(|r| decode(r).ok()).collect();
+            self.w.status.timed(Stage::Decode, t);
             let refs: Vec<&Decoded> = decoded.iter().collect();
             let skipped = (page.len() - decoded.len()) as i64;
             self.apply_up_to(&refs, skipped, last)?;
@@ -382,7 +403,14 @@ impl State {
             )));
         };
         let applied = entries.len() as i64 + skipped;
-        if let Err(e) = transact(&self.w.name, client, entries, new_cp, applied) {
+        if let Err(e) = transact(
+            &self.w.name,
+            &self.w.status,
+            client,
+            entries,
+            new_cp,
+            applied,
+        ) {
             // Rolled back. A rejection leaves the connection usable; anything else may not
             // have: reconnect and retry from the checkpoint.
             if poison::rejection(&e).is_none() {
@@ -658,6 +686,9 @@ impl State {
     }
 
     fn failed(&mut self, e: &Error) {
+        // After a failure the reader may be far ahead: catch up from the stream before the
+        // rejoin, so the gap is not covered while live batches pile up behind it.
+        self.first_attach = false;
         if matches!(
             e,
             Error::Db { .. } | Error::DbLost { .. } | Error::Inconsistent(_)
@@ -686,6 +717,7 @@ impl State {
 /// Applies `entries` in order and records `cp`, all in one transaction.
 fn transact(
     db: &str,
+    status: &DbStatus,
     client: &mut Client,
     entries: &[&Decoded],
     cp: Checkpoint,
@@ -696,6 +728,7 @@ fn transact(
         source,
     };
     let lost = |why: String| Error::Inconsistent(format!("{db}: {why}"));
+    let t = Instant::now();
     let mut tx = client.transaction().map_err(db_err)?;
     // Typed statements: no prepare round trip, the statement count is the round-trip count.
     tx.execute_typed(
@@ -741,6 +774,7 @@ fn transact(
         .map(|e| (e.payload.id(), Change::from_payload(&e.payload)))
         .collect();
     let plan = apply::fold(&mut rows, &changes);
+    let t = status.timed(Stage::Lock, t);
     let mut snapshots = Snapshots::default();
     let mut tombstones = Tombstones::default();
     for &i in plan.writes.values() {
@@ -759,15 +793,20 @@ fn transact(
             plan.writes.len()
         )));
     }
+    let t = status.timed(Stage::Rows, t);
     let missing = move_statistics(&mut tx, &plan.stats).map_err(db_err)?;
     if missing > 0 {
         return Err(lost(format!(
             "{missing} statistics row(s) missing for a decrement"
         )));
     }
+    let t = status.timed(Stage::Statistics, t);
     crate::history::record(&mut tx, entries).map_err(db_err)?;
+    let t = status.timed(Stage::History, t);
     checkpoint::write(&mut tx, cp, applied).map_err(db_err)?;
+    let t = status.timed(Stage::Checkpoint, t);
     tx.commit().map_err(db_err)?;
+    status.timed(Stage::Commit, t);
     Ok(())
 }
 

@@ -49,6 +49,12 @@ fn three_dbs_converge_on_thousands_of_mixed_events() {
             metric(projection.port, "projection_db_up", Some(name)),
             Some(1.0)
         );
+        // and the writer's time is accounted per stage: every batch takes the lock, upserts
+        // rows, records history, moves the checkpoint and commits
+        for stage in ["lock", "rows", "history", "checkpoint", "commit"] {
+            let s = stage_seconds(projection.port, name, stage);
+            assert!(s.is_some_and(|s| s > 0.0), "{name} {stage}: {s:?}");
+        }
     }
     let start = Instant::now();
     wait_until("stream trimmed", Duration::from_secs(15), || {

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod backlog;
 mod check_sync;
 mod converge;
 mod crash;

@@ -365,6 +365,16 @@ pub fn pending(conn: &mut redis::Connection) -> i64 {
 }
 
 /// One metric line's value, e.g. `metric(port, "projection_lag_seconds", Some("a"))`.
+/// The writer's time in `stage` for `db` (`projection_writer_seconds_total`).
+pub fn stage_seconds(port: u16, db: &str, stage: &str) -> Option<f64> {
+    let r = http(port, "GET", "/metrics", &[], b"").ok()?;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let key = format!("projection_writer_seconds_total{{db=\"{db}\",stage=\"{stage}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn metric(port: u16, name: &str, db: Option<&str>) -> Option<f64> {
     let r = http(port, "GET", "/metrics", &[], b"").ok()?;
     let text = String::from_utf8_lossy(&r.body).into_owned();
