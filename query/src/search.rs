@@ -247,9 +247,9 @@ impl Statement {
         } else {
             WALK_ROWS
         };
-        // A box without words is first counted in its own index, up to a bound: a box that
-        // holds few reports is answered from them alone (see [`BOX_SORT_ROWS`]).
-        let boxed = q.bbox.is_some() && q.q.is_none();
+        // A small box without words is first counted in its own index, up to a bound: a box
+        // that holds few reports is answered from them alone (see [`BOX_SORT_ROWS`]).
+        let boxed = q.q.is_none() && q.bbox.is_some_and(|b| area_m2(&b) <= BOX_PROBE_MAX_M2);
         if boxed {
             ctes.push(format!(
                 "{BOX_PROBE} AS MATERIALIZED (SELECT created_at, id FROM read_reports \
@@ -414,6 +414,24 @@ pub const BOX_WALK_ROWS: i64 = 10_000;
 /// count and the sort of its rows around a millisecond at a million reports, and a box in
 /// a city, which holds more, is not much slowed by the count before its walk.
 pub const BOX_SORT_ROWS: i64 = 5_000;
+/// Largest box (in m² of the Earth's surface) counted first ([`BOX_SORT_ROWS`]). The count
+/// costs about a microsecond per report, as much as the newest-first walk pays for ten, so
+/// a box that holds more than the bound pays the count for nothing before its walk (a
+/// city-sized box with a status: twice as slow). Boxes are that large only where the
+/// walk settles them: the densest part of the bench's cities holds ~2 000 reports per km²
+/// at a million reports, so a box of at most 2 km² holds fewer than the bound there, and a
+/// larger one is walked as before, its count never made.
+pub const BOX_PROBE_MAX_M2: f64 = 2_000_000.0;
+
+/// The surface of a `bbox=` on the sphere of [`geo::EARTH_RADIUS_M`], in m²: R² · Δλ ·
+/// (sin φ₂ − sin φ₁), exact for a box bounded by meridians and parallels.
+fn area_m2(b: &BBox) -> f64 {
+    let r = geo::EARTH_RADIUS_M;
+    r * r
+        * (b.max_lng - b.min_lng).to_radians()
+        * (b.max_lat.to_radians().sin() - b.min_lat.to_radians().sin())
+}
+
 /// The CTE of the box count ([`BOX_SORT_ROWS`]).
 const BOX_PROBE: &str = "b_box";
 
@@ -664,6 +682,31 @@ mod tests {
             "category: Some(Kebersihan)",
         );
         check("page=0", "400: page must be a positive integer");
+    }
+
+    #[test]
+    fn box_areas() {
+        let check = |bbox: &str, expect_km2: f64| {
+            let b = geo::parse_bbox(bbox).unwrap();
+            let got = area_m2(&b) / 1e6;
+            assert!(
+                (got - expect_km2).abs() <= expect_km2 * 0.005,
+                "{bbox}: expected {expect_km2} km², got {got}"
+            );
+        };
+        // The bench's boxes: ~1 km² in Bandung (counted first), a 5.5 km square in Jakarta
+        // (walked).
+        check("107.6046,-6.9223,107.6136,-6.9133", 0.994);
+        check("106.80,-6.20,106.85,-6.15", 30.73);
+        // A degree square at the equator, and the same at 60° is half as wide.
+        check("0,0,1,1", 12_363.7);
+        check("0,59.5,1,60.5", 6_182.1);
+        check("10,10,10,10", 0.0);
+        assert!(
+            area_m2(&geo::parse_bbox("107.6046,-6.9223,107.6136,-6.9133").unwrap())
+                <= BOX_PROBE_MAX_M2
+        );
+        assert!(area_m2(&geo::parse_bbox("106.80,-6.20,106.85,-6.15").unwrap()) > BOX_PROBE_MAX_M2);
     }
 
     #[test]

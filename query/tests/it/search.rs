@@ -416,10 +416,10 @@ fn search_shapes_use_indexes() {
     }
 }
 
-/// A box without words is answered from its own index when it holds at most
-/// `BOX_SORT_ROWS` reports and by the newest-first walk when it holds more: both give what a
-/// plain SQL reference gives (total, every cursor page, a numbered page), with filters, and a
-/// box that holds more than the bound only with its filter dropped.
+/// A small box without words is answered from its own index when it holds at most
+/// `BOX_SORT_ROWS` reports and by the newest-first walk when it holds more, a large one by
+/// the walk: each gives what a plain SQL reference gives (total, every cursor page, a
+/// numbered page), with filters.
 #[test]
 fn small_and_large_boxes_answer_alike() {
     use query::search::{BOX_SORT_ROWS, TOTAL_CAP};
@@ -448,18 +448,24 @@ fn small_and_large_boxes_answer_alike() {
         .expect("analyze");
     let svc = start_query(&format!("only={url}"), &[]);
     let cap = usize::try_from(TOTAL_CAP).expect("cap");
+    // Boxes of ~0.2 km² (counted first: the first holds more than the bound, the others
+    // fewer) and one of ~500 km² (walked without a count).
     for (query, reference) in [
-        ("bbox=106.7,-6.3,106.9,-6.1", "lat < 0"),
+        ("bbox=106.799,-6.201,106.806,-6.199", "lat < 0"),
         (
-            "bbox=106.7,-6.3,106.9,-6.1&category=kesehatan",
+            "bbox=106.799,-6.201,106.806,-6.199&category=kesehatan",
             "lat < 0 AND category = 'kesehatan'",
         ),
-        ("bbox=106.7,9.9,106.9,10.1", "lat > 0"),
+        ("bbox=106.799,9.999,106.806,10.001", "lat > 0"),
         (
-            "bbox=106.7,9.9,106.9,10.1&category=lainnya&status=pending",
+            "bbox=106.799,9.999,106.806,10.001&category=lainnya&status=pending",
             "lat > 0 AND category = 'lainnya'",
         ),
-        ("bbox=106.7,9.9,106.9,10.1&status=resolved", "false"),
+        ("bbox=106.799,9.999,106.806,10.001&status=resolved", "false"),
+        (
+            "bbox=106.7,-6.3,106.9,-6.1&category=keamanan",
+            "lat < 0 AND category = 'keamanan'",
+        ),
     ] {
         let want: Vec<Uuid> = c
             .query(
