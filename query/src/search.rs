@@ -247,9 +247,19 @@ impl Statement {
         } else {
             WALK_ROWS
         };
+        // A small box without words is first counted in its own index, up to a bound: a box
+        // that holds few reports is answered from them alone (see [`BOX_SORT_ROWS`]).
+        let boxed = q.q.is_none() && q.bbox.is_some_and(|b| area_m2(&b) <= BOX_PROBE_MAX_M2);
+        if boxed {
+            ctes.push(format!(
+                "{BOX_PROBE} AS MATERIALIZED (SELECT created_at, id FROM read_reports \
+                 WHERE {base} LIMIT {})",
+                BOX_SORT_ROWS + 1
+            ));
+        }
         let total_sql = if newest {
             let n = args.add(TOTAL_CAP + 1, Type::INT8);
-            ctes.push(walked("t", None, walk_rows, &matches, "", &n));
+            ctes.push(walked("t", None, walk_rows, &matches, "", &n, boxed));
             "SELECT count(*)::int8 FROM t_keys".to_owned()
         } else if let Some(expr) = &chord {
             // Never an unordered count (for a place in a dense city the planner would take a
@@ -335,7 +345,9 @@ impl Statement {
                     "t_keys"
                 } else {
                     let shared = after.is_empty().then_some("t_walk");
-                    ctes.push(walked("p", shared, walk_rows, &matches, &after, &need));
+                    ctes.push(walked(
+                        "p", shared, walk_rows, &matches, &after, &need, boxed,
+                    ));
                     "p_keys"
                 };
                 "page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
@@ -388,6 +400,41 @@ pub const WALK_ROWS: i64 = 4_000;
 /// walk, cheap per row for a box test, settles down to a match in one report of 100.
 pub const BOX_WALK_ROWS: i64 = 10_000;
 
+/// Reports a `bbox=` without `q=` may hold (with its `category`/`status`, before any cursor)
+/// and still be answered from the box's own index, newest first by a sort of them all.
+///
+/// The planner cannot know how many reports a box holds (it prices every box at 0.1 % of the
+/// table), and both orders are slow for one of the kinds: the newest-first walk with a box
+/// test reads a heap row per report walked, which for a small box in a quiet place (1 km²,
+/// 0.25 % of a million reports) is the whole [`BOX_WALK_ROWS`] and then a bitmap scan of its
+/// ~2 500 reports, 11 ms; sorting the box is hopeless for a city (60 000 reports in 30 km²).
+/// So a small box ([`BOX_PROBE_MAX_M2`]) is counted in `read_reports_box` up to this bound
+/// first: an index-only scan (the keys and the sort columns are in that index; no table rows
+/// are read), and its rows are the answer when the box holds no more. 5 000 keeps that
+/// count and the sort of its rows within a few milliseconds at a million reports (the 1 km²
+/// box: 2.6 ms), and stays above what 1–2 km² hold in the densest city centre of the bench.
+pub const BOX_SORT_ROWS: i64 = 5_000;
+/// Largest box (in m² of the Earth's surface) counted first ([`BOX_SORT_ROWS`]). The count
+/// costs about a microsecond per report, as much as the newest-first walk pays for ten, so
+/// a box that holds more than the bound pays the count for nothing before its walk (a
+/// city-sized box with a status: twice as slow). Boxes are that large only where the
+/// walk settles them: the densest part of the bench's cities holds ~2 000 reports per km²
+/// at a million reports, so a box of at most 2 km² holds fewer than the bound there, and a
+/// larger one is walked as before, its count never made.
+pub const BOX_PROBE_MAX_M2: f64 = 2_000_000.0;
+
+/// The surface of a `bbox=` on the sphere of [`geo::EARTH_RADIUS_M`], in m²: R² · Δλ ·
+/// (sin φ₂ − sin φ₁), exact for a box bounded by meridians and parallels.
+fn area_m2(b: &BBox) -> f64 {
+    let r = geo::EARTH_RADIUS_M;
+    r * r
+        * (b.max_lng - b.min_lng).to_radians()
+        * (b.max_lat.to_radians().sin() - b.min_lat.to_radians().sin())
+}
+
+/// The CTE of the box count ([`BOX_SORT_ROWS`]).
+const BOX_PROBE: &str = "b_box";
+
 /// CTEs `{name}_found`, `{name}_rest`, `{name}_keys` (and `{name}_walk` of `rows` rows
 /// unless `walk` names one to share): `(created_at, id)` of the first `n` live reports, newest
 /// first, after the cursor condition `after`, matching `matches`.
@@ -400,6 +447,10 @@ pub const BOX_WALK_ROWS: i64 = 10_000;
 /// total were wanted: for a rare filter that is the selective index and a sort of its few
 /// matches (planned for a page, a word it guesses at 0.1 % would walk the index again).
 /// Every CTE is read lazily, so a walk that fills the page early stops there.
+///
+/// `boxed`: the statement counted its box in [`BOX_PROBE`]; when the box holds at most
+/// [`BOX_SORT_ROWS`] reports the keys are the newest of them and the walk is never started
+/// (its scans sit under a one-time filter on that count).
 fn walked(
     name: &str,
     walk: Option<&str>,
@@ -407,14 +458,28 @@ fn walked(
     matches: &str,
     after: &str,
     n: &str,
+    boxed: bool,
 ) -> String {
+    let (large, small) = if boxed {
+        let count = format!("(SELECT count(*) FROM {BOX_PROBE})");
+        (
+            format!(" AND {count} > {BOX_SORT_ROWS}"),
+            format!(
+                " UNION ALL (SELECT created_at, id FROM {BOX_PROBE} \
+                 WHERE {count} <= {BOX_SORT_ROWS}{after} \
+                 ORDER BY created_at DESC, id DESC LIMIT {n})"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let mut ctes = Vec::new();
     let walk = match walk {
         Some(shared) => shared.to_owned(),
         None => {
             ctes.push(format!(
                 "{name}_walk AS MATERIALIZED (SELECT created_at, id, ({matches}) AS hit \
-                 FROM read_reports WHERE deleted_at IS NULL{after} \
+                 FROM read_reports WHERE deleted_at IS NULL{after}{large} \
                  ORDER BY created_at DESC, id DESC LIMIT {rows})"
             ));
             format!("{name}_walk")
@@ -423,13 +488,13 @@ fn walked(
     ctes.push(format!(
         "{name}_found AS MATERIALIZED (SELECT created_at, id FROM {walk} WHERE hit LIMIT {n}), \
          {name}_rest AS MATERIALIZED (SELECT created_at, id FROM read_reports \
-         WHERE deleted_at IS NULL AND {matches}{after} \
+         WHERE deleted_at IS NULL AND {matches}{after}{large} \
          AND (SELECT count(*) FROM {name}_found) < {n} \
          AND (created_at, id) < (SELECT created_at, id FROM {walk} \
          ORDER BY created_at, id LIMIT 1) \
          ORDER BY created_at DESC, id DESC LIMIT GREATEST({n}, {})), \
          {name}_keys AS (SELECT created_at, id FROM {name}_found \
-         UNION ALL (SELECT created_at, id FROM {name}_rest LIMIT {n}))",
+         UNION ALL (SELECT created_at, id FROM {name}_rest LIMIT {n}){small})",
         TOTAL_CAP + 1
     ));
     ctes.join(", ")
@@ -617,6 +682,31 @@ mod tests {
             "category: Some(Kebersihan)",
         );
         check("page=0", "400: page must be a positive integer");
+    }
+
+    #[test]
+    fn box_areas() {
+        let check = |bbox: &str, expect_km2: f64| {
+            let b = geo::parse_bbox(bbox).unwrap();
+            let got = area_m2(&b) / 1e6;
+            assert!(
+                (got - expect_km2).abs() <= expect_km2 * 0.005,
+                "{bbox}: expected {expect_km2} km², got {got}"
+            );
+        };
+        // The bench's boxes: ~1 km² in Bandung (counted first), a 5.5 km square in Jakarta
+        // (walked).
+        check("107.6046,-6.9223,107.6136,-6.9133", 0.994);
+        check("106.80,-6.20,106.85,-6.15", 30.73);
+        // A degree square at the equator, and the same at 60° is half as wide.
+        check("0,0,1,1", 12_363.7);
+        check("0,59.5,1,60.5", 6_182.1);
+        check("10,10,10,10", 0.0);
+        assert!(
+            area_m2(&geo::parse_bbox("107.6046,-6.9223,107.6136,-6.9133").unwrap())
+                <= BOX_PROBE_MAX_M2
+        );
+        assert!(area_m2(&geo::parse_bbox("106.80,-6.20,106.85,-6.15").unwrap()) > BOX_PROBE_MAX_M2);
     }
 
     #[test]

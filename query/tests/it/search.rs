@@ -366,6 +366,135 @@ fn search_shapes_use_indexes() {
             "{query}: seq scan\n{plan}"
         );
     }
+    // The plans that keep a filtered `near=` and a small box in milliseconds at a million
+    // reports (README "At a million reports"), run here: a filtered KNN scan tests the filter
+    // in `read_reports_near_filtered`, and a box holding few reports (36 here) is counted
+    // index-only in `read_reports_box` and answered from that count, its newest-first walk
+    // never started.
+    for (query, expect, never) in [
+        (
+            "near=-6.0,106.9&radius_m=50000&category=kesehatan",
+            "Index Scan using read_reports_near_filtered on read_reports",
+            None,
+        ),
+        (
+            "near=-6.0,106.9&radius_m=50000&category=kesehatan&status=pending&page=3",
+            "Index Scan using read_reports_near_filtered on read_reports",
+            None,
+        ),
+        (
+            "bbox=106.8,-6.2,106.81,-6.19",
+            "Index Only Scan using read_reports_box on read_reports",
+            Some("Index Scan using read_reports_newest on read_reports"),
+        ),
+        (
+            "bbox=106.8,-6.2,106.81,-6.19&status=resolved&per_page=5&page=30",
+            "Index Only Scan using read_reports_box on read_reports",
+            Some("Index Scan using read_reports_newest on read_reports"),
+        ),
+    ] {
+        let params = shared::http::parse_query(query).expect("query");
+        let st = Statement::build(&ListQuery::parse(&params).expect("valid"));
+        let plan = c
+            .query_typed(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", st.sql),
+                &st.params(),
+            )
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(plan.contains(expect), "{query}: expected {expect}\n{plan}");
+        if let Some(walk) = never {
+            let walked = plan
+                .lines()
+                .filter(|l| l.contains(walk))
+                .any(|l| !l.contains("(never executed)"));
+            assert!(!walked, "{query}: the walk ran\n{plan}");
+        }
+    }
+}
+
+/// A small box without words is answered from its own index when it holds at most
+/// `BOX_SORT_ROWS` reports and by the newest-first walk when it holds more, a large one by
+/// the walk: each gives what a plain SQL reference gives (total, every cursor page, a
+/// numbered page), with filters.
+#[test]
+fn small_and_large_boxes_answer_alike() {
+    use query::search::{BOX_SORT_ROWS, TOTAL_CAP};
+    let url = fresh_db("search_boxes");
+    let mut c = PG.client("search_boxes");
+    let large = BOX_SORT_ROWS + 300;
+    // Row i is i seconds old. The first `large` rows lie in the big box (lat -6.2), spread
+    // over 6 categories; then 300 rows in the small box (lat 10.0), the oldest, below the
+    // newest-first walk; every 97th row is deleted.
+    c.execute(
+        "INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc) \
+         SELECT id, 'nomor ' || i, 'laporan', \
+             (ARRAY['kebersihan','kriminalitas','infrastruktur','kesehatan','keamanan','lainnya'])[1 + i % 6], \
+             'pending', 1, t, t, CASE WHEN i % 97 = 0 THEN t END, \
+             json_build_object('id', id, 'location', json_build_object( \
+                 'lat', CASE WHEN i <= $1 THEN -6.2 ELSE 10.0 END, \
+                 'lng', 106.8 + (i % 50) * 0.0001))::text \
+         FROM generate_series(1, $1::int8 + 300) AS i, \
+         LATERAL (SELECT md5(i::text)::uuid AS id, \
+             timestamptz '2026-01-01' - i * interval '1 second' AS t) x",
+        &[&large],
+    )
+    .expect("seed");
+    c.batch_execute("VACUUM ANALYZE read_reports")
+        .expect("analyze");
+    let svc = start_query(&format!("only={url}"), &[]);
+    let cap = usize::try_from(TOTAL_CAP).expect("cap");
+    // Boxes of ~0.2 km² (counted first: the first holds more than the bound, the others
+    // fewer) and one of ~500 km² (walked without a count).
+    for (query, reference) in [
+        ("bbox=106.799,-6.201,106.806,-6.199", "lat < 0"),
+        (
+            "bbox=106.799,-6.201,106.806,-6.199&category=kesehatan",
+            "lat < 0 AND category = 'kesehatan'",
+        ),
+        ("bbox=106.799,9.999,106.806,10.001", "lat > 0"),
+        (
+            "bbox=106.799,9.999,106.806,10.001&category=lainnya&status=pending",
+            "lat > 0 AND category = 'lainnya'",
+        ),
+        ("bbox=106.799,9.999,106.806,10.001&status=resolved", "false"),
+        (
+            "bbox=106.7,-6.3,106.9,-6.1&category=keamanan",
+            "lat < 0 AND category = 'keamanan'",
+        ),
+    ] {
+        let want: Vec<Uuid> = c
+            .query(
+                format!(
+                    "SELECT id FROM read_reports WHERE deleted_at IS NULL AND {reference} \
+                     ORDER BY created_at DESC, id DESC"
+                )
+                .as_str(),
+                &[],
+            )
+            .expect("reference")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let first = get(&svc, &format!("/reports?{query}&per_page=7")).json();
+        let meta = &first["meta"];
+        assert_eq!(meta["total"], want.len().min(cap), "{query}: {meta}");
+        assert_eq!(
+            meta["total_capped"].as_bool().unwrap_or(false),
+            want.len() > cap,
+            "{query}: {meta}"
+        );
+        let items = follow(&svc, &format!("/reports?{query}&per_page=100"));
+        assert_eq!(ids(&items), want, "{query}: cursor pages");
+        let page = get(&svc, &format!("/reports?{query}&per_page=50&page=3")).json();
+        let got = ids(page["data"].as_array().expect("data"));
+        let expect: Vec<Uuid> = want.iter().skip(100).take(50).copied().collect();
+        assert_eq!(got, expect, "{query}: page 3");
+    }
 }
 
 /// Totals of `q`/`bbox` are exact up to `TOTAL_CAP` and capped beyond it, and matches older
