@@ -58,6 +58,14 @@ pub fn figures(sh: &Shell, t: &ReadTargets<'_>) -> Result<Vec<Figure>> {
         eprintln!("throughput: {name} ({url})");
         let mut f = wrk_figure(sh, t.wrk, name, url, t.secs, script)?;
         f.ratio_to_ceiling = ratio(f.per_s, t.ceiling_tps);
+        // Shown at once too: the table comes only after the slow write figures.
+        eprintln!(
+            "throughput:   {:.0} req/s, {:.3} of pgbench -S, p99 {} ms, {} errors",
+            f.per_s,
+            f.ratio_to_ceiling,
+            f.p99_ms.map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+            f.errors
+        );
         Ok(f)
     };
     let health = run(
