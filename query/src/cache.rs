@@ -1,6 +1,5 @@
 //! The response cache (SPEC §7.3): list and statistics answers served from memory, never
-//! staler than the query DB they replace; and the sync rounds behind it, which also carry
-//! the point reads.
+//! staler than the query DB they replace.
 //!
 //! Every query DB moves its `read_model_position` row in the same transaction as any change
 //! to `read_reports`, `statistics` or `checkpoint` (triggers in `sql/query.sql`). One thread
@@ -25,26 +24,20 @@
 //!   Concurrent requests share one round (one pk read of one row on a connection of its
 //!   own), so a round trip serves any number of hot reads and the read model is not touched.
 //!
-//! Point reads (`GET /reports/{id}`, issue 13 point 2) ride the same rounds: a request adds
-//! its id to the next round and waits for it like a cache check; the round reads the
-//! position and every asked report in one statement (`id = ANY($1)`, one snapshot). So a
-//! point read is exactly as fresh as a read of its own (its round started after it arrived),
-//! N concurrent point reads cost one round trip and one statement instead of N, and no may
-//! worker thread sits blocked in the postgres client meanwhile: waiting is a coroutine park,
-//! and the blocking call runs on the listener's own thread. A point read whose round failed
-//! (or is unknown) reads on a pooled connection as before, with failover.
+//! The rounds themselves (waiting, sharing) are [`crate::rounds`]; point reads run their own
+//! rounds on their own connection ([`crate::points`]), so a lock on `read_reports` that holds
+//! a point read never holds a cache check.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use postgres::types::Type;
 use shared::config::NamedDb;
-use uuid::Uuid;
 
 use crate::config::CONNECT_TIMEOUT;
+use crate::rounds::{Rounds, WATCH_EVERY};
 
 /// Entries kept per DB. Lists have few hot shapes (first pages, common filters); when the
 /// cache is full it starts over, so a scan of distinct URLs costs misses, never memory.
@@ -60,119 +53,6 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// The longest the position thread idles between rounds (checking its connection and the
 /// stop flag), and its pause before reconnecting.
 const LISTEN_POLL: Duration = Duration::from_millis(250);
-
-/// How long a request waits for a sync round before reading the DB instead (a listener
-/// connection that hangs must not hold hot reads longer than a read would take).
-const SYNC_WAIT: Duration = Duration::from_millis(500);
-
-/// Rounds whose point reads are kept for their waiters. A waiter normally reads its round's
-/// answer before the next round ends (that takes a DB round trip); one that slept through
-/// this many rounds reads the DB itself, which is slower but just as correct.
-const RECENT_ROUNDS: usize = 8;
-
-/// Sync rounds asked for and done, and the point reads they carry; see the module doc.
-#[derive(Default)]
-struct Rounds {
-    state: may::sync::Mutex<RoundState>,
-    /// The listener waits here for a round to be asked.
-    asked: may::sync::Condvar,
-    /// Requests wait here for their round.
-    done: may::sync::Condvar,
-}
-
-#[derive(Default)]
-struct RoundState {
-    /// Rounds asked for: a request's round is the value after its increment.
-    asked: u64,
-    /// Every round up to this one is done.
-    done: u64,
-    /// Report ids asked for by requests waiting for the next round.
-    ids: Vec<Uuid>,
-    /// The point reads of the last few rounds, newest last: `(first, last)` round numbers
-    /// covered and what the round read for every id asked in them.
-    recent: VecDeque<(u64, u64, Arc<Points>)>,
-}
-
-/// What one round read, for every id asked in it.
-type Points = HashMap<Uuid, Point>;
-
-/// What one round read for one report id (the answer `store::report` would give).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Point {
-    Missing,
-    Deleted { version: i64 },
-    Live { version: i64, doc: Arc<str> },
-}
-
-impl std::fmt::Debug for Rounds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Rounds")
-    }
-}
-
-impl Rounds {
-    /// Waits (bounded) for a round that starts after this call, asking it to read `id` too;
-    /// `None` if none finished in time, else that round's number.
-    fn sync(&self, id: Option<Uuid>) -> Option<u64> {
-        let mut st = self.state.lock().ok()?;
-        st.asked += 1;
-        let target = st.asked;
-        if let Some(id) = id {
-            st.ids.push(id);
-        }
-        self.asked.notify_one();
-        let deadline = std::time::Instant::now() + SYNC_WAIT;
-        while st.done < target {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            st = self.done.wait_timeout(st, left).ok()?.0;
-        }
-        Some(target)
-    }
-
-    /// What round `round` read for `id`; `None` when that round failed or is no longer kept.
-    fn point(&self, round: u64, id: &Uuid) -> Option<Point> {
-        let st = self.state.lock().ok()?;
-        let (_, _, found) = st
-            .recent
-            .iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&round))?;
-        found.get(id).cloned()
-    }
-
-    /// The listener: waits until a round is asked (or `idle` passed); returns its number and
-    /// the ids it must read.
-    fn next(&self, idle: Duration) -> (u64, Vec<Uuid>) {
-        let Ok(mut st) = self.state.lock() else {
-            return (0, Vec::new());
-        };
-        if st.asked == st.done {
-            st = match self.asked.wait_timeout(st, idle) {
-                Ok((st, _)) => st,
-                Err(_) => return (0, Vec::new()),
-            };
-        }
-        (st.asked, std::mem::take(&mut st.ids))
-    }
-
-    /// The listener: every round up to `target` is done (also when it failed, `found` =
-    /// `None`: the waiters then find the position unknown and read the DB).
-    fn finish(&self, target: u64, found: Option<HashMap<Uuid, Point>>) {
-        if let Ok(mut st) = self.state.lock() {
-            let first = st.done + 1;
-            st.done = st.done.max(target);
-            if let Some(found) = found.filter(|f| !f.is_empty()) {
-                if st.recent.len() >= RECENT_ROUNDS {
-                    st.recent.pop_front();
-                }
-                st.recent.push_back((first, target, Arc::new(found)));
-            }
-        }
-        self.done.notify_all();
-    }
-}
 
 /// One cached answer.
 #[derive(Debug)]
@@ -274,21 +154,6 @@ impl Cache {
         (entry.position == position).then(|| (Hit::Body(entry.body.clone()), position))
     }
 
-    /// Report `id` as DB `i` holds it, read by a sync round that started after this call
-    /// (so as fresh as a read of its own, SPEC §7.3), together with every other point read
-    /// and cache check waiting at that moment: one statement and one round trip for all of
-    /// them, and no may worker thread blocked on the DB meanwhile. `None` when DB `i` has no
-    /// listener that is connected, or the round failed: the caller reads the DB itself.
-    pub fn point(&self, i: usize, id: &Uuid) -> Option<(Point, Arc<str>)> {
-        let db = self.dbs.get(i)?;
-        db.state().position.as_ref()?;
-        let round = db.rounds.sync(Some(*id))?;
-        let point = db.rounds.point(round, id)?;
-        // The position the round read with the point: a failed round left it unknown.
-        let position = db.state().position.clone()?;
-        Some((point, position))
-    }
-
     /// Keeps `body`, read from DB `i` after `position` was current, if that is still the
     /// position (else a change landed meanwhile and the entry would be dropped anyway).
     pub fn store(&self, i: usize, key: &str, position: &Arc<str>, body: &[u8]) {
@@ -330,6 +195,18 @@ impl Cache {
                     .spawn(move || listen_loop(&cache.dbs[i], &stop))?,
             );
         }
+        let cache = Arc::clone(self);
+        let watch_stop = Arc::clone(&stop);
+        threads.push(
+            std::thread::Builder::new()
+                .name("cache-watch".into())
+                .spawn(move || {
+                    while !watch_stop.load(Ordering::Acquire) {
+                        std::thread::sleep(WATCH_EVERY);
+                        cache.dbs.iter().for_each(|d| d.rounds.give_up_stale());
+                    }
+                })?,
+        );
         Ok(Listeners { stop, threads })
     }
 }
@@ -401,14 +278,14 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
     shared::info!("cache {}: following the read-model position", db.name);
     while !stop.load(Ordering::Acquire) {
         // Idle, a round every LISTEN_POLL still checks the connection.
-        let (target, ids) = db.rounds.next(LISTEN_POLL);
-        match read_round(&mut client, &ids) {
-            Ok((p, found)) => {
+        let (target, _) = db.rounds.next(LISTEN_POLL);
+        match read_position(&mut client) {
+            Ok(p) => {
                 let token: Arc<str> = format!("{}.{p}", db.name).into();
                 if db.state().position.as_ref() != Some(&token) {
                     db.set_position(Some(token));
                 }
-                db.rounds.finish(target, Some(found));
+                db.rounds.finish(target, None);
             }
             Err(e) => {
                 // Unknown before the waiters look: they read the DB.
@@ -419,51 +296,6 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-/// The statement of a round with point reads: the position and the asked reports in one
-/// snapshot (one row with NULLs when none of them exists). The pk index answers the `ANY`.
-const ROUND_WITH_POINTS: &str = "SELECT p.position, r.id, r.version, \
-     r.deleted_at IS NOT NULL, r.doc \
-     FROM read_model_position p LEFT JOIN read_reports r ON r.id = ANY($1)";
-
-/// One round: the position, and the reports `ids` (every one of them in the map, a missing
-/// one as [`Point::Missing`]). Without ids the position row alone, by the simple protocol;
-/// with ids one unnamed statement. Either is one round trip and PgBouncer-safe.
-fn read_round(
-    client: &mut postgres::Client,
-    ids: &[Uuid],
-) -> Result<(String, HashMap<Uuid, Point>), String> {
-    if ids.is_empty() {
-        return Ok((read_position(client)?, HashMap::new()));
-    }
-    let rows = client
-        .query_typed(ROUND_WITH_POINTS, &[(&ids, Type::UUID_ARRAY)])
-        .map_err(|e| e.to_string())?;
-    let mut found: HashMap<Uuid, Point> = ids.iter().map(|id| (*id, Point::Missing)).collect();
-    let mut position = None;
-    for row in &rows {
-        position = Some(row.try_get::<_, i64>(0).map_err(|e| e.to_string())?);
-        let Some(id) = row
-            .try_get::<_, Option<Uuid>>(1)
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
-        let version: i64 = row.try_get(2).map_err(|e| e.to_string())?;
-        let point = if row.try_get::<_, bool>(3).map_err(|e| e.to_string())? {
-            Point::Deleted { version }
-        } else {
-            Point::Live {
-                version,
-                doc: row.try_get::<_, &str>(4).map_err(|e| e.to_string())?.into(),
-            }
-        };
-        found.insert(id, point);
-    }
-    let position = position
-        .ok_or_else(|| "read_model_position has no row (schema not applied?)".to_owned())?;
-    Ok((position.to_string(), found))
 }
 
 /// One round: the position row, by the simple protocol (one round trip, PgBouncer-safe).

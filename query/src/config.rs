@@ -27,9 +27,10 @@ pub const QUERY_DATABASE_URLS_DEFAULT: &str =
     "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
 /// `QUERY_CACHE`: `on` (the default) answers lists and statistics from memory while the read
-/// model they came from is unchanged (SPEC §7.3, `cache.rs`): one extra connection per query
-/// DB, at its `QUERY_DATABASE_URLS` URL (direct or through PgBouncer), reads its position
-/// row. `off` reads every request from the DB.
+/// model they came from is unchanged (SPEC §7.3, `cache.rs`), and coalesces point reads
+/// (`points.rs`): two extra connections per query DB, at its `QUERY_DATABASE_URLS` URL (direct
+/// or through PgBouncer), one reading its position row, one the asked reports. `off` reads
+/// every request on the pool.
 pub const QUERY_CACHE: &str = "QUERY_CACHE";
 pub const QUERY_CACHE_DEFAULT: &str = "on";
 

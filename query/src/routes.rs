@@ -16,13 +16,14 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cache::{self, Hit, Point};
+use crate::cache::{self, Hit};
 use crate::failover::Db;
 use crate::history;
 use crate::metrics::DbReport;
 use crate::open311;
 use crate::paging;
 use crate::render::{Frame, Meta};
+use crate::rounds::Point;
 use crate::route::Route;
 use crate::search::{self, ListQuery};
 use crate::store::{self, Lookup};
@@ -235,13 +236,13 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
     }
 }
 
-/// Report `id` and the DB that answered: from a sync round of the DB a read would go to
-/// first (`cache.rs`: coalesced with every concurrent point read into one statement, as fresh
-/// as a read of its own), else, when that DB has no round to offer, read on a pooled
-/// connection with failover.
+/// Report `id` and the DB that answered: from a round of the DB a read would go to first
+/// (`points.rs`: coalesced with every concurrent point read into one statement, as fresh as a
+/// read of its own), else, when that DB has no round to offer, read on a pooled connection
+/// with failover.
 fn point_read<'a>(ctx: &'a Ctx, id: &Uuid) -> Result<((Lookup, Vec<u8>), &'a Db), ApiError> {
     if let Some(first) = ctx.dbs.first_choice() {
-        if let Some((point, _)) = ctx.cache.point(first, id) {
+        if let Some(point) = ctx.points.read(first, id) {
             let mut body = Frame::open(1024);
             let lookup = match point {
                 Point::Missing => Lookup::Missing,
