@@ -23,6 +23,10 @@
 //!   request, so no answer from memory predates a change the client could have seen.
 //!   Concurrent requests share one round (one pk read of one row on a connection of its
 //!   own), so a round trip serves any number of hot reads and the read model is not touched.
+//!
+//! The rounds themselves (waiting, sharing) are [`crate::rounds`]; point reads run their own
+//! rounds on their own connection ([`crate::points`]), so a lock on `read_reports` that holds
+//! a point read never holds a cache check.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +37,7 @@ use std::time::Duration;
 use shared::config::NamedDb;
 
 use crate::config::CONNECT_TIMEOUT;
+use crate::rounds::{Rounds, WATCH_EVERY};
 
 /// Entries kept per DB. Lists have few hot shapes (first pages, common filters); when the
 /// cache is full it starts over, so a scan of distinct URLs costs misses, never memory.
@@ -48,73 +53,6 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// The longest the position thread idles between rounds (checking its connection and the
 /// stop flag), and its pause before reconnecting.
 const LISTEN_POLL: Duration = Duration::from_millis(250);
-
-/// How long a request waits for a sync round before reading the DB instead (a listener
-/// connection that hangs must not hold hot reads longer than a read would take).
-const SYNC_WAIT: Duration = Duration::from_millis(500);
-
-/// Sync rounds asked for and done; see the module doc.
-#[derive(Default)]
-struct Rounds {
-    state: may::sync::Mutex<(u64, u64)>,
-    /// The listener waits here for a round to be asked.
-    asked: may::sync::Condvar,
-    /// Requests wait here for their round.
-    done: may::sync::Condvar,
-}
-
-impl std::fmt::Debug for Rounds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Rounds")
-    }
-}
-
-impl Rounds {
-    /// Waits (bounded) for a round that starts after this call; `false` if none finished.
-    fn sync(&self) -> bool {
-        let Ok(mut st) = self.state.lock() else {
-            return false;
-        };
-        st.0 += 1;
-        let target = st.0;
-        self.asked.notify_one();
-        let deadline = std::time::Instant::now() + SYNC_WAIT;
-        while st.1 < target {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            st = match self.done.wait_timeout(st, left) {
-                Ok((st, _)) => st,
-                Err(_) => return false,
-            };
-        }
-        true
-    }
-
-    /// The listener: waits until a round is asked (or `idle` passed); returns its target.
-    fn next(&self, idle: Duration) -> u64 {
-        let Ok(mut st) = self.state.lock() else {
-            return 0;
-        };
-        if st.0 == st.1 {
-            st = match self.asked.wait_timeout(st, idle) {
-                Ok((st, _)) => st,
-                Err(_) => return 0,
-            };
-        }
-        st.0
-    }
-
-    /// The listener: every round up to `target` is done (also when it failed: the waiters
-    /// then find the position unknown and read the DB).
-    fn finish(&self, target: u64) {
-        if let Ok(mut st) = self.state.lock() {
-            st.1 = st.1.max(target);
-        }
-        self.done.notify_all();
-    }
-}
 
 /// One cached answer.
 #[derive(Debug)]
@@ -204,7 +142,7 @@ impl Cache {
     ) -> Option<(Hit, Arc<str>)> {
         let db = self.dbs.get(i)?;
         // Unknown (not listening): read the DB at once rather than wait for a round.
-        if db.state().position.is_none() || !db.rounds.sync() {
+        if db.state().position.is_none() || db.rounds.sync(None).is_none() {
             return None;
         }
         let state = db.state();
@@ -257,6 +195,18 @@ impl Cache {
                     .spawn(move || listen_loop(&cache.dbs[i], &stop))?,
             );
         }
+        let cache = Arc::clone(self);
+        let watch_stop = Arc::clone(&stop);
+        threads.push(
+            std::thread::Builder::new()
+                .name("cache-watch".into())
+                .spawn(move || {
+                    while !watch_stop.load(Ordering::Acquire) {
+                        std::thread::sleep(WATCH_EVERY);
+                        cache.dbs.iter().for_each(|d| d.rounds.give_up_stale());
+                    }
+                })?,
+        );
         Ok(Listeners { stop, threads })
     }
 }
@@ -328,19 +278,19 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
     shared::info!("cache {}: following the read-model position", db.name);
     while !stop.load(Ordering::Acquire) {
         // Idle, a round every LISTEN_POLL still checks the connection.
-        let target = db.rounds.next(LISTEN_POLL);
+        let (target, _) = db.rounds.next(LISTEN_POLL);
         match read_position(&mut client) {
             Ok(p) => {
                 let token: Arc<str> = format!("{}.{p}", db.name).into();
                 if db.state().position.as_ref() != Some(&token) {
                     db.set_position(Some(token));
                 }
-                db.rounds.finish(target);
+                db.rounds.finish(target, None);
             }
             Err(e) => {
                 // Unknown before the waiters look: they read the DB.
                 db.set_position(None);
-                db.rounds.finish(target);
+                db.rounds.finish(target, None);
                 return Err(e);
             }
         }

@@ -27,19 +27,26 @@ pub const QUERY_DATABASE_URLS_DEFAULT: &str =
     "query-db-primary=postgres://postgres@127.0.0.1:6440/reports_read";
 
 /// `QUERY_CACHE`: `on` (the default) answers lists and statistics from memory while the read
-/// model they came from is unchanged (SPEC §7.3, `cache.rs`): one extra connection per query
-/// DB, at its `QUERY_DATABASE_URLS` URL (direct or through PgBouncer), reads its position
-/// row. `off` reads every request from the DB.
+/// model they came from is unchanged (SPEC §7.3, `cache.rs`), and coalesces point reads
+/// (`points.rs`): two extra connections per query DB, at its `QUERY_DATABASE_URLS` URL (direct
+/// or through PgBouncer), one reading its position row, one the asked reports. `off` reads
+/// every request on the pool.
 pub const QUERY_CACHE: &str = "QUERY_CACHE";
 pub const QUERY_CACHE_DEFAULT: &str = "on";
 
-/// `MAY_WORKERS`: may scheduler threads. A sync DB call blocks its worker for a whole round
-/// trip, so the workers are the service's DB concurrency. Measured with this code on the
-/// 2-core box (release, wrk -t1 -c64, 20 000 rows): pk lookup 14 500 / 26 900 / 25 500 req/s
-/// and a filtered page of 20 at 4 700 / 10 100 / 8 600 req/s with 2 / 8 / 16 workers. 8 is
-/// the knee: fewer leave the CPUs idle during round trips, more only add context switches.
+/// `MAY_WORKERS`: may scheduler threads. A sync DB call on a pooled connection blocks its
+/// worker for a whole round trip, so for those reads (cache misses, search, history, Open311)
+/// the workers are the service's DB concurrency. The hot reads (cache hits, 304s and every
+/// point read) do not block a worker: they park their coroutine until a sync round has run
+/// on the listener's own thread (`cache.rs`). For those, each extra worker only adds idle
+/// parking in epoll and eventfd wake-ups. Measured on the 2-core box, release, wrk -c64
+/// straight to one instance, random ids, CPU of the service and its DB per request, with the
+/// machine shared (load 24-30): by id 19 500 / 16 400 / ~11 500 req/s at 44 / 51 / 98 µs per
+/// request with 2 / 4 / 8 workers; `/statistics` from memory 44 / - / 100 µs; history of a
+/// random id (blocking, uncached) ~4 300 / ~6 000 / ~9 300 req/s. 4 keeps most of the gain
+/// of 2 on the hot paths and two thirds of the blocking paths' throughput.
 pub const MAY_WORKERS: &str = "MAY_WORKERS";
-pub const MAY_WORKERS_DEFAULT: usize = 8;
+pub const MAY_WORKERS_DEFAULT: usize = 4;
 
 /// `MAY_STACK_SIZE`, in bytes: each connection's coroutine stack, 64 KiB (may's default is
 /// 32 KiB). The postgres client runs a tokio `block_on` and row decoding on this stack, and an

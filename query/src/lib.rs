@@ -10,6 +10,8 @@
 //! - [`paging`]: pure parameter rules (page, per_page, filters, min_version);
 //! - [`search`]: the list with text, place and cursor parameters ([`cursor`]: its tokens);
 //! - [`cache`]: list and statistics answers from memory while their DB is unchanged;
+//! - [`points`]: `GET /reports/{id}` coalesced into one statement per round;
+//! - [`rounds`]: the sync rounds both of them wait for without blocking a worker;
 //! - [`failover`]: a pool per query DB, probes, failing over and back;
 //! - [`store`]: every SQL statement (unnamed, parameterized: PgBouncer-safe);
 //! - [`render`]: envelopes around the stored JSON documents, spliced as bytes;
@@ -26,7 +28,9 @@ pub mod history;
 pub mod metrics;
 pub mod open311;
 pub mod paging;
+pub mod points;
 pub mod render;
+pub mod rounds;
 pub mod route;
 pub mod routes;
 pub mod search;
@@ -52,6 +56,7 @@ pub struct Ctx {
     pub metrics: metrics::Metrics,
     pub min_version_wait: Duration,
     pub cache: Arc<cache::Cache>,
+    pub points: Arc<points::PointReaders>,
 }
 
 /// A running service: the HTTP server coroutine and the probe threads.
@@ -61,4 +66,5 @@ pub struct Running {
     pub ctx: Arc<Ctx>,
     _prober: Prober,
     _listeners: cache::Listeners,
+    _points: points::Threads,
 }

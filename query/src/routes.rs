@@ -23,6 +23,7 @@ use crate::metrics::DbReport;
 use crate::open311;
 use crate::paging;
 use crate::render::{Frame, Meta};
+use crate::rounds::Point;
 use crate::route::Route;
 use crate::search::{self, ListQuery};
 use crate::store::{self, Lookup};
@@ -207,11 +208,7 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
     let deadline = Instant::now() + ctx.min_version_wait;
     let not_found = || ApiError::NotFound(format!("report {id} not found"));
     loop {
-        let ((lookup, mut body), db) = ctx.dbs.run(|conn| {
-            let mut body = Frame::open(1024);
-            let lookup = store::report(&mut **conn, &id, &mut body)?;
-            Ok((lookup, body))
-        })?;
+        let ((lookup, mut body), db) = point_read(ctx, &id)?;
         // The pooled connection is back in the pool here: sleeping below holds none.
         match lookup {
             Lookup::Live { version } if version >= min_version.unwrap_or(0) => {
@@ -237,6 +234,32 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
         // Yields the coroutine, not the worker thread.
         may::coroutine::sleep(MIN_VERSION_POLL.min(deadline - now));
     }
+}
+
+/// Report `id` and the DB that answered: from a round of the DB a read would go to first
+/// (`points.rs`: coalesced with every concurrent point read into one statement, as fresh as a
+/// read of its own), else, when that DB has no round to offer, read on a pooled connection
+/// with failover.
+fn point_read<'a>(ctx: &'a Ctx, id: &Uuid) -> Result<((Lookup, Vec<u8>), &'a Db), ApiError> {
+    if let Some(first) = ctx.dbs.first_choice() {
+        if let Some(point) = ctx.points.read(first, id) {
+            let mut body = Frame::open(1024);
+            let lookup = match point {
+                Point::Missing => Lookup::Missing,
+                Point::Deleted { version } => Lookup::Deleted { version },
+                Point::Live { version, doc } => {
+                    body.extend_from_slice(doc.as_bytes());
+                    Lookup::Live { version }
+                }
+            };
+            return Ok(((lookup, body), &ctx.dbs.dbs[first]));
+        }
+    }
+    Ok(ctx.dbs.run(|conn| {
+        let mut body = Frame::open(1024);
+        let lookup = store::report(&mut **conn, id, &mut body)?;
+        Ok((lookup, body))
+    })?)
 }
 
 /// Whether a report this DB has never seen is worth waiting for. Only a create can be in

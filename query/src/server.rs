@@ -17,6 +17,7 @@ use shared::http::{instance_header, Incoming, Reply};
 use crate::cache::Cache;
 use crate::failover::{Dbs, Prober};
 use crate::metrics::Metrics;
+use crate::points::PointReaders;
 use crate::render::Frame;
 use crate::route::Route;
 use crate::routes;
@@ -61,6 +62,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     let prober = Prober::start(&dbs).map_err(StartError::Io)?;
     let cache = Arc::new(Cache::new(&config.dbs, &config.listen));
     let listeners = cache.listen().map_err(StartError::Io)?;
+    let points = Arc::new(PointReaders::new(&config.dbs, &config.listen));
+    let point_threads = points.start().map_err(StartError::Io)?;
     let ctx = Arc::new(Ctx {
         instance: config.instance_id.clone(),
         instance_header: instance_header(&config.instance_id),
@@ -70,6 +73,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         metrics: Metrics::default(),
         min_version_wait: config.min_version_wait,
         cache,
+        points,
     });
     let server = Factory(Arc::clone(&ctx))
         .start(("0.0.0.0", config.port))
@@ -80,6 +84,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         ctx,
         _prober: prober,
         _listeners: listeners,
+        _points: point_threads,
     })
 }
 

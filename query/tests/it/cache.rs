@@ -234,3 +234,69 @@ fn a_failover_never_serves_the_first_dbs_entries() {
     }
     assert!(from_secondary > 0, "never failed over\n{}", svc.log());
 }
+
+/// The preferred DB passed over while its listener still runs (the projection marked it
+/// stale: reachable, its rounds succeed, its entries still valid for it): from then on no
+/// answer comes from its memory or its rounds. A cache or a point read tied to the preferred
+/// DB instead of the one a read would use now would answer its data here.
+#[test]
+fn a_db_passed_over_never_answers_from_its_memory_or_its_rounds() {
+    let p_url = fresh_db("cache_passed_p");
+    let s_url = fresh_db("cache_passed_s");
+    let reports = seed(&mut PG.client("cache_passed_p"), 3);
+    // The second DB holds the same reports under other titles, and one more.
+    for r in &reports {
+        let mut other = r.clone();
+        other.title = format!("second: {}", r.title);
+        apply(&mut PG.client("cache_passed_s"), &other);
+    }
+    seed(&mut PG.client("cache_passed_s"), 1);
+    let checkpoint = |db: &str, stale: bool| {
+        PG.client(db)
+            .execute(
+                "INSERT INTO checkpoint (stream, entry_id, position, updated_at, stale) \
+                 VALUES ('report-events', '1-0', 1000, now(), $1) \
+                 ON CONFLICT (stream) DO UPDATE SET stale = $1",
+                &[&stale],
+            )
+            .expect("checkpoint");
+    };
+    checkpoint("cache_passed_p", false);
+    checkpoint("cache_passed_s", false);
+    let svc = start_cached(&format!("preferred={p_url},second={s_url}"));
+    wait_cached(&svc, "/statistics");
+    let one = format!("/reports/{}", reports[0].id);
+    let r = get(&svc, &one);
+    assert_eq!(
+        (r.header("x-query-db"), r.json()["data"]["title"].as_str()),
+        (Some("preferred"), Some(reports[0].title.as_str()))
+    );
+    assert_eq!(stats_total(&get(&svc, "/statistics")), 3);
+
+    checkpoint("cache_passed_p", true);
+    wait_until("reads leave the stale DB", Duration::from_secs(5), || {
+        get(&svc, &one).header("x-query-db") == Some("second")
+    });
+    let second_title = format!("second: {}", reports[0].title);
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let r = get(&svc, &one);
+        assert_eq!(
+            (r.header("x-query-db"), r.json()["data"]["title"].as_str()),
+            (Some("second"), Some(second_title.as_str())),
+            "a point read from the passed-over DB"
+        );
+        let s = get(&svc, "/statistics");
+        assert_eq!(
+            (s.header("x-query-db"), stats_total(&s)),
+            (Some("second"), 4),
+            "statistics from the passed-over DB"
+        );
+        let l = get(&svc, "/reports?per_page=1");
+        assert_eq!(
+            (l.header("x-query-db"), l.json()["meta"]["total"].as_i64()),
+            (Some("second"), Some(4)),
+            "a list from the passed-over DB"
+        );
+    }
+}

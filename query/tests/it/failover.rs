@@ -135,11 +135,15 @@ fn a_cancelled_statement_is_a_503_not_a_failover() {
         shared::testkit::http(port, "GET", &path, &[], b"").expect("an answer")
     });
     let mut admin = crate::support::PG.client("cancel_primary");
+    // The read first waits for its point-read round (`points.rs`), whose statement waits on
+    // the lock too; after the round's bound it reads on a pooled connection of its own. That
+    // statement is the one cancelled here (the round's connection is `query-point-reads`).
     let waiting = |admin: &mut postgres::Client| -> Vec<i32> {
         admin
             .query(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE '%read_reports%'",
+                 AND wait_event_type = 'Lock' AND query LIKE '%read_reports%' \
+                 AND application_name <> 'query-point-reads'",
                 &[],
             )
             .expect("pg_stat_activity")

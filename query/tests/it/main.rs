@@ -13,6 +13,7 @@ mod listing;
 mod min_version;
 mod open311;
 mod pgbouncer;
+mod point_reads;
 mod read_your_writes;
 mod search;
 mod stale;

@@ -6,13 +6,15 @@
 //! Layout: [`config`] (what one run needs, the levels), [`schedule`] (intended times, mixes), (requests go through `crate::http`), [`engine`]
 //! (pacer, a fixed set of connections on coroutines, collector), [`lag`] (query-DB pollers), [`report`] (figures, table,
 //! JSON, compare), [`rss`] (each service's memory at the end of a run), [`throughput`] (the
-//! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up). [`run`] is the library entry point: tests and other tasks call it with a
+//! closed-loop suite of `--throughput`: wrk and pgbench ceilings, projection catch-up; its read
+//! figures in [`reads`]). [`run`] is the library entry point: tests and other tasks call it with a
 //! [`BenchConfig`] and get a [`BenchReport`] back.
 
 pub mod burst;
 pub mod config;
 mod engine;
 pub(crate) mod lag;
+pub mod reads;
 pub mod report;
 pub mod rss;
 pub mod schedule;

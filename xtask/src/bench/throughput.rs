@@ -86,6 +86,9 @@ pub struct Figure {
     pub max_ms: Option<f64>,
     /// `per_s` / the ceiling's tps of the same run.
     pub ratio_to_ceiling: f64,
+    /// `per_s` / `GET /health` via nginx in the same run (the read figures, `reads.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_to_health: Option<f64>,
 }
 
 /// How the projection worked off its backlog.
@@ -172,20 +175,17 @@ pub fn run(sh: &Shell, cfg: &ThroughputConfig) -> Result<ThroughputReport> {
         f.ratio_to_ceiling = ratio(f.per_s, tps);
         Ok(f)
     };
-    figures.push(wrk_run(
-        "GET /reports/{id} → query-1",
-        &format!("{query_1}/reports/{id}"),
-        None,
-    )?);
-    figures.push(wrk_run(
-        "GET /reports?category=kebersihan → query-1",
-        &format!("{query_1}/reports?category=kebersihan"),
-        None,
-    )?);
-    figures.push(wrk_run(
-        "GET /reports/{id} → nginx (all query instances)",
-        &format!("{read_url}/reports/{id}"),
-        None,
+    figures.extend(super::reads::figures(
+        sh,
+        &super::reads::ReadTargets {
+            wrk: &wrk,
+            read_url: &read_url,
+            query_1: &query_1,
+            write_url: &write_url,
+            token: token.as_deref(),
+            secs,
+            ceiling_tps: tps,
+        },
     )?);
 
     let scratch = std::env::temp_dir().join(format!("xtask-throughput-{}", std::process::id()));
@@ -263,7 +263,7 @@ pub fn run(sh: &Shell, cfg: &ThroughputConfig) -> Result<ThroughputReport> {
     })
 }
 
-fn ratio(x: f64, ceiling: f64) -> f64 {
+pub(super) fn ratio(x: f64, ceiling: f64) -> f64 {
     if ceiling > 0.0 {
         (x / ceiling * 1000.0).round() / 1000.0
     } else {
@@ -523,7 +523,7 @@ pub fn parse_wrk(out: &str) -> Option<WrkOutput> {
     saw_rate.then_some(w)
 }
 
-fn wrk_figure(
+pub(super) fn wrk_figure(
     sh: &Shell,
     wrk: &Path,
     name: &str,
@@ -576,7 +576,7 @@ fn wrk_figure(
         p50_ms: w.p50_ms,
         p99_ms: w.p99_ms,
         max_ms: w.max_ms,
-        ratio_to_ceiling: 0.0,
+        ..Figure::default()
     })
 }
 
@@ -1017,18 +1017,20 @@ impl ThroughputReport {
         );
         let _ = writeln!(
             t,
-            "{:<50} {:>10} {:<9} {:>7} {:>8} {:>8} {:>9}  errors",
-            "FIGURE", "per s", "unit", "ratio", "p50 ms", "p99 ms", "max ms"
+            "{:<50} {:>10} {:<9} {:>7} {:>7} {:>8} {:>8} {:>9}  errors",
+            "FIGURE", "per s", "unit", "ratio", "/health", "p50 ms", "p99 ms", "max ms"
         );
         let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
         for f in &self.figures {
             let _ = writeln!(
                 t,
-                "{:<50} {:>10.0} {:<9} {:>7.3} {:>8} {:>8} {:>9}  {}",
+                "{:<50} {:>10.0} {:<9} {:>7.3} {:>7} {:>8} {:>8} {:>9}  {}",
                 f.name,
                 f.per_s,
                 f.unit,
                 f.ratio_to_ceiling,
+                f.ratio_to_health
+                    .map_or_else(|| "-".to_string(), |r| format!("{r:.3}")),
                 opt(f.p50_ms),
                 opt(f.p99_ms),
                 opt(f.max_ms),
@@ -1045,7 +1047,7 @@ impl ThroughputReport {
         }
         let _ = writeln!(
             t,
-            "(ratio = per s / the ceiling's tps in this run; the ceiling's p50 column is pgbench's average latency)"
+            "(ratio = per s / the ceiling's tps in this run, /health = per s / GET /health via nginx in this run; the ceiling's p50 column is pgbench's average latency)"
         );
         if let Some(p) = &self.projection {
             let _ = writeln!(
