@@ -48,15 +48,17 @@ pub const QUERY_CACHE_DEFAULT: &str = "on";
 pub const MAY_WORKERS: &str = "MAY_WORKERS";
 pub const MAY_WORKERS_DEFAULT: usize = 4;
 
-/// `MAY_STACK_SIZE`, in bytes: each connection's coroutine stack, 64 KiB (may's default is
+/// `MAY_STACK_SIZE`, in bytes: each connection's coroutine stack, 256 KiB (may's default is
 /// 32 KiB). The postgres client runs a tokio `block_on` and row decoding on this stack, and an
 /// overflow is a segfault, not an error. Measured peak use over every route (an odd number of
 /// 8-byte words, e.g. 65544, makes may print each coroutine's use on exit): ~10 KiB in a
-/// release build but ~32 KiB in the debug build the tests run, i.e. the whole default stack.
-/// 64 KiB leaves twice the worst measured use; stacks are mapped lazily, so idle connections
-/// cost far less resident memory than that.
+/// release build but ~32 KiB in the debug build the tests run. 64 KiB (twice that) was the
+/// default until benchmarks under heavy load overflowed it twice in a release build, right
+/// after pool timeouts and failovers (error paths deeper than any measured route); 256 KiB is
+/// four times the stack that overflowed. Stacks are mapped lazily, so a connection costs the
+/// pages it touched, not 256 KiB of resident memory.
 pub const MAY_STACK_SIZE: &str = "MAY_STACK_SIZE";
-pub const MAY_STACK_SIZE_DEFAULT: usize = 64 * 1024;
+pub const MAY_STACK_SIZE_DEFAULT: usize = 256 * 1024;
 
 /// Smallest stack accepted: may's own default, which the debug build's read path already fills.
 pub const MIN_STACK_SIZE: usize = 32 * 1024;
