@@ -168,3 +168,189 @@ CREATE OR REPLACE TRIGGER statistics_changed
 CREATE OR REPLACE TRIGGER checkpoint_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON checkpoint
     FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+
+-- Numbered pages at any depth (SPEC §7.1 "`page=N` … its cost must not grow with N").
+--
+-- An order-statistics index over the newest-first order of the live reports: the key range is
+-- cut into buckets by `created_at` (a bucket holds the reports with `bucket <= created_at <`
+-- the next bucket's lower bound; the oldest bucket starts at -infinity), and `list_counts`
+-- holds the live reports of each bucket per list filter shape: per (category, status), per
+-- category (status ''), per status (category '') and in all ('', ''). Page N of a filter is
+-- then: sum that filter's bucket counts from the newest bucket until the offset falls inside
+-- one (one row per bucket along the primary key), and an index range scan of the filter's
+-- newest-first index from that bucket's upper bound, skipping fewer rows than one bucket holds.
+--
+-- Exact at every committed state: STATEMENT-level triggers with transition tables move the
+-- counts in the same transaction as the rows, with one set-based upsert per statement (the
+-- projection writes a batch with one multi-row upsert; a row trigger would run per report).
+-- Correctness does not depend on where the boundaries lie, only on every count matching its
+-- range, so boundaries move freely: a bucket that grows past `list_bucket_rows()` live reports
+-- is cut into even pieces of at most half that, and one that shrinks below an eighth of it is
+-- merged with its neighbours (`list_counts_rebucket`), each walking only the reports of the
+-- range it re-cuts. Writers of one DB are serialised by LIST_COUNTS_LOCK (the projection holds
+-- its own writer lock anyway), so a re-cut never races another transaction's count move.
+-- Reports sharing one `created_at` to the microsecond are never split apart: a bucket of more
+-- than the limit at a single instant stays whole (and is re-walked when touched).
+CREATE TABLE IF NOT EXISTS list_counts (
+    category text        NOT NULL,
+    status   text        NOT NULL,
+    bucket   timestamptz NOT NULL,
+    count    bigint      NOT NULL,
+    PRIMARY KEY (category, status, bucket)
+);
+
+-- The most live reports a bucket may hold before it is cut: it bounds the OFFSET inside a
+-- bucket (a deep page skips fewer than this many index entries), while the number of buckets
+-- summed for page N is ~ offset / (this / 4) rows of an index. 1 000 keeps both well under a
+-- millisecond at a million reports (README "At a million reports"). Tests set
+-- `reports.list_bucket_rows` (e.g. `ALTER DATABASE … SET`) to cross boundaries on small data.
+CREATE OR REPLACE FUNCTION list_bucket_rows() RETURNS bigint
+    LANGUAGE sql STABLE
+    RETURN GREATEST(COALESCE(NULLIF(current_setting('reports.list_bucket_rows', true), '')::bigint,
+                             1000), 2);
+
+-- Re-cuts the buckets of [lo, hi) (lo a current boundary, hi the next kept one or infinity):
+-- its live reports, newest-first key order, into ceil(n / (limit / 2)) pieces of even size,
+-- the first starting at lo; counts recomputed from the rows. One walk of the range.
+CREATE OR REPLACE FUNCTION list_counts_rebucket(lo timestamptz, hi timestamptz)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    total  bigint;
+    pieces bigint;
+BEGIN
+    SELECT count(*) INTO total FROM read_reports
+     WHERE deleted_at IS NULL AND created_at >= lo AND created_at < hi;
+    pieces := GREATEST(1, ceil(total::numeric / GREATEST(list_bucket_rows() / 2, 1)));
+    DELETE FROM list_counts WHERE bucket >= lo AND bucket < hi;
+    INSERT INTO list_counts (category, status, bucket, count)
+    SELECT COALESCE(category, ''), COALESCE(status, ''), b, count(*)
+      FROM (SELECT category, status,
+                   -- A row's bucket is the latest piece start at or before it (a running max).
+                   -- A piece starts only where `created_at` changes, so that every report at
+                   -- one instant lies in one bucket, as the boundaries' definition needs.
+                   max(CASE WHEN n = 1 THEN lo
+                            WHEN created_at <> prev
+                             AND (n - 1) * pieces / total <> (n - 2) * pieces / total
+                            THEN created_at END)
+                       OVER (ORDER BY created_at, id) AS b
+              FROM (SELECT category, status, created_at, id,
+                           row_number() OVER w AS n, lag(created_at) OVER w AS prev
+                      FROM read_reports
+                     WHERE deleted_at IS NULL AND created_at >= lo AND created_at < hi
+                    WINDOW w AS (ORDER BY created_at, id)) r) p
+     GROUP BY GROUPING SETS ((b, category, status), (b, category), (b, status), (b));
+    -- The range's first boundary stays even when it holds no live report.
+    INSERT INTO list_counts (category, status, bucket, count) VALUES ('', '', lo, 0)
+        ON CONFLICT (category, status, bucket) DO NOTHING;
+END $$;
+
+-- Moves the counts by one statement's rows (one grouped upsert), then re-cuts the buckets it
+-- left too full or too empty. `list_counts_old` / `list_counts_new` are the statement's
+-- transition tables; the statement is built per operation because each has only its own.
+CREATE OR REPLACE FUNCTION list_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    cap     bigint := list_bucket_rows();
+    src     text;
+    touched timestamptz[];
+    todo    timestamptz[];
+    b       timestamptz;
+    n       bigint;
+    lo      timestamptz;
+    hi      timestamptz;
+BEGIN
+    -- Serialise with other writers, and see the boundaries they committed (READ COMMITTED:
+    -- every statement below takes its snapshot after the lock is granted).
+    PERFORM pg_advisory_xact_lock(7526357826581050723);
+    src := CASE TG_OP
+        WHEN 'INSERT' THEN
+            'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
+              WHERE deleted_at IS NULL'
+        WHEN 'UPDATE' THEN
+            'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
+              WHERE deleted_at IS NULL
+             UNION ALL
+             SELECT category, status, created_at, -1 FROM list_counts_old
+              WHERE deleted_at IS NULL'
+        ELSE
+            'SELECT category, status, created_at, -1 AS delta FROM list_counts_old
+              WHERE deleted_at IS NULL'
+        END;
+    EXECUTE 'WITH d AS (SELECT (SELECT max(c.bucket) FROM list_counts c
+                                 WHERE c.category = '''' AND c.status = ''''
+                                   AND c.bucket <= s.created_at) AS bucket,
+                                category, status, delta FROM (' || src || ') s),
+                  up AS (INSERT INTO list_counts (category, status, bucket, count)
+                         SELECT COALESCE(category, ''''), COALESCE(status, ''''), bucket, sum(delta)
+                           FROM d
+                          GROUP BY GROUPING SETS ((bucket, category, status), (bucket, category),
+                                                  (bucket, status), (bucket))
+                         HAVING sum(delta) <> 0
+                         ON CONFLICT (category, status, bucket)
+                         DO UPDATE SET count = list_counts.count + EXCLUDED.count
+                         RETURNING bucket)
+             SELECT array_agg(DISTINCT bucket) FROM up'
+        INTO touched;
+    -- The buckets this statement left too full or too empty.
+    SELECT array_agg(bucket ORDER BY bucket) INTO todo FROM list_counts
+     WHERE category = '' AND status = '' AND bucket = ANY(touched)
+       AND (count > cap OR count < cap / 8);
+    IF todo IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF cardinality(todo) > 16 THEN
+        -- A bulk statement (a rebuild's DELETE of every row, a bulk load): one walk of the
+        -- span it touched, with the older neighbour so an empty oldest piece merges too.
+        SELECT COALESCE(max(bucket), todo[1]) INTO lo FROM list_counts
+         WHERE category = '' AND status = '' AND bucket < todo[1];
+        SELECT min(bucket) INTO hi FROM list_counts
+         WHERE category = '' AND status = '' AND bucket > todo[cardinality(todo)];
+        PERFORM list_counts_rebucket(lo, COALESCE(hi, 'infinity'));
+        RETURN NULL;
+    END IF;
+    FOREACH b IN ARRAY todo LOOP
+        -- An earlier re-cut of this loop may have removed or refilled this bucket.
+        SELECT count INTO n FROM list_counts WHERE category = '' AND status = '' AND bucket = b;
+        CONTINUE WHEN NOT FOUND OR (n <= cap AND n >= cap / 8);
+        lo := b;
+        SELECT min(bucket) INTO hi FROM list_counts
+         WHERE category = '' AND status = '' AND bucket > b;
+        IF n < cap / 8 THEN
+            -- Too empty: merge with the older neighbour, or the newer one for the oldest.
+            SELECT max(bucket) INTO lo FROM list_counts
+             WHERE category = '' AND status = '' AND bucket < b;
+            IF lo IS NULL THEN
+                lo := b;
+                CONTINUE WHEN hi IS NULL; -- a lone bucket: nothing to merge with
+                SELECT min(bucket) INTO hi FROM list_counts
+                 WHERE category = '' AND status = '' AND bucket > hi;
+            END IF;
+        END IF;
+        PERFORM list_counts_rebucket(lo, COALESCE(hi, 'infinity'));
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- TRUNCATE has no transition table: the counts start over with the one open bucket.
+CREATE OR REPLACE FUNCTION list_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7526357826581050723);
+    DELETE FROM list_counts;
+    INSERT INTO list_counts (category, status, bucket, count) VALUES ('', '', '-infinity', 0);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER list_counts_insert AFTER INSERT ON read_reports
+    REFERENCING NEW TABLE AS list_counts_new
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
+CREATE OR REPLACE TRIGGER list_counts_update AFTER UPDATE ON read_reports
+    REFERENCING OLD TABLE AS list_counts_old NEW TABLE AS list_counts_new
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
+CREATE OR REPLACE TRIGGER list_counts_delete AFTER DELETE ON read_reports
+    REFERENCING OLD TABLE AS list_counts_old
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
+CREATE OR REPLACE TRIGGER list_counts_truncate AFTER TRUNCATE ON read_reports
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_clear();
+
+-- An existing read model gets its counts from its rows, once (this file runs once per text).
+SELECT list_counts_rebucket('-infinity', 'infinity')
+ WHERE NOT EXISTS (SELECT 1 FROM list_counts);
