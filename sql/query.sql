@@ -187,8 +187,10 @@ CREATE OR REPLACE TRIGGER checkpoint_changed
 -- range, so boundaries move freely: a bucket that grows past `list_bucket_rows()` live reports
 -- is cut into even pieces of at most half that, and one that shrinks below an eighth of it is
 -- merged with its neighbours (`list_counts_rebucket`), each walking only the reports of the
--- range it re-cuts. Writers of one DB are serialised by LIST_COUNTS_LOCK (the projection holds
--- its own writer lock anyway), so a re-cut never races another transaction's count move.
+-- range it re-cuts. The triggers take the writers' lock of the DB (the projection's
+-- WRITE_LOCK, already held by the projection and a rebuild), so a re-cut never races another
+-- transaction's count move. A writer that locks other rows before writing `read_reports`
+-- should take that lock first too (the projection does), or two such writers may deadlock.
 -- Reports sharing one `created_at` to the microsecond are never split apart: a bucket of more
 -- than the limit at a single instant stays whole (and is re-walked when touched).
 CREATE TABLE IF NOT EXISTS list_counts (
@@ -259,8 +261,10 @@ DECLARE
     hi      timestamptz;
 BEGIN
     -- Serialise with other writers, and see the boundaries they committed (READ COMMITTED:
-    -- every statement below takes its snapshot after the lock is granted).
-    PERFORM pg_advisory_xact_lock(7526357826581050723);
+    -- every statement below takes its snapshot after the lock is granted). The key is the
+    -- projection's writer lock (`projection::writer::WRITE_LOCK`), which the projection and a
+    -- rebuild already hold, so for them this costs nothing and never waits.
+    PERFORM pg_advisory_xact_lock(123636797826403);
     src := CASE TG_OP
         WHEN 'INSERT' THEN
             'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
@@ -333,7 +337,7 @@ END $$;
 -- TRUNCATE has no transition table: the counts start over with the one open bucket.
 CREATE OR REPLACE FUNCTION list_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock(7526357826581050723);
+    PERFORM pg_advisory_xact_lock(123636797826403);
     DELETE FROM list_counts;
     INSERT INTO list_counts (category, status, bucket, count) VALUES ('', '', '-infinity', 0);
     RETURN NULL;
@@ -350,6 +354,30 @@ CREATE OR REPLACE TRIGGER list_counts_delete AFTER DELETE ON read_reports
     FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
 CREATE OR REPLACE TRIGGER list_counts_truncate AFTER TRUNCATE ON read_reports
     FOR EACH STATEMENT EXECUTE FUNCTION list_counts_clear();
+
+-- Every (category, status, bucket) whose stored count differs from a GROUP BY over the live
+-- rows under the current boundaries: empty when `list_counts` is exact. Counted from the rows,
+-- not through the triggers' delta rule, so `check-sync` and the tests catch a bug in that rule.
+CREATE OR REPLACE FUNCTION list_counts_drift()
+    RETURNS TABLE (category text, status text, bucket timestamptz, counted bigint, stored bigint)
+    LANGUAGE sql STABLE AS $$
+    WITH counted AS (
+        SELECT COALESCE(r.category, '') AS category, COALESCE(r.status, '') AS status,
+               r.bucket, count(*) AS n
+          FROM (SELECT category, status,
+                       (SELECT max(l.bucket) FROM list_counts l
+                         WHERE l.category = '' AND l.status = ''
+                           AND l.bucket <= created_at) AS bucket
+                  FROM read_reports WHERE deleted_at IS NULL) r
+         GROUP BY GROUPING SETS ((r.bucket, r.category, r.status), (r.bucket, r.category),
+                                 (r.bucket, r.status), (r.bucket)))
+    SELECT COALESCE(c.category, l.category), COALESCE(c.status, l.status),
+           COALESCE(c.bucket, l.bucket), COALESCE(c.n, 0), COALESCE(l.count, 0)
+      FROM counted c
+      FULL JOIN list_counts l
+        ON l.category = c.category AND l.status = c.status AND l.bucket = c.bucket
+     WHERE COALESCE(c.n, 0) <> COALESCE(l.count, 0)
+$$;
 
 -- An existing read model gets its counts from its rows, once (this file runs once per text).
 SELECT list_counts_rebucket('-infinity', 'infinity')
