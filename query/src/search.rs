@@ -350,6 +350,8 @@ impl Statement {
             // and the index range scan starts at that bucket's upper bound, skipping less than
             // one bucket. Same snapshot as the rows (one statement), so the same answer as
             // OFFSET over the whole index. Past the end there is no such bucket and no row.
+            // The skipped keys are read from the index alone (an index-only scan where the
+            // pages are all-visible, as older reports' are); only the page's rows are fetched.
             None if offset > 0 => {
                 let c = args.add(q.filter.category.map_or("", |c| c.as_str()), Type::TEXT);
                 let s = args.add(q.filter.status.map_or("", |s| s.as_str()), Type::TEXT);
@@ -359,11 +361,11 @@ impl Statement {
                      FROM list_counts WHERE category = {c} AND status = {s} \
                      WINDOW w AS (ORDER BY bucket DESC ROWS UNBOUNDED PRECEDING)) b \
                      WHERE upto > {off} LIMIT 1), \
-                     page AS (SELECT doc, created_at, id, NULL::float8 AS chord \
-                     FROM read_reports WHERE {all} \
+                     page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
+                     FROM (SELECT id FROM read_reports WHERE {all} \
                      AND created_at < (SELECT COALESCE(hi, 'infinity') FROM rank) \
                      ORDER BY created_at DESC, id DESC LIMIT {limit} \
-                     OFFSET (SELECT skip FROM rank))"
+                     OFFSET (SELECT skip FROM rank)) k JOIN read_reports r ON r.id = k.id)"
                 )
             }
             None => format!(
