@@ -245,7 +245,7 @@ pub fn rebuild(config: &RebuildConfig) -> Result<RebuildReport, Error> {
     // The deep-page counts (sql/query.sql `list_counts`) followed every statement above
     // through their triggers; re-deriving them from the rows in one walk makes them exact
     // even if they had drifted, as the rest of the read model is.
-    tx.execute("SELECT list_counts_rebucket('-infinity', 'infinity')", &[])
+    tx.execute("SELECT list_counts_rebucket_all()", &[])
         .map_err(db_err)?;
     let (categories, statuses, counts) = totals.statistics();
     let statistics = tx
