@@ -330,15 +330,22 @@ BEGIN
             'SELECT category, status, created_at, -1 AS delta FROM list_counts_old
               WHERE deleted_at IS NULL'
         END;
-    -- Each row counts in its four shapes, each in that shape's own bucket.
+    -- Each row counts in its four shapes, each in that shape's own bucket. New reports land
+    -- in each shape's newest bucket, found once per shape; only older ones are looked up.
     EXECUTE 'WITH d AS (SELECT k.c, k.s, s.created_at, s.delta
                           FROM (' || src || ') s
                           CROSS JOIN LATERAL (VALUES (s.category, s.status), (s.category, ''''),
                                                      ('''', s.status), ('''', '''')) AS k(c, s)),
-                  b AS (SELECT c, s, COALESCE((SELECT max(l.bucket) FROM list_counts l
-                                                WHERE l.category = d.c AND l.status = d.s
-                                                  AND l.bucket <= d.created_at),
-                                               ''-infinity'') AS bucket, delta FROM d),
+                  top AS MATERIALIZED (SELECT k.c, k.s, (SELECT max(l.bucket) FROM list_counts l
+                                             WHERE l.category = k.c AND l.status = k.s) AS newest
+                            FROM (SELECT DISTINCT c, s FROM d) k),
+                  b AS (SELECT d.c, d.s,
+                               CASE WHEN d.created_at >= t.newest THEN t.newest
+                                    ELSE COALESCE((SELECT max(l.bucket) FROM list_counts l
+                                                    WHERE l.category = d.c AND l.status = d.s
+                                                      AND l.bucket <= d.created_at),
+                                                  ''-infinity'') END AS bucket, d.delta
+                          FROM d JOIN top t ON t.c = d.c AND t.s = d.s),
                   up AS (INSERT INTO list_counts (category, status, bucket, count)
                          SELECT c, s, bucket, sum(delta) FROM b GROUP BY c, s, bucket
                          HAVING sum(delta) <> 0
