@@ -196,8 +196,6 @@ fn statements(c: &mut Client, rows: u64) -> Result<Vec<ScaleRow>> {
         )?
         .get(0);
 
-    let cat = "kesehatan";
-    let status = "resolved";
     let cases: Vec<(String, &str, Params)> = vec![
         (
             "by id".into(),
