@@ -193,3 +193,262 @@ CREATE OR REPLACE TRIGGER statistics_changed
 CREATE OR REPLACE TRIGGER checkpoint_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON checkpoint
     FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+
+-- Numbered pages at any depth (SPEC §7.1 "`page=N` … its cost must not grow with N").
+--
+-- An order-statistics index over the newest-first order of the live reports, per list filter
+-- shape: (category, status), (category, status ''), (category '', status) and ('', '') for no
+-- filter. Each shape cuts its own reports into buckets by `created_at` (a bucket holds the
+-- shape's reports with `bucket <= created_at <` that shape's next bucket; the oldest starts at
+-- -infinity, present or implied), and `list_counts` holds each bucket's live count. Page N of
+-- a filter then: sum that shape's bucket counts from the newest bucket until the offset falls
+-- inside one (one primary-key row per bucket), and range-scan the filter's newest-first index
+-- from that bucket's upper bound, skipping fewer rows than one bucket holds. Buckets are per
+-- shape so that a filter matching 1/24 of the reports walks as few buckets as no filter does.
+--
+-- Exact at every committed state: STATEMENT-level triggers with transition tables move the
+-- counts in the same transaction as the rows, with one grouped upsert per statement (the
+-- projection writes a batch with one multi-row upsert; a row trigger would run per report).
+-- Correctness does not depend on where the boundaries lie, only on every count matching its
+-- range, so boundaries move freely: a bucket that grows past `list_bucket_rows()` live reports
+-- is re-cut into even pieces of at most half that, and one that shrinks below an eighth of it
+-- is merged with its neighbours (`list_counts_rebucket`), each walking only the reports of the
+-- range it re-cuts. The triggers take the writers' lock of the DB (the projection's
+-- WRITE_LOCK, already held by the projection and a rebuild), so a re-cut never races another
+-- transaction's count move. A writer that locks other rows before writing `read_reports`
+-- should take that lock first too (the projection does), or two such writers may deadlock.
+-- Reports sharing one `created_at` to the microsecond are never split apart: more than the
+-- limit at a single instant stay in one bucket (re-walked when touched).
+CREATE TABLE IF NOT EXISTS list_counts (
+    category text        NOT NULL,
+    status   text        NOT NULL,
+    bucket   timestamptz NOT NULL,
+    count    bigint      NOT NULL,
+    PRIMARY KEY (category, status, bucket)
+);
+
+-- The most live reports a bucket may hold before it is cut: it bounds the OFFSET inside a
+-- bucket (a deep page skips fewer than this many index keys), while the buckets summed for
+-- page N are ~ offset / (this / 4) rows of an index. 1 000 keeps both well under a
+-- millisecond at a million reports (README "At a million reports"). Tests set
+-- `reports.list_bucket_rows` (e.g. `ALTER DATABASE … SET`) to cross boundaries on small data.
+CREATE OR REPLACE FUNCTION list_bucket_rows() RETURNS bigint
+    LANGUAGE sql STABLE
+    RETURN GREATEST(COALESCE(NULLIF(current_setting('reports.list_bucket_rows', true), '')::bigint,
+                             1000), 2);
+
+-- The rows of one shape, as a condition on `read_reports` that its partial index matches.
+CREATE OR REPLACE FUNCTION list_shape_rows(c text, s text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    RETURN 'deleted_at IS NULL'
+        || CASE WHEN c <> '' THEN format(' AND category = %L', c) ELSE '' END
+        || CASE WHEN s <> '' THEN format(' AND status = %L', s) ELSE '' END;
+
+-- Re-cuts shape (c, s)'s buckets in [lo, hi) (lo a current boundary or -infinity, hi the
+-- next kept one or infinity): its live reports, in key order, into ceil(n / (limit / 2))
+-- pieces of even size, the first starting at lo; counts recomputed from the rows. One walk.
+CREATE OR REPLACE FUNCTION list_counts_rebucket(c text, s text, lo timestamptz, hi timestamptz)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    total  bigint;
+    pieces bigint;
+    rows   text := list_shape_rows(c, s) || ' AND created_at >= $1 AND created_at < $2';
+BEGIN
+    EXECUTE 'SELECT count(*) FROM read_reports WHERE ' || rows INTO total USING lo, hi;
+    pieces := GREATEST(1, ceil(total::numeric / GREATEST(list_bucket_rows() / 2, 1)));
+    DELETE FROM list_counts
+     WHERE category = c AND status = s AND bucket >= lo AND bucket < hi;
+    -- A row's bucket is the latest piece start at or before it (a running max). A piece
+    -- starts only where `created_at` changes, so every report of one instant lies in one
+    -- bucket, as the boundaries' definition needs.
+    EXECUTE 'INSERT INTO list_counts (category, status, bucket, count)
+             SELECT $3, $4, b, count(*)
+               FROM (SELECT max(CASE WHEN n = 1 THEN $1
+                                     WHEN created_at <> prev
+                                      AND (n - 1) * $5 / $6 <> (n - 2) * $5 / $6
+                                     THEN created_at END)
+                                OVER (ORDER BY created_at, id) AS b
+                       FROM (SELECT created_at, id, row_number() OVER w AS n,
+                                    lag(created_at) OVER w AS prev
+                               FROM read_reports WHERE ' || rows || '
+                             WINDOW w AS (ORDER BY created_at, id)) r) p
+              GROUP BY b'
+        USING lo, hi, c, s, pieces, GREATEST(total, 1);
+    -- The range's first boundary stays even when it holds no live report.
+    INSERT INTO list_counts (category, status, bucket, count) VALUES (c, s, lo, 0)
+        ON CONFLICT (category, status, bucket) DO NOTHING;
+END $$;
+
+-- Re-cuts every shape from scratch: an existing read model at migration, and a rebuild.
+CREATE OR REPLACE FUNCTION list_counts_rebucket_all() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+BEGIN
+    DELETE FROM list_counts;
+    FOR k IN SELECT DISTINCT COALESCE(category, '') AS c, COALESCE(status, '') AS s
+               FROM read_reports WHERE deleted_at IS NULL
+              GROUP BY GROUPING SETS ((category, status), (category), (status), ())
+    LOOP
+        PERFORM list_counts_rebucket(k.c, k.s, '-infinity', 'infinity');
+    END LOOP;
+END $$;
+
+-- Re-cuts one bucket of shape (c, s) if it is too full (into pieces), or merges it with its
+-- older neighbour (the newer one for the oldest bucket) if it is too empty.
+CREATE OR REPLACE FUNCTION list_counts_fix(c text, s text, b timestamptz, cap bigint)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    n  bigint;
+    lo timestamptz := b;
+    hi timestamptz;
+BEGIN
+    -- An earlier re-cut of the same statement may have removed or refilled this bucket.
+    SELECT count INTO n FROM list_counts WHERE category = c AND status = s AND bucket = b;
+    IF NOT FOUND OR (n <= cap AND n >= cap / 8) THEN
+        RETURN;
+    END IF;
+    SELECT min(bucket) INTO hi FROM list_counts WHERE category = c AND status = s AND bucket > b;
+    IF n < cap / 8 THEN
+        SELECT max(bucket) INTO lo FROM list_counts WHERE category = c AND status = s AND bucket < b;
+        IF lo IS NULL THEN
+            IF hi IS NULL THEN
+                RETURN; -- a lone bucket: nothing to merge with
+            END IF;
+            lo := b;
+            SELECT min(bucket) INTO hi FROM list_counts
+             WHERE category = c AND status = s AND bucket > hi;
+        END IF;
+    END IF;
+    PERFORM list_counts_rebucket(c, s, lo, COALESCE(hi, 'infinity'));
+END $$;
+
+-- Moves the counts by one statement's rows (one grouped upsert), then re-cuts the buckets it
+-- left too full or too empty. `list_counts_old` / `list_counts_new` are the statement's
+-- transition tables; the statement is built per operation because each has only its own.
+CREATE OR REPLACE FUNCTION list_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    cap     bigint := list_bucket_rows();
+    src     text;
+    tc      text[];
+    ts      text[];
+    tb      timestamptz[];
+    k       record;
+    lo      timestamptz;
+    hi      timestamptz;
+BEGIN
+    -- Serialise with other writers, and see the boundaries they committed (READ COMMITTED:
+    -- every statement below takes its snapshot after the lock is granted). The key is the
+    -- projection's writer lock (`projection::writer::WRITE_LOCK`), which the projection and a
+    -- rebuild already hold, so for them this costs nothing and never waits.
+    PERFORM pg_advisory_xact_lock(123636797826403);
+    src := CASE TG_OP
+        WHEN 'INSERT' THEN
+            'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
+              WHERE deleted_at IS NULL'
+        WHEN 'UPDATE' THEN
+            'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
+              WHERE deleted_at IS NULL
+             UNION ALL
+             SELECT category, status, created_at, -1 FROM list_counts_old
+              WHERE deleted_at IS NULL'
+        ELSE
+            'SELECT category, status, created_at, -1 AS delta FROM list_counts_old
+              WHERE deleted_at IS NULL'
+        END;
+    -- Each row counts in its four shapes, each in that shape's own bucket. New reports land
+    -- in each shape's newest bucket, found once per shape; only older ones are looked up.
+    EXECUTE 'WITH d AS (SELECT k.c, k.s, s.created_at, s.delta
+                          FROM (' || src || ') s
+                          CROSS JOIN LATERAL (VALUES (s.category, s.status), (s.category, ''''),
+                                                     ('''', s.status), ('''', '''')) AS k(c, s)),
+                  top AS MATERIALIZED (SELECT k.c, k.s, (SELECT max(l.bucket) FROM list_counts l
+                                             WHERE l.category = k.c AND l.status = k.s) AS newest
+                            FROM (SELECT DISTINCT c, s FROM d) k),
+                  b AS (SELECT d.c, d.s,
+                               CASE WHEN d.created_at >= t.newest THEN t.newest
+                                    ELSE COALESCE((SELECT max(l.bucket) FROM list_counts l
+                                                    WHERE l.category = d.c AND l.status = d.s
+                                                      AND l.bucket <= d.created_at),
+                                                  ''-infinity'') END AS bucket, d.delta
+                          FROM d JOIN top t ON t.c = d.c AND t.s = d.s),
+                  up AS (INSERT INTO list_counts (category, status, bucket, count)
+                         SELECT c, s, bucket, sum(delta) FROM b GROUP BY c, s, bucket
+                         HAVING sum(delta) <> 0
+                         ON CONFLICT (category, status, bucket)
+                         DO UPDATE SET count = list_counts.count + EXCLUDED.count
+                         RETURNING category, status, bucket, count)
+             SELECT array_agg(category), array_agg(status), array_agg(bucket) FROM up
+              WHERE count > $1 OR count < $1 / 8'
+        INTO tc, ts, tb USING cap;
+    IF tb IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- Per shape: a bulk statement (a rebuild's DELETE of every row, a bulk load) re-cuts the
+    -- span it touched in one walk; otherwise each bucket with its neighbours.
+    FOR k IN SELECT c, s, count(*) AS n, min(b) AS first, max(b) AS last
+               FROM unnest(tc, ts, tb) AS t(c, s, b) GROUP BY c, s
+    LOOP
+        IF k.n > 16 THEN
+            SELECT COALESCE(max(bucket), k.first) INTO lo FROM list_counts
+             WHERE category = k.c AND status = k.s AND bucket < k.first;
+            SELECT min(bucket) INTO hi FROM list_counts
+             WHERE category = k.c AND status = k.s AND bucket > k.last;
+            PERFORM list_counts_rebucket(k.c, k.s, lo, COALESCE(hi, 'infinity'));
+        ELSE
+            FOR lo IN SELECT b FROM unnest(tc, ts, tb) AS t(c, s, b)
+                       WHERE c = k.c AND s = k.s ORDER BY b
+            LOOP
+                PERFORM list_counts_fix(k.c, k.s, lo, cap);
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- TRUNCATE has no transition table: every shape starts over with its implied first bucket.
+CREATE OR REPLACE FUNCTION list_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(123636797826403);
+    DELETE FROM list_counts;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER list_counts_insert AFTER INSERT ON read_reports
+    REFERENCING NEW TABLE AS list_counts_new
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
+CREATE OR REPLACE TRIGGER list_counts_update AFTER UPDATE ON read_reports
+    REFERENCING OLD TABLE AS list_counts_old NEW TABLE AS list_counts_new
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
+CREATE OR REPLACE TRIGGER list_counts_delete AFTER DELETE ON read_reports
+    REFERENCING OLD TABLE AS list_counts_old
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_move();
+CREATE OR REPLACE TRIGGER list_counts_truncate AFTER TRUNCATE ON read_reports
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_clear();
+
+-- Every (category, status, bucket) whose stored count differs from a count of the live rows
+-- under that shape's current boundaries: empty when `list_counts` is exact. Counted from the
+-- rows, not through the triggers' delta rule, so `check-sync` and the tests catch a bug in it.
+CREATE OR REPLACE FUNCTION list_counts_drift()
+    RETURNS TABLE (category text, status text, bucket timestamptz, counted bigint, stored bigint)
+    LANGUAGE sql STABLE AS $$
+    WITH counted AS (
+        SELECT k.c AS category, k.s AS status,
+               COALESCE((SELECT max(l.bucket) FROM list_counts l
+                          WHERE l.category = k.c AND l.status = k.s
+                            AND l.bucket <= r.created_at), '-infinity') AS bucket,
+               count(*) AS n
+          FROM read_reports r
+          CROSS JOIN LATERAL (VALUES (r.category, r.status), (r.category, ''),
+                                     ('', r.status), ('', '')) AS k(c, s)
+         WHERE r.deleted_at IS NULL
+         GROUP BY 1, 2, 3)
+    SELECT COALESCE(c.category, l.category), COALESCE(c.status, l.status),
+           COALESCE(c.bucket, l.bucket), COALESCE(c.n, 0), COALESCE(l.count, 0)
+      FROM counted c
+      FULL JOIN list_counts l
+        ON l.category = c.category AND l.status = c.status AND l.bucket = c.bucket
+     WHERE COALESCE(c.n, 0) <> COALESCE(l.count, 0)
+$$;
+
+-- An existing read model gets its counts from its rows, once (this file runs once per text).
+SELECT list_counts_rebucket_all() WHERE NOT EXISTS (SELECT 1 FROM list_counts);

@@ -6,7 +6,9 @@
 //!
 //! Per query DB it checks: live row counts, tombstone counts, each report's presence, version,
 //! deletion, category and status, and that `statistics` equals `GROUP BY category, status`
-//! over that DB's own live rows (SPEC §4.4). The grouping is counted here from the rows, not
+//! over that DB's own live rows (SPEC §4.4), and that `list_counts` (the bucket counts deep
+//! pages skip by, `sql/query.sql`) equals the same grouping per bucket
+//! (`list_counts_drift()`, counted from the rows in SQL, one pass). The grouping is counted here from the rows, not
 //! through `apply.rs`, on purpose: a checker that shared the writer's counting rule could not
 //! catch a bug in it.
 //!
@@ -232,6 +234,40 @@ fn check_one(
                 key.0, key.1
             ));
         }
+    }
+    // list_counts (deep pages) vs GROUP BY over the live rows, per bucket, in SQL.
+    let drift = query
+        .query(
+            "SELECT category, status, bucket::text, counted, stored FROM list_counts_drift() \
+             ORDER BY bucket, category, status",
+            &[],
+        )
+        .map_err(|e| side.err(e))?;
+    for r in drift {
+        let (category, status, bucket, counted, stored): (String, String, String, i64, i64) =
+            (|| {
+                Ok::<_, postgres::Error>((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })()
+            .map_err(|e| side.err(e))?;
+        let shape = |v: &str| {
+            if v.is_empty() {
+                "*".to_owned()
+            } else {
+                v.to_owned()
+            }
+        };
+        diff.problems.push(format!(
+            "list_counts {}/{} from {bucket}: count {stored}, but {counted} live rows in \
+             read_reports",
+            shape(&category),
+            shape(&status)
+        ));
     }
     Ok(diff)
 }

@@ -15,7 +15,8 @@
 //!    last live fields and last live snapshot kept, as the projection keeps them);
 //! 4. write `statistics` as the sum of the deltas `apply::apply` gives each row — the writer's
 //!    own counting rule, so the result equals `GROUP BY category, status` over the live rows;
-//! 5. leave the `checkpoint` row as it is, and commit.
+//! 5. re-derive `list_counts` (the bucket counts of deep pages) from the new rows;
+//! 6. leave the `checkpoint` row as it is, and commit.
 //!
 //! Why the `reports` table and not a replay of `event_log`: each `reports` row is written in
 //! the same transaction as its event, so it IS the fold of the log up to the snapshot (newest
@@ -241,6 +242,11 @@ pub fn rebuild(config: &RebuildConfig) -> Result<RebuildReport, Error> {
         HistoryError::Source(e) => Error::CommandDb(e),
         HistoryError::Target(e) => db_err(e),
     })?;
+    // The deep-page counts (sql/query.sql `list_counts`) followed every statement above
+    // through their triggers; re-deriving them from the rows in one walk makes them exact
+    // even if they had drifted, as the rest of the read model is.
+    tx.execute("SELECT list_counts_rebucket_all()", &[])
+        .map_err(db_err)?;
     let (categories, statuses, counts) = totals.statistics();
     let statistics = tx
         .execute(INSERT_STATISTICS, &[&categories, &statuses, &counts])
@@ -249,7 +255,7 @@ pub fn rebuild(config: &RebuildConfig) -> Result<RebuildReport, Error> {
     snap.commit().map_err(Error::CommandDb)?;
 
     // Best-effort: the deleted rows are dead tuples now; readers were never blocked by them.
-    if let Err(e) = target.batch_execute("VACUUM (ANALYZE) read_reports, statistics") {
+    if let Err(e) = target.batch_execute("VACUUM (ANALYZE) read_reports, statistics, list_counts") {
         shared::warn!("VACUUM of {db} after the rebuild failed: {e}");
     }
     Ok(RebuildReport {
@@ -516,6 +522,13 @@ mod tests {
             expect,
             "states {states:?}"
         );
+    }
+
+    /// The `list_counts` triggers (sql/query.sql) serialise writers with this very lock.
+    #[test]
+    fn the_schema_takes_the_writers_lock() {
+        let sql = shared::migrate::QUERY_SQL;
+        assert!(sql.contains(&format!("pg_advisory_xact_lock({WRITE_LOCK})")));
     }
 
     #[test]

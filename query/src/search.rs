@@ -357,6 +357,29 @@ impl Statement {
                     .replace("{limit}", &limit)
                     .replace("{off}", &off)
             }
+            // A deep numbered page skips whole buckets of `list_counts` (sql/query.sql): the
+            // bucket the offset falls in is found by summing its filter's counts newest first,
+            // and the index range scan starts at that bucket's upper bound, skipping less than
+            // one bucket. Same snapshot as the rows (one statement), so the same answer as
+            // OFFSET over the whole index. Past the end there is no such bucket and no row.
+            // The skipped keys are read from the index alone (an index-only scan where the
+            // pages are all-visible, as older reports' are); only the page's rows are fetched.
+            None if offset > 0 => {
+                let c = args.add(q.filter.category.map_or("", |c| c.as_str()), Type::TEXT);
+                let s = args.add(q.filter.status.map_or("", |s| s.as_str()), Type::TEXT);
+                format!(
+                    "rank AS MATERIALIZED (SELECT hi, ({off} - (upto - count))::int8 AS skip \
+                     FROM (SELECT count, sum(count) OVER w AS upto, lag(bucket) OVER w AS hi \
+                     FROM list_counts WHERE category = {c} AND status = {s} \
+                     WINDOW w AS (ORDER BY bucket DESC ROWS UNBOUNDED PRECEDING)) b \
+                     WHERE upto > {off} LIMIT 1), \
+                     page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
+                     FROM (SELECT id FROM read_reports WHERE {all} \
+                     AND created_at < (SELECT COALESCE(hi, 'infinity') FROM rank) \
+                     ORDER BY created_at DESC, id DESC LIMIT {limit} \
+                     OFFSET (SELECT skip FROM rank)) k JOIN read_reports r ON r.id = k.id)"
+                )
+            }
             None => format!(
                 "page AS (SELECT doc, created_at, id, NULL::float8 AS chord FROM read_reports \
                  WHERE {all} ORDER BY created_at DESC, id DESC LIMIT {limit} OFFSET {off})"

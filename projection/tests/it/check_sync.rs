@@ -159,6 +159,21 @@ fn check_sync_finds_every_kind_of_drift() {
         &["statistics kebersihan/pending: count 2, but 1 live rows"],
     );
 
+    // A drifted deep-page count (`list_counts`), the rows themselves all right.
+    let mut w = seeded(pg, "sync_list_counts");
+    w.query("query-db-replica1")
+        .execute(
+            "UPDATE list_counts SET count = count + 2 WHERE category = 'kebersihan' \
+             AND status = ''",
+            &[],
+        )
+        .expect("test database");
+    expect_diff(
+        &w.check(),
+        "query-db-replica1",
+        &["list_counts kebersihan/* from -infinity: count 4, but 2 live rows"],
+    );
+
     // A resurrected report: deleted in command-db, live on the primary.
     let mut w = seeded(pg, "sync_tomb");
     w.query("query-db-primary")

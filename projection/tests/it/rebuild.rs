@@ -192,7 +192,9 @@ fn rebuild_restores_a_corrupted_read_model() {
              INSERT INTO read_reports VALUES (gen_random_uuid(), 'ghost', '', 'lainnya', \
                'pending', 9, now(), now(), NULL, '{}');
              INSERT INTO statistics VALUES ('lainnya', 'pending', 77, now()), \
-               ('keamanan', 'resolved', 5, now());",
+               ('keamanan', 'resolved', 5, now()); \
+             UPDATE list_counts SET count = count + 5 WHERE status = ''; \
+             ALTER DATABASE rebuild_query SET reports.list_bucket_rows = 16;",
         )
         .expect("corrupt");
     let live: Vec<&Report> = reports.iter().filter(|r| r.version > 1).collect();
@@ -259,6 +261,24 @@ fn rebuild_restores_a_corrupted_read_model() {
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
     assert_eq!(statistics(&mut query), want_stats);
+    // ... the deep-page counts exact again, cut into many buckets (at most 16 reports each
+    // here) ...
+    let drift: i64 = query
+        .query_one("SELECT count(*) FROM list_counts_drift()", &[])
+        .expect("drift")
+        .get(0);
+    assert_eq!(
+        drift, 0,
+        "list_counts differ from the rows after the rebuild"
+    );
+    let buckets: i64 = query
+        .query_one(
+            "SELECT count(*) FROM list_counts WHERE category = '' AND status = ''",
+            &[],
+        )
+        .expect("buckets")
+        .get(0);
+    assert!(buckets > 100, "{buckets} buckets for ~2 100 live reports");
     // ... the checkpoint untouched, and the summary telling the same story.
     let cp = query
         .query_one("SELECT entry_id, position, applied FROM checkpoint", &[])

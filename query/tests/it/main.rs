@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cache;
+mod deep_pages;
 mod explain;
 mod failover;
 mod fuzz;

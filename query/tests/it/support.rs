@@ -69,6 +69,7 @@ pub fn report(n: u32, category: Category, status: Status, created_at: OffsetDate
 /// the statistics from the old (category, status) to the new one, in one transaction.
 pub fn apply(client: &mut Client, r: &Report) {
     let mut tx = client.transaction().expect("begin");
+    writer_lock(&mut tx);
     let doc = serde_json::to_string(r).expect("report json");
     let old = tx
         .query_opt(
@@ -113,6 +114,7 @@ pub fn apply(client: &mut Client, r: &Report) {
 /// Deletes `r` like the projection: a tombstone at the next version, counts moved.
 pub fn delete(client: &mut Client, r: &Report) -> i64 {
     let mut tx = client.transaction().expect("begin");
+    writer_lock(&mut tx);
     let row = tx
         .query_one(
             "UPDATE read_reports SET deleted_at = now(), version = version + 1 \
@@ -129,6 +131,14 @@ pub fn delete(client: &mut Client, r: &Report) -> i64 {
     );
     tx.commit().expect("commit");
     row.get(2)
+}
+
+/// The projection's writer lock (`projection::writer::WRITE_LOCK`), taken first as the
+/// projection does: the `list_counts` triggers take it too, and a seeder that locked a
+/// statistics row before them could deadlock with another seeder.
+fn writer_lock(tx: &mut postgres::Transaction<'_>) {
+    tx.execute("SELECT pg_advisory_xact_lock(123636797826403)", &[])
+        .expect("writer lock");
 }
 
 fn move_count(
