@@ -324,11 +324,18 @@ END $$;
 
 -- Moves the counts by one statement's rows (one grouped upsert), then re-cuts the buckets it
 -- left too full or too empty. `list_counts_old` / `list_counts_new` are the statement's
--- transition tables; the statement is built per operation because each has only its own.
+-- transition tables; each operation has only its own, so each reads them in its own branch.
+-- Every statement here is static SQL: PL/pgSQL plans it once per session and reuses the plan,
+-- where an `EXECUTE`d string was planned on every call — ~1 ms per statement, which made the
+-- triggers cost 3.5× the projection's small upserts themselves (200 upserts of 5 reports:
+-- 276 ms with dynamic SQL, 61 ms with the triggers disabled).
 CREATE OR REPLACE FUNCTION list_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     cap     bigint := list_bucket_rows();
-    src     text;
+    vc      text[];
+    vs      text[];
+    vt      timestamptz[];
+    vd      int[];
     tc      text[];
     ts      text[];
     tb      timestamptz[];
@@ -341,45 +348,60 @@ BEGIN
     -- projection's writer lock (`projection::writer::WRITE_LOCK`), which the projection and a
     -- rebuild already hold, so for them this costs nothing and never waits.
     PERFORM pg_advisory_xact_lock(123636797826403);
-    src := CASE TG_OP
-        WHEN 'INSERT' THEN
-            'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
-              WHERE deleted_at IS NULL'
-        WHEN 'UPDATE' THEN
-            'SELECT category, status, created_at, 1 AS delta FROM list_counts_new
-              WHERE deleted_at IS NULL
-             UNION ALL
-             SELECT category, status, created_at, -1 FROM list_counts_old
-              WHERE deleted_at IS NULL'
-        ELSE
-            'SELECT category, status, created_at, -1 AS delta FROM list_counts_old
-              WHERE deleted_at IS NULL'
-        END;
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(category), array_agg(status), array_agg(created_at), array_agg(1)
+          INTO vc, vs, vt, vd
+          FROM list_counts_new WHERE deleted_at IS NULL;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Only rows whose shape, key or liveness changed move a count.
+        SELECT array_agg(u.category), array_agg(u.status), array_agg(u.created_at),
+               array_agg(u.delta)
+          INTO vc, vs, vt, vd
+          FROM (SELECT n.category, n.status, n.created_at, 1 AS delta
+                  FROM list_counts_new n JOIN list_counts_old o USING (id)
+                 WHERE n.deleted_at IS NULL
+                   AND (o.deleted_at IS NOT NULL OR o.category <> n.category
+                        OR o.status <> n.status OR o.created_at <> n.created_at)
+                UNION ALL
+                SELECT o.category, o.status, o.created_at, -1
+                  FROM list_counts_old o JOIN list_counts_new n USING (id)
+                 WHERE o.deleted_at IS NULL
+                   AND (n.deleted_at IS NOT NULL OR o.category <> n.category
+                        OR o.status <> n.status OR o.created_at <> n.created_at)) u;
+    ELSE
+        SELECT array_agg(category), array_agg(status), array_agg(created_at), array_agg(-1)
+          INTO vc, vs, vt, vd
+          FROM list_counts_old WHERE deleted_at IS NULL;
+    END IF;
+    IF vc IS NULL THEN
+        RETURN NULL;
+    END IF;
     -- Each row counts in its four shapes, each in that shape's own bucket. New reports land
     -- in each shape's newest bucket, found once per shape; only older ones are looked up.
-    EXECUTE 'WITH d AS (SELECT k.c, k.s, s.created_at, s.delta
-                          FROM (' || src || ') s
-                          CROSS JOIN LATERAL (VALUES (s.category, s.status), (s.category, ''''),
-                                                     ('''', s.status), ('''', '''')) AS k(c, s)),
-                  top AS MATERIALIZED (SELECT k.c, k.s, (SELECT max(l.bucket) FROM list_counts l
-                                             WHERE l.category = k.c AND l.status = k.s) AS newest
-                            FROM (SELECT DISTINCT c, s FROM d) k),
-                  b AS (SELECT d.c, d.s,
-                               CASE WHEN d.created_at >= t.newest THEN t.newest
-                                    ELSE COALESCE((SELECT max(l.bucket) FROM list_counts l
-                                                    WHERE l.category = d.c AND l.status = d.s
-                                                      AND l.bucket <= d.created_at),
-                                                  ''-infinity'') END AS bucket, d.delta
-                          FROM d JOIN top t ON t.c = d.c AND t.s = d.s),
-                  up AS (INSERT INTO list_counts (category, status, bucket, count)
-                         SELECT c, s, bucket, sum(delta) FROM b GROUP BY c, s, bucket
-                         HAVING sum(delta) <> 0
-                         ON CONFLICT (category, status, bucket)
-                         DO UPDATE SET count = list_counts.count + EXCLUDED.count
-                         RETURNING category, status, bucket, count)
-             SELECT array_agg(category), array_agg(status), array_agg(bucket) FROM up
-              WHERE count > $1 OR count < $1 / 8'
-        INTO tc, ts, tb USING cap;
+    WITH d AS (SELECT sh.c, sh.s, x.created_at, x.delta
+                 FROM unnest(vc, vs, vt, vd) AS x(category, status, created_at, delta)
+                 CROSS JOIN LATERAL (VALUES (x.category, x.status), (x.category, ''),
+                                            ('', x.status), ('', '')) AS sh(c, s)),
+         top AS MATERIALIZED (SELECT sh.c, sh.s, (SELECT max(l.bucket) FROM list_counts l
+                                                 WHERE l.category = sh.c AND l.status = sh.s) AS newest
+                                FROM (SELECT DISTINCT d.c, d.s FROM d) sh),
+         b AS (SELECT d.c, d.s,
+                      CASE WHEN d.created_at >= t.newest THEN t.newest
+                           ELSE COALESCE((SELECT max(l.bucket) FROM list_counts l
+                                           WHERE l.category = d.c AND l.status = d.s
+                                             AND l.bucket <= d.created_at),
+                                         '-infinity') END AS bucket, d.delta
+                 FROM d JOIN top t ON t.c = d.c AND t.s = d.s),
+         up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
+                SELECT b.c, b.s, b.bucket, sum(b.delta) FROM b GROUP BY b.c, b.s, b.bucket
+                HAVING sum(b.delta) <> 0
+                ON CONFLICT (category, status, bucket)
+                DO UPDATE SET count = l.count + EXCLUDED.count
+                RETURNING l.category, l.status, l.bucket, l.count)
+    SELECT array_agg(up.category), array_agg(up.status), array_agg(up.bucket)
+      INTO tc, ts, tb
+      FROM up
+     WHERE up.count > cap OR up.count < cap / 8;
     IF tb IS NULL THEN
         RETURN NULL;
     END IF;
