@@ -124,7 +124,10 @@ impl CommandSide {
                     match change {
                         0 => r.category = category,
                         1 => r.status = status,
-                        _ => r.title = format!("{} (edited)", r.title),
+                        _ => {
+                            r.title = format!("{} (edited)", r.title);
+                            r.address = Some(format!("Jl. Merdeka No. {}", self.position));
+                        }
                     }
                     (EventType::ReportUpdated, r.id, r.version, json(&*r))
                 }
@@ -139,8 +142,13 @@ impl CommandSide {
                     version: 1,
                     created_at: now,
                     updated_at: now,
-                    location: None,
-                    address: None,
+                    // Every other report has a place, so the place columns are exercised.
+                    location: (self.position % 2 == 0).then(|| shared::model::Location {
+                        lat: -6.2 + self.position as f64 * 1e-4,
+                        lng: 106.8,
+                    }),
+                    address: (self.position % 2 == 0)
+                        .then(|| format!("Jl. Sudirman {}", self.position)),
                     media_url: None,
                 };
                 let payload = json(&r);
@@ -264,6 +272,26 @@ pub struct RowView {
     pub deleted: bool,
     /// For live rows: category and status columns and the `doc` parsed back.
     pub live: Option<(String, String, Report)>,
+}
+
+/// How many rows' `lat`, `lng`, `address` or `search` disagree with their `doc` (every
+/// writer fills them from what it decoded, no longer the DB from `doc`), and how many rows
+/// are located, so a caller can tell the check saw places at all.
+pub fn place_mismatches(client: &mut postgres::Client) -> (i64, i64) {
+    let r = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE \
+                 lat IS DISTINCT FROM (doc::jsonb #>> '{location,lat}')::float8 \
+                 OR lng IS DISTINCT FROM (doc::jsonb #>> '{location,lng}')::float8 \
+                 OR address IS DISTINCT FROM doc::jsonb ->> 'address' \
+                 OR search IS DISTINCT FROM \
+                    report_search(title, description, doc::jsonb ->> 'address')), \
+               count(*) FILTER (WHERE lat IS NOT NULL) \
+             FROM read_reports",
+            &[],
+        )
+        .expect("place columns");
+    (r.get(0), r.get(1))
 }
 
 /// The read model, or the error while it is not there yet (schema still being applied).
