@@ -85,3 +85,51 @@ fn generated_place_columns_become_plain_and_keep_their_values() {
     let (wrong, located) = place_mismatches(&mut c);
     assert_eq!((wrong, located), (0, 1));
 }
+
+#[test]
+fn insert_mostly_tables_are_analyzed_less_often_and_only_where_queries_look() {
+    // Given a fresh query DB, migrated at two start-ups
+    let url = pg().create_db("schema_autovacuum");
+    let mut c = Client::connect(&url, NoTls).expect("connect");
+    shared::migrate::query_db(&mut c).expect("migrate");
+    shared::migrate::query_db(&mut c).expect("migrate again");
+
+    // Then both insert-mostly tables wait for half their size in changes before ANALYZE ...
+    for table in ["read_reports", "report_history"] {
+        let options: Vec<String> = c
+            .query_one(
+                "SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = $1::text::regclass",
+                &[&table],
+            )
+            .expect("reloptions")
+            .get(0);
+        for want in [
+            "autovacuum_analyze_scale_factor=0.5",
+            "autovacuum_analyze_threshold=1000",
+        ] {
+            assert!(options.iter().any(|o| o == want), "{table}: {options:?}");
+        }
+    }
+    // ... and gather statistics only for the columns queries filter or sort on.
+    let unanalyzed: Vec<String> = c
+        .query(
+            "SELECT attrelid::regclass::text || '.' || attname FROM pg_attribute \
+             WHERE attrelid IN ('read_reports'::regclass, 'report_history'::regclass) \
+               AND attnum > 0 AND attstattarget = 0 ORDER BY 1",
+            &[],
+        )
+        .expect("attributes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        unanalyzed,
+        [
+            "read_reports.address",
+            "read_reports.description",
+            "read_reports.doc",
+            "read_reports.title",
+            "report_history.payload"
+        ]
+    );
+}
