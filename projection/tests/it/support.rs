@@ -195,7 +195,8 @@ impl CommandSide {
             let deleted_at = deleted.then_some(r.updated_at);
             tx.execute(
                 "INSERT INTO reports (id, title, description, category, status, version, \
-                 created_at, updated_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 created_at, updated_at, deleted_at, lat, lng, address) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 &[
                     &r.id,
                     &r.title,
@@ -206,6 +207,9 @@ impl CommandSide {
                     &r.created_at,
                     &r.updated_at,
                     &deleted_at,
+                    &r.location.map(|l| l.lat),
+                    &r.location.map(|l| l.lng),
+                    &r.address,
                 ],
             )
             .expect("insert report");
