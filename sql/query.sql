@@ -50,9 +50,8 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 
 -- Second edition (SPEC §7.1): location, address and full-text search.
 --
--- The columns below are GENERATED from `doc`, the report JSON the projection already writes,
--- so every writer of the read model (the projection, `xtask rebuild`, test seeders) fills them
--- without knowing they exist, and they can never disagree with the document served.
+-- The columns below repeat what `doc` says (location, address) and its words (`search`); every
+-- writer of the read model fills them in the statement that writes `doc` (see below).
 --
 -- Geography, chosen by measurement (README "Location"): contrib `cube` (ships with Debian's
 -- PostgreSQL 15, a trusted extension, no package to install). A report is a 3-D point on a
@@ -78,22 +77,46 @@ CREATE OR REPLACE FUNCTION report_earth_point(lat float8, lng float8) RETURNS pu
         6371008.8 * sin(radians(lat))]);
 
 -- `unaccent` is STABLE (its dictionary could change); pinning the dictionary makes it safe to
--- call from a generated column and an index, the documented way to index unaccented text.
+-- call from an index, the documented way to index unaccented text.
 CREATE OR REPLACE FUNCTION report_unaccent(t text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN public.unaccent('public.unaccent'::regdictionary, t);
 
-ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS lat float8
-    GENERATED ALWAYS AS (((doc::jsonb) #>> '{location,lat}')::float8) STORED;
-ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS lng float8
-    GENERATED ALWAYS AS (((doc::jsonb) #>> '{location,lng}')::float8) STORED;
-ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS address text
-    GENERATED ALWAYS AS ((doc::jsonb) ->> 'address') STORED;
+-- `lat`, `lng`, `address` and `search` are plain columns that every writer fills in the same
+-- statement as the row (they were generated from `doc` until issue 13: re-parsing `doc` as
+-- jsonb four times per row was ~a quarter of each query DB's CPU per applied event). The
+-- projection writes the values it has already decoded; `search` is `report_search` of them.
+-- `check_sync` and the projection tests hold every writer to "the columns say what `doc` says".
+--
 -- The `simple` configuration lower-cases and splits words but never stems: Indonesian words
 -- are not mangled by an English stemmer, and "every word must match" means exactly that.
-ALTER TABLE read_reports ADD COLUMN IF NOT EXISTS search tsvector
-    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, report_unaccent(
-        title || ' ' || description || ' ' || coalesce((doc::jsonb) ->> 'address', '')))) STORED;
+CREATE OR REPLACE FUNCTION report_search(title text, description text, address text)
+    RETURNS tsvector LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN to_tsvector('simple'::regconfig, report_unaccent(
+        title || ' ' || description || ' ' || coalesce(address, '')));
+
+-- Fresh DBs get plain columns; a DB from before keeps its stored values (DROP EXPRESSION
+-- neither rewrites nor recomputes). Checked first, so a start-up after the migration takes no
+-- ACCESS EXCLUSIVE lock on the table.
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN SELECT * FROM (VALUES ('lat', 'float8'), ('lng', 'float8'), ('address', 'text'),
+                                     ('search', 'tsvector')) AS c(name, type) LOOP
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_schema = current_schema() AND table_name = 'read_reports'
+                         AND column_name = col.name) THEN
+            EXECUTE format('ALTER TABLE read_reports ADD COLUMN %I %s', col.name, col.type);
+        ELSIF EXISTS (SELECT 1 FROM information_schema.columns
+                      WHERE table_schema = current_schema() AND table_name = 'read_reports'
+                        AND column_name = col.name AND is_generated = 'ALWAYS') THEN
+            EXECUTE format('ALTER TABLE read_reports ALTER COLUMN %I DROP EXPRESSION IF EXISTS',
+                           col.name);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- near=: KNN over the sphere points of live located reports.
 CREATE INDEX IF NOT EXISTS read_reports_near
@@ -145,6 +168,37 @@ CREATE TABLE IF NOT EXISTS report_history (
     payload    text        NOT NULL,
     PRIMARY KEY (report_id, version)
 );
+
+-- Autovacuum for an insert-mostly read model (issue 13). With the defaults, ANALYZE of
+-- `read_reports` ran after every 10 % of growth and took up to a third of the query DBs' CPU
+-- during a catch-up. The planner needs little from it: row counts come from the table's
+-- current size at plan time, and the shape of the data (categories, statuses, words, places)
+-- does not change as the table grows, so statistics from half the rows still fit. Columns
+-- no query filters or sorts on (`doc`, `title`, `description`, `address`, the history's
+-- `payload`) get no statistics at all: ANALYZE no longer sorts and detoasts them. Set only
+-- when different, so a start-up takes no lock.
+DO $$
+DECLARE
+    t record;
+    c record;
+BEGIN
+    FOR t IN SELECT oid::regclass AS rel, reloptions FROM pg_class
+             WHERE oid IN ('read_reports'::regclass, 'report_history'::regclass) LOOP
+        IF t.reloptions IS NULL OR NOT t.reloptions @> ARRAY[
+               'autovacuum_analyze_scale_factor=0.5', 'autovacuum_analyze_threshold=1000'] THEN
+            EXECUTE format('ALTER TABLE %s SET (autovacuum_analyze_scale_factor = 0.5, '
+                           'autovacuum_analyze_threshold = 1000)', t.rel);
+        END IF;
+    END LOOP;
+    FOR c IN SELECT attrelid::regclass AS rel, attname FROM pg_attribute
+             WHERE ((attrelid = 'read_reports'::regclass
+                     AND attname IN ('doc', 'title', 'description', 'address'))
+                 OR (attrelid = 'report_history'::regclass AND attname = 'payload'))
+               AND attstattarget <> 0 LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS 0', c.rel, c.attname);
+    END LOOP;
+END
+$$;
 
 -- Bounded retention (SPEC §7.4). `stale`: the projection found this read model missing events
 -- the stream no longer holds (it fell beyond the retention bound, or it is a restored backup, a

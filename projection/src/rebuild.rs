@@ -93,12 +93,16 @@ const SELECT_REPORTS: &str = "\
          AND e.version = r.version - 1 AND e.event_type <> 'ReportDeleted' \
     ORDER BY r.id";
 
+// `search` is computed as the writer computes it (sql/query.sql, `report_search`).
 const INSERT_ROWS: &str = "\
     INSERT INTO read_reports (id, title, description, category, status, version, created_at, \
-                              updated_at, deleted_at, doc) \
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                         $6::int8[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], \
-                         $10::text[])";
+                              updated_at, deleted_at, doc, lat, lng, address, search) \
+    SELECT *, report_search(title, description, address) \
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                $6::int8[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], \
+                $10::text[], $11::float8[], $12::float8[], $13::text[]) \
+         AS b(id, title, description, category, status, version, created_at, updated_at, \
+              deleted_at, doc, lat, lng, address)";
 
 const INSERT_STATISTICS: &str = "\
     INSERT INTO statistics (category, status, count, last_updated) \
@@ -234,6 +238,9 @@ pub fn rebuild(config: &RebuildConfig) -> Result<RebuildReport, Error> {
                 &batch.updated_at,
                 &batch.deleted_at,
                 &batch.doc,
+                &batch.lat,
+                &batch.lng,
+                &batch.address,
             ],
         )
         .map_err(db_err)?;
@@ -427,6 +434,31 @@ impl SourceRow {
         }))
     }
 
+    /// Where the row's `doc` puts the report: the `lat`, `lng` and `address` columns say what
+    /// `doc` says (sql/query.sql), and a tombstone's `doc` is its last live snapshot.
+    fn place(&self) -> Result<(Option<Location>, Option<String>), Error> {
+        if self.deleted_at.is_none() {
+            return Ok((self.location, self.address.clone()));
+        }
+        let Some(payload) = &self.last_live else {
+            // The doc is the tombstone itself: no place.
+            return Ok((None, None));
+        };
+        let doc: serde_json::Value = serde_json::from_str(payload).map_err(|e| {
+            Error::Inconsistent(format!("report {}: last live payload: {e}", self.id))
+        })?;
+        let at = |path| doc.pointer(path).and_then(serde_json::Value::as_f64);
+        let location = match (at("/location/lat"), at("/location/lng")) {
+            (Some(lat), Some(lng)) => Some(Location { lat, lng }),
+            _ => None,
+        };
+        let address = doc
+            .get("address")
+            .and_then(|a| a.as_str())
+            .map(str::to_owned);
+        Ok((location, address))
+    }
+
     /// The row's `doc`: the report JSON for a live report; for a tombstone its last live
     /// snapshot (what the projection keeps), or the tombstone itself when the log lacks it.
     fn doc(&self) -> Result<String, Error> {
@@ -456,6 +488,9 @@ struct Batch {
     updated_at: Vec<OffsetDateTime>,
     deleted_at: Vec<Option<OffsetDateTime>>,
     doc: Vec<String>,
+    lat: Vec<Option<f64>>,
+    lng: Vec<Option<f64>>,
+    address: Vec<Option<String>>,
 }
 
 impl Batch {
@@ -467,6 +502,10 @@ impl Batch {
             RowState::Tombstone => (row.category.clone(), row.status.clone()),
         };
         self.doc.push(row.doc()?);
+        let (location, address) = row.place()?;
+        self.lat.push(location.map(|l| l.lat));
+        self.lng.push(location.map(|l| l.lng));
+        self.address.push(address);
         self.id.push(row.id);
         self.title.push(row.title);
         self.description.push(row.description);

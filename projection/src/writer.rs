@@ -822,6 +822,10 @@ struct Snapshots<'a> {
     created: Vec<time::OffsetDateTime>,
     updated: Vec<time::OffsetDateTime>,
     docs: Vec<&'a str>,
+    // What `doc` says about the place, already decoded: the DB no longer parses `doc` for it.
+    lats: Vec<Option<f64>>,
+    lngs: Vec<Option<f64>>,
+    addresses: Vec<Option<&'a str>>,
 }
 
 impl<'a> Snapshots<'a> {
@@ -835,6 +839,9 @@ impl<'a> Snapshots<'a> {
         self.created.push(r.created_at);
         self.updated.push(r.updated_at);
         self.docs.push(doc);
+        self.lats.push(r.location.map(|l| l.lat));
+        self.lngs.push(r.location.map(|l| l.lng));
+        self.addresses.push(r.address.as_deref());
     }
 
     /// Upserts every row, repeating the version guard of `apply.rs` in SQL (newer version
@@ -845,17 +852,20 @@ impl<'a> Snapshots<'a> {
         }
         tx.execute_typed(
             "INSERT INTO read_reports (id, title, description, category, status, version, \
-               created_at, updated_at, deleted_at, doc) \
+               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
              SELECT id, title, description, category, status, version, created_at, updated_at, \
-               NULL, doc \
+               NULL, doc, lat, lng, address, report_search(title, description, address) \
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
-               $7::timestamptz[], $8::timestamptz[], $9::text[]) \
-               AS b(id, title, description, category, status, version, created_at, updated_at, doc) \
+               $7::timestamptz[], $8::timestamptz[], $9::text[], $10::float8[], $11::float8[], \
+               $12::text[]) \
+               AS b(id, title, description, category, status, version, created_at, updated_at, doc, \
+                 lat, lng, address) \
              ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
                description = EXCLUDED.description, category = EXCLUDED.category, \
                status = EXCLUDED.status, version = EXCLUDED.version, \
                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-               deleted_at = NULL, doc = EXCLUDED.doc \
+               deleted_at = NULL, doc = EXCLUDED.doc, lat = EXCLUDED.lat, lng = EXCLUDED.lng, \
+               address = EXCLUDED.address, search = EXCLUDED.search \
              WHERE read_reports.version < EXCLUDED.version \
                AND read_reports.deleted_at IS NULL",
             &[
@@ -868,6 +878,9 @@ impl<'a> Snapshots<'a> {
                 (&self.created, Type::TIMESTAMPTZ_ARRAY),
                 (&self.updated, Type::TIMESTAMPTZ_ARRAY),
                 (&self.docs, Type::TEXT_ARRAY),
+                (&self.lats, Type::FLOAT8_ARRAY),
+                (&self.lngs, Type::FLOAT8_ARRAY),
+                (&self.addresses, Type::TEXT_ARRAY),
             ],
         )
     }
@@ -898,8 +911,9 @@ impl<'a> Tombstones<'a> {
         }
         tx.execute_typed(
             "INSERT INTO read_reports (id, title, description, category, status, version, \
-               created_at, updated_at, deleted_at, doc) \
-             SELECT id, '', '', '', '', version, at, at, at, doc \
+               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+             SELECT id, '', '', '', '', version, at, at, at, doc, NULL, NULL, NULL, \
+               report_search('', '', NULL) \
              FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[]) \
                AS b(id, version, at, doc) \
              ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \

@@ -137,9 +137,8 @@ fn fill_reports(c: &mut Client, rows: u64) -> Result<()> {
     // ones `seed` uses), with an address on one of the city's streets and a title from ten.
     c.batch_execute("SELECT setseed(0.42)")?;
     c.execute(
-        "INSERT INTO read_reports (id, title, description, category, status, version, \
-         created_at, updated_at, deleted_at, doc) \
-         SELECT id, title, descr, cat, st, v, t, t, CASE WHEN i % 50 = 0 THEN t END, \
+        "WITH s (id, title, description, category, status, version, created_at, updated_at, \
+             deleted_at, doc) AS (SELECT id, title, descr, cat, st, v, t, t, CASE WHEN i % 50 = 0 THEN t END, \
                 json_build_object('id', id, 'title', title, 'description', descr, \
                     'category', cat, 'status', st, 'version', v, \
                     'location', CASE WHEN i % 10 <> 0 THEN json_build_object( \
@@ -165,7 +164,12 @@ fn fill_reports(c: &mut Client, rows: u64) -> Result<()> {
                   'Pencurian sepeda motor di ','Jembatan penyeberangan rusak dekat '])[1 + (i / 7) % 10] \
                   || street AS title, \
                   'Laporan warga nomor ' || i || ' di ' || street \
-                  || ', mohon segera ditindaklanjuti oleh dinas terkait.' AS descr) x",
+                  || ', mohon segera ditindaklanjuti oleh dinas terkait.' AS descr) x) \
+         INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+         SELECT *, (doc::jsonb #>> '{location,lat}')::float8, \
+             (doc::jsonb #>> '{location,lng}')::float8, doc::jsonb ->> 'address', \
+             report_search(title, description, doc::jsonb ->> 'address') FROM s",
         &[&n],
     )?;
     // History: a create for every report, an update for those at version 2, a delete row for

@@ -36,6 +36,11 @@ fn three_dbs_converge_on_thousands_of_mixed_events() {
     assert!(expected.iter().any(|r| r.deleted) && expected.len() > 500);
     for (_, url) in &dbs {
         wait_converged(url, &expected, Duration::from_secs(30));
+        // with the place columns saying what each row's doc says
+        let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+        let (wrong, located) = place_mismatches(&mut c);
+        assert_eq!(wrong, 0, "rows whose place columns disagree with doc");
+        assert!(located > 100, "only {located} located rows");
     }
     // and everything is acked, the lag is zero and the stream is trimmed below the checkpoint
     wait_until("all entries acked", Duration::from_secs(10), || {

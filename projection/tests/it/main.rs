@@ -15,4 +15,5 @@ mod history;
 mod outage;
 mod rebuild;
 mod retention;
+mod schema;
 mod shutdown;

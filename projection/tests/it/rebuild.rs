@@ -324,6 +324,20 @@ fn rebuild_restores_a_corrupted_read_model() {
         want_history
     );
     assert_eq!(summary.history, want_history.len() as u64);
+    // ... the place columns say what each doc says, tombstones (last live doc) included, ...
+    let (wrong, located) = crate::support::place_mismatches(&mut query);
+    assert_eq!(wrong, 0, "rows whose place columns disagree with doc");
+    let located_tombstones: i64 = query
+        .query_one(
+            "SELECT count(*) FROM read_reports WHERE deleted_at IS NOT NULL AND lat IS NOT NULL",
+            &[],
+        )
+        .expect("located tombstones")
+        .get(0);
+    assert!(
+        located > 1000 && located_tombstones > 10,
+        "{located} / {located_tombstones}"
+    );
 
     // A second rebuild of a correct model changes nothing.
     let again = rebuild(&config).expect("rebuild");

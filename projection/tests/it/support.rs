@@ -124,7 +124,10 @@ impl CommandSide {
                     match change {
                         0 => r.category = category,
                         1 => r.status = status,
-                        _ => r.title = format!("{} (edited)", r.title),
+                        _ => {
+                            r.title = format!("{} (edited)", r.title);
+                            r.address = Some(format!("Jl. Merdeka No. {}", self.position));
+                        }
                     }
                     (EventType::ReportUpdated, r.id, r.version, json(&*r))
                 }
@@ -139,8 +142,13 @@ impl CommandSide {
                     version: 1,
                     created_at: now,
                     updated_at: now,
-                    location: None,
-                    address: None,
+                    // Every other report has a place, so the place columns are exercised.
+                    location: (self.position % 2 == 0).then(|| shared::model::Location {
+                        lat: -6.2 + self.position as f64 * 1e-4,
+                        lng: 106.8,
+                    }),
+                    address: (self.position % 2 == 0)
+                        .then(|| format!("Jl. Sudirman {}", self.position)),
                     media_url: None,
                 };
                 let payload = json(&r);
@@ -187,7 +195,8 @@ impl CommandSide {
             let deleted_at = deleted.then_some(r.updated_at);
             tx.execute(
                 "INSERT INTO reports (id, title, description, category, status, version, \
-                 created_at, updated_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 created_at, updated_at, deleted_at, lat, lng, address) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 &[
                     &r.id,
                     &r.title,
@@ -198,6 +207,9 @@ impl CommandSide {
                     &r.created_at,
                     &r.updated_at,
                     &deleted_at,
+                    &r.location.map(|l| l.lat),
+                    &r.location.map(|l| l.lng),
+                    &r.address,
                 ],
             )
             .expect("insert report");
@@ -264,6 +276,26 @@ pub struct RowView {
     pub deleted: bool,
     /// For live rows: category and status columns and the `doc` parsed back.
     pub live: Option<(String, String, Report)>,
+}
+
+/// How many rows' `lat`, `lng`, `address` or `search` disagree with their `doc` (every
+/// writer fills them from what it decoded, no longer the DB from `doc`), and how many rows
+/// are located, so a caller can tell the check saw places at all.
+pub fn place_mismatches(client: &mut postgres::Client) -> (i64, i64) {
+    let r = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE \
+                 lat IS DISTINCT FROM (doc::jsonb #>> '{location,lat}')::float8 \
+                 OR lng IS DISTINCT FROM (doc::jsonb #>> '{location,lng}')::float8 \
+                 OR address IS DISTINCT FROM doc::jsonb ->> 'address' \
+                 OR search IS DISTINCT FROM \
+                    report_search(title, description, doc::jsonb ->> 'address')), \
+               count(*) FILTER (WHERE lat IS NOT NULL) \
+             FROM read_reports",
+            &[],
+        )
+        .expect("place columns");
+    (r.get(0), r.get(1))
 }
 
 /// The read model, or the error while it is not there yet (schema still being applied).

@@ -317,15 +317,19 @@ fn search_shapes_use_indexes() {
     fresh_db("search_explain");
     let mut c = PG.client("search_explain");
     c.batch_execute(
-        "INSERT INTO read_reports (id, title, description, category, status, version, \
-             created_at, updated_at, deleted_at, doc) \
-         SELECT md5(i::text)::uuid, 'Laporan ' || i, 'Jalan rusak nomor ' || i, \
+        "WITH s (id, title, description, category, status, version, created_at, updated_at, \
+             deleted_at, doc) AS (SELECT md5(i::text)::uuid, 'Laporan ' || i, 'Jalan rusak nomor ' || i, \
              (ARRAY['kebersihan','kriminalitas','infrastruktur','kesehatan','keamanan','lainnya'])[1 + i % 6], \
              (ARRAY['pending','in_progress','resolved','rejected'])[1 + (i / 6) % 4], \
              1, now() - i * interval '1 second', now(), CASE WHEN i % 50 = 0 THEN now() END, \
              json_build_object('location', json_build_object('lat', -6.2 + (i % 200) * 0.002, \
                  'lng', 106.8 + (i / 200) * 0.002), 'address', 'Jl. Sudirman ' || i)::text \
-         FROM generate_series(1, 20000) AS i; \
+         FROM generate_series(1, 20000) AS i) \
+         INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+         SELECT *, (doc::jsonb #>> '{location,lat}')::float8, \
+             (doc::jsonb #>> '{location,lng}')::float8, doc::jsonb ->> 'address', \
+             report_search(title, description, doc::jsonb ->> 'address') FROM s; \
          INSERT INTO statistics (category, status, count, last_updated) \
          SELECT category, status, count(*), now() FROM read_reports \
          WHERE deleted_at IS NULL GROUP BY category, status;",
@@ -509,9 +513,8 @@ fn capped_totals_and_matches_beyond_the_walk() {
     // Row i is i seconds old. `langka`: 5 rows inside the walk, 150 older ones; `jarang`: 30
     // rows, all older than the walk; `umum`: every row; `kotak`: located inside the box.
     c.execute(
-        "INSERT INTO read_reports (id, title, description, category, status, version, \
-             created_at, updated_at, deleted_at, doc) \
-         SELECT id, title, 'laporan umum', 'lainnya', 'pending', 1, t, t, \
+        "WITH s (id, title, description, category, status, version, created_at, updated_at, \
+             deleted_at, doc) AS (SELECT id, title, 'laporan umum', 'lainnya', 'pending', 1, t, t, \
              CASE WHEN i % 97 = 0 THEN t END, \
              json_build_object('id', id, 'title', title, 'location', \
                  json_build_object('lat', CASE WHEN i % 3 = 0 THEN -6.2 ELSE 10.0 END, \
@@ -521,7 +524,12 @@ fn capped_totals_and_matches_beyond_the_walk() {
              timestamptz '2026-01-01' - i * interval '1 second' AS t, \
              CASE WHEN i IN (10, 500, 1000, 2000, 3000) OR i > $1 - 150 THEN 'langka ' \
                   WHEN i BETWEEN $1 - 200 AND $1 - 171 THEN 'jarang ' ELSE '' END \
-             || 'nomor ' || i AS title) x",
+             || 'nomor ' || i AS title) x) \
+         INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+         SELECT *, (doc::jsonb #>> '{location,lat}')::float8, \
+             (doc::jsonb #>> '{location,lng}')::float8, doc::jsonb ->> 'address', \
+             report_search(title, description, doc::jsonb ->> 'address') FROM s",
         &[&n],
     )
     .expect("seed");

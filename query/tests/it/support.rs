@@ -83,11 +83,13 @@ pub fn apply(client: &mut Client, r: &Report) {
     }
     tx.execute(
         "INSERT INTO read_reports (id, title, description, category, status, version, \
-         created_at, updated_at, deleted_at, doc) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,NULL,$9) \
+         created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,NULL,$9,$10,$11,$12,report_search($2,$3,$12)) \
          ON CONFLICT (id) DO UPDATE SET title = excluded.title, \
          description = excluded.description, category = excluded.category, \
          status = excluded.status, version = excluded.version, \
-         updated_at = excluded.updated_at, doc = excluded.doc",
+         updated_at = excluded.updated_at, doc = excluded.doc, lat = excluded.lat, \
+         lng = excluded.lng, address = excluded.address, search = excluded.search",
         &[
             &r.id,
             &r.title,
@@ -98,6 +100,9 @@ pub fn apply(client: &mut Client, r: &Report) {
             &r.created_at,
             &r.updated_at,
             &doc,
+            &r.location.map(|l| l.lat),
+            &r.location.map(|l| l.lng),
+            &r.address,
         ],
     )
     .expect("upsert report");
