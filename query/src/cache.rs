@@ -31,13 +31,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use shared::config::NamedDb;
 
 use crate::config::CONNECT_TIMEOUT;
-use crate::rounds::{Rounds, WATCH_EVERY};
+use crate::rounds::{Rounds, Threads};
 
 /// Entries kept per DB. Lists have few hot shapes (first pages, common filters); when the
 /// cache is full it starts over, so a scan of distinct URLs costs misses, never memory.
@@ -180,50 +179,22 @@ impl Cache {
     }
 
     /// Starts one listener thread per DB that has a listen URL; dropping the result stops them.
-    pub fn listen(self: &Arc<Cache>) -> std::io::Result<Listeners> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+    pub fn listen(self: &Arc<Cache>) -> std::io::Result<Threads> {
+        let mut threads = Threads::default();
         for i in 0..self.dbs.len() {
             if self.dbs[i].listen_url.is_none() {
                 continue;
             }
             let cache = Arc::clone(self);
-            let stop = Arc::clone(&stop);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("listen-{}", self.dbs[i].name))
-                    .spawn(move || listen_loop(&cache.dbs[i], &stop))?,
-            );
+            threads.spawn(format!("listen-{}", self.dbs[i].name), move |stop| {
+                listen_loop(&cache.dbs[i], stop)
+            })?;
         }
         let cache = Arc::clone(self);
-        let watch_stop = Arc::clone(&stop);
-        threads.push(
-            std::thread::Builder::new()
-                .name("cache-watch".into())
-                .spawn(move || {
-                    while !watch_stop.load(Ordering::Acquire) {
-                        std::thread::sleep(WATCH_EVERY);
-                        cache.dbs.iter().for_each(|d| d.rounds.give_up_stale());
-                    }
-                })?,
-        );
-        Ok(Listeners { stop, threads })
-    }
-}
-
-/// The listener threads; dropping it stops them (and waits for them).
-#[derive(Debug)]
-pub struct Listeners {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Listeners {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        threads.watch("cache-watch", move || {
+            cache.dbs.iter().for_each(|d| d.rounds.give_up_stale())
+        })?;
+        Ok(threads)
     }
 }
 

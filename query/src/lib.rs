@@ -65,6 +65,6 @@ pub struct Running {
     pub server: may::coroutine::JoinHandle<()>,
     pub ctx: Arc<Ctx>,
     _prober: Prober,
-    _listeners: cache::Listeners,
-    _points: points::Threads,
+    _listeners: rounds::Threads,
+    _points: rounds::Threads,
 }

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use postgres::types::Type;
@@ -29,7 +28,7 @@ use shared::config::NamedDb;
 use uuid::Uuid;
 
 use crate::config::CONNECT_TIMEOUT;
-use crate::rounds::{Point, Points, Rounds, WATCH_EVERY};
+use crate::rounds::{Point, Points, Rounds, Threads};
 
 /// The longest the thread idles between rounds (checking the stop flag), and its pause
 /// before reconnecting.
@@ -91,49 +90,21 @@ impl PointReaders {
 
     /// Starts one thread per DB with a URL; dropping the result stops them.
     pub fn start(self: &Arc<PointReaders>) -> std::io::Result<Threads> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let mut threads = Threads::default();
         for i in 0..self.dbs.len() {
             if self.dbs[i].url.is_none() {
                 continue;
             }
             let readers = Arc::clone(self);
-            let stop = Arc::clone(&stop);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("points-{}", self.dbs[i].name))
-                    .spawn(move || reader_loop(&readers.dbs[i], &stop))?,
-            );
+            threads.spawn(format!("points-{}", self.dbs[i].name), move |stop| {
+                reader_loop(&readers.dbs[i], stop)
+            })?;
         }
         let readers = Arc::clone(self);
-        let watch_stop = Arc::clone(&stop);
-        threads.push(
-            std::thread::Builder::new()
-                .name("points-watch".into())
-                .spawn(move || {
-                    while !watch_stop.load(Ordering::Acquire) {
-                        std::thread::sleep(WATCH_EVERY);
-                        readers.dbs.iter().for_each(|d| d.rounds.give_up_stale());
-                    }
-                })?,
-        );
-        Ok(Threads { stop, threads })
-    }
-}
-
-/// The point reader threads; dropping it stops them (and waits for them).
-#[derive(Debug)]
-pub struct Threads {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Threads {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        threads.watch("points-watch", move || {
+            readers.dbs.iter().for_each(|d| d.rounds.give_up_stale())
+        })?;
+        Ok(threads)
     }
 }
 

@@ -14,7 +14,9 @@
 //!   empty answer: they read the DB themselves.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -183,5 +185,54 @@ mod tests {
             h.join().ok().flatten()
         });
         assert_eq!(watchdog.join().ok().flatten(), None);
+    }
+}
+
+/// The plain threads that own rounds (one per DB, plus the watchdog that calls
+/// [`Rounds::give_up_stale`] every [`WATCH_EVERY`]), sharing one stop flag. Dropping it stops
+/// them and waits for them, so a stopped service leaves no thread reading a DB.
+#[derive(Debug, Default)]
+pub struct Threads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    /// Starts `body` on a named thread; it must return soon after the flag it is given is set.
+    pub fn spawn(
+        &mut self,
+        name: String,
+        body: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let stop = Arc::clone(&self.stop);
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || body(&stop))?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Starts the watchdog: `give_up` (the owner's [`Rounds::give_up_stale`] over its DBs)
+    /// every [`WATCH_EVERY`] until stopped.
+    pub fn watch(
+        &mut self,
+        name: &str,
+        give_up: impl Fn() + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.spawn(name.to_owned(), move |stop| {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(WATCH_EVERY);
+                give_up();
+            }
+        })
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
