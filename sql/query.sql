@@ -126,9 +126,37 @@ CREATE INDEX IF NOT EXISTS read_reports_near
 CREATE INDEX IF NOT EXISTS read_reports_bbox
     ON read_reports USING gist (point(lng, lat))
     WHERE deleted_at IS NULL AND lat IS NOT NULL;
--- q=: every word of the query in the search vector.
-CREATE INDEX IF NOT EXISTS read_reports_search
-    ON read_reports USING gin (search) WHERE deleted_at IS NULL;
+-- The place cells of a point (`query::cells`): one cell of each level, 0.005° up to 20.48° a
+-- side, each level four times the one before; the level in bits 48.., the column (from lng
+-- -180) in bits 24..48, the row (from lat -90) below. `query::cells::cell` is the same
+-- formula, term for term (a test compares them), so a box's cover holds every point in it.
+CREATE OR REPLACE FUNCTION report_cells(lat float8, lng float8) RETURNS int8[]
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN ARRAY[
+        (0::int8 << 48) | (floor((lng + 180) / 0.005::float8)::int8 << 24)
+            | floor((lat + 90) / 0.005::float8)::int8,
+        (1::int8 << 48) | (floor((lng + 180) / 0.02::float8)::int8 << 24)
+            | floor((lat + 90) / 0.02::float8)::int8,
+        (2::int8 << 48) | (floor((lng + 180) / 0.08::float8)::int8 << 24)
+            | floor((lat + 90) / 0.08::float8)::int8,
+        (3::int8 << 48) | (floor((lng + 180) / 0.32::float8)::int8 << 24)
+            | floor((lat + 90) / 0.32::float8)::int8,
+        (4::int8 << 48) | (floor((lng + 180) / 1.28::float8)::int8 << 24)
+            | floor((lat + 90) / 1.28::float8)::int8,
+        (5::int8 << 48) | (floor((lng + 180) / 5.12::float8)::int8 << 24)
+            | floor((lat + 90) / 5.12::float8)::int8,
+        (6::int8 << 48) | (floor((lng + 180) / 20.48::float8)::int8 << 24)
+            | floor((lat + 90) / 20.48::float8)::int8];
+
+-- q=: every word of the query in the search vector, and with a place the cells that cover it
+-- (`query::search`): one GIN scan intersects the words' posting lists with the cells', so a
+-- rare word in a large box, or a word that never occurs in the box, costs its few matches
+-- instead of a scan of the box (0.47 s for a 2° box at a million reports) or of the word's
+-- matches (malioboro, 8 %, in a Jakarta box: 0.1 s). A query on `search` alone reads this
+-- index as it read the former `read_reports_search`, which it replaces.
+CREATE INDEX IF NOT EXISTS read_reports_search_place
+    ON read_reports USING gin (search, report_cells(lat, lng)) WHERE deleted_at IS NULL;
+DROP INDEX IF EXISTS read_reports_search;
 -- near= with category= and/or status=: the KNN scan of `read_reports_near` must fetch every
 -- report of the radius from the table to test the filter, all of them when none matches (a
 -- category never reported in that part of a city: ~8 700 rows at a million reports, README

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
-use query::search::{ListQuery, Statement};
+use query::search::{ListQuery, NearSource, Statement};
 
 /// The scratch database, dropped afterwards.
 const SCRATCH_DB: &str = "scale_bench";
@@ -292,10 +292,41 @@ fn statements(c: &mut Client, rows: u64) -> Result<Vec<ScaleRow>> {
         ("q, rare (one report)", "q=nomor%20424242"),
         ("q + category", "q=jalan&category=infrastruktur"),
         ("q + near", "q=sampah&near=-6.1754,106.8272"),
+        (
+            "q + bbox 30 km², common word",
+            "q=sampah&bbox=106.80,-6.20,106.85,-6.15",
+        ),
+        (
+            "q + bbox ~1 km², common word",
+            "q=sampah&bbox=107.6046,-6.9223,107.6136,-6.9133",
+        ),
+        (
+            "q + bbox 2° wide, rare word",
+            "q=nomor%20424242&bbox=106.0,-7.0,108.0,-5.0",
+        ),
+        (
+            "q + bbox 30 km², word of another city",
+            "q=malioboro&bbox=106.80,-6.20,106.85,-6.15",
+        ),
+        (
+            "q + near 50 km, rare word",
+            "q=nomor%20424242&near=-6.1754,106.8272&radius_m=50000",
+        ),
     ];
     for (what, query) in searches {
         let q = list_query(query)?;
-        let st = Statement::build(&q);
+        // `near=` with `q=` first asks whether the words are rare nearby (its own round
+        // trip, measured as its own row), then reads from the source that says.
+        let source = match query::search::near_probe(&q) {
+            Some(probe) => {
+                let source = probe.choose(c)?;
+                let what = format!("{what}: probe ({source:?} chosen)");
+                out.extend(time_statement(c, rows, &what, &probe.sql, &probe.params())?);
+                source
+            }
+            None => NearSource::Knn,
+        };
+        let st = Statement::build_from(&q, source);
         out.extend(time_statement(c, rows, what, &st.sql, &st.params())?);
     }
     // Cursor pages: the second page of each order, from the cursor page 1 answered.

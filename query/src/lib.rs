@@ -8,7 +8,8 @@
 //! - [`route`]: the closed set of routes (path → route, label, `Allow`);
 //! - [`routes`]: one `match (method, route)` and the handlers;
 //! - [`paging`]: pure parameter rules (page, per_page, filters, min_version);
-//! - [`search`]: the list with text, place and cursor parameters ([`cursor`]: its tokens);
+//! - [`search`]: the list with text, place and cursor parameters ([`cursor`]: its tokens,
+//!   [`cells`]: the place grid its full-text index carries);
 //! - [`cache`]: list and statistics answers from memory while their DB is unchanged;
 //! - [`points`]: `GET /reports/{id}` coalesced into one statement per round;
 //! - [`rounds`]: the sync rounds both of them wait for without blocking a worker;
@@ -21,6 +22,7 @@
 //! database it has marked down while another one is up.
 
 pub mod cache;
+pub mod cells;
 pub mod config;
 pub mod cursor;
 pub mod failover;

@@ -17,7 +17,9 @@
 //! - every shape reads an index and no more rows than its answer needs, however wrong the
 //!   planner's guess of a filter's frequency: `near` counts and pages along the KNN scan,
 //!   `q`/`bbox` walk a bounded prefix of the newest-first index before asking for older
-//!   matches ([`walked`]); the scale bench measures each shape at a million reports.
+//!   matches ([`walked`]), and `q` with a place whose matches turn out rare reads them from
+//!   one GIN scan of its words and place cells ([`walked`], [`near_probe`], `cells`); the
+//!   scale bench measures each shape at a million reports.
 
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
@@ -27,6 +29,7 @@ use shared::model::Location;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::cells;
 use crate::cursor::Cursor;
 use crate::paging::{single, Filter, ListParams};
 
@@ -172,9 +175,28 @@ fn chord_expr(center: (&str, &str)) -> String {
     )
 }
 
-/// The conditions every row of the answer meets (without the cursor), and the chord
-/// expression when the order is nearest first.
-fn conditions(q: &ListQuery, args: &mut Args) -> (Vec<String>, Option<String>) {
+/// What a statement's rows must meet.
+struct Conditions {
+    /// Every row of the answer meets all of them (without the cursor); the first is
+    /// `deleted_at IS NULL`.
+    all: Vec<String>,
+    /// The distance expression when the order is nearest first.
+    chord: Option<String>,
+    /// `q=` with a `bbox=`: the same rows as `all`, as a condition on the words and place
+    /// cells of `read_reports_search_place` (its exact box as plain ranges, which no other
+    /// index takes and whose share the planner reads from the columns' statistics).
+    words_in_place: Option<String>,
+    /// `q=` with a `near=`: the same rows as `all`, as a condition on the words and the cells
+    /// of the radius's box (then the radius itself), for [`NearSource::Index`].
+    words_in_circle: Option<String>,
+    /// `q=` with a `near=`: `all` without the words, for [`near_probe`].
+    near_without_words: Option<String>,
+    /// The words' condition.
+    words: Option<String>,
+}
+
+/// The conditions of a request (see [`Conditions`]).
+fn conditions(q: &ListQuery, args: &mut Args) -> Conditions {
     let mut conds = vec!["deleted_at IS NULL".to_owned()];
     if let Some(c) = q.filter.category {
         conds.push(format!("category = {}", args.add(c.as_str(), Type::TEXT)));
@@ -182,12 +204,14 @@ fn conditions(q: &ListQuery, args: &mut Args) -> (Vec<String>, Option<String>) {
     if let Some(s) = q.filter.status {
         conds.push(format!("status = {}", args.add(s.as_str(), Type::TEXT)));
     }
-    if let Some(words) = &q.q {
-        let p = args.add(words.clone(), Type::TEXT);
-        conds.push(format!(
-            "search @@ plainto_tsquery('simple'::regconfig, report_unaccent({p}))"
-        ));
+    let mut words = None;
+    if let Some(text) = &q.q {
+        let p = args.add(text.clone(), Type::TEXT);
+        let cond = format!("search @@ plainto_tsquery('simple'::regconfig, report_unaccent({p}))");
+        conds.push(cond.clone());
+        words = Some(cond);
     }
+    let mut words_in_place = None;
     if let Some(b) = q.bbox {
         let (a, bb, c, d) = (
             args.add(b.min_lng, Type::FLOAT8),
@@ -195,23 +219,73 @@ fn conditions(q: &ListQuery, args: &mut Args) -> (Vec<String>, Option<String>) {
             args.add(b.max_lng, Type::FLOAT8),
             args.add(b.max_lat, Type::FLOAT8),
         );
+        if q.q.is_some() {
+            // `<@` on a point and a box is inclusive on every side, as these ranges are.
+            let mut place = conds[1..].to_vec();
+            if let Some(cover) = cells::cover(&b) {
+                let cells = args.add(cover, Type::INT8_ARRAY);
+                place.push(format!("report_cells(lat, lng) && {cells}"));
+            }
+            place.push(format!(
+                "lng >= {a} AND lng <= {c} AND lat >= {bb} AND lat <= {d}"
+            ));
+            words_in_place = Some(place.join(" AND "));
+        }
         conds.push(format!(
             "lat IS NOT NULL AND point(lng, lat) <@ box(point({a}, {bb}), point({c}, {d}))"
         ));
     }
     let mut chord = None;
+    let (mut words_in_circle, mut near_without_words) = (None, None);
     if let Some((at, radius)) = q.near {
         let lat = args.add(at.lat, Type::FLOAT8);
         let lng = args.add(at.lng, Type::FLOAT8);
         let r = args.add(geo::metres_to_chord(radius), Type::FLOAT8);
         let expr = chord_expr((&lat, &lng));
+        if q.q.is_some() {
+            let mut circle = conds[1..].to_vec();
+            if let Some(b) = cells::around(at, radius) {
+                if let Some(cover) = cells::cover(&b) {
+                    let cells = args.add(cover, Type::INT8_ARRAY);
+                    circle.push(format!("report_cells(lat, lng) && {cells}"));
+                }
+                let (a, bb, c, d) = (
+                    args.add(b.min_lng, Type::FLOAT8),
+                    args.add(b.min_lat, Type::FLOAT8),
+                    args.add(b.max_lng, Type::FLOAT8),
+                    args.add(b.max_lat, Type::FLOAT8),
+                );
+                circle.push(format!(
+                    "lng >= {a} AND lng <= {c} AND lat >= {bb} AND lat <= {d}"
+                ));
+            }
+            circle.push(format!("lat IS NOT NULL AND {expr} <= {r}"));
+            words_in_circle = Some(circle.join(" AND "));
+        }
         conds.push(format!(
             "lat IS NOT NULL AND report_earth_point(lat, lng) <@ \
              cube_enlarge(report_earth_point({lat}, {lng}), {r}, 3) AND {expr} <= {r}"
         ));
+        if let Some(w) = &words {
+            near_without_words = Some(
+                conds
+                    .iter()
+                    .filter(|c| *c != w)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+            );
+        }
         chord = Some(expr);
     }
-    (conds, chord)
+    Conditions {
+        all: conds,
+        chord,
+        words_in_place,
+        words_in_circle,
+        near_without_words,
+        words,
+    }
 }
 
 /// The statement of one page, as [`list`] sends it (also what the EXPLAIN tests check).
@@ -233,13 +307,38 @@ impl Statement {
     }
 
     pub fn build(q: &ListQuery) -> Statement {
+        Statement::build_from(q, NearSource::Knn)
+    }
+
+    /// The statement of one page, its `near=` + `q=` matches found as `source` says (what
+    /// [`near_probe`] chose; [`NearSource::Knn`] for every other shape).
+    pub fn build_from(q: &ListQuery, source: NearSource) -> Statement {
         let mut args = Args::default();
-        let (mut conds, chord) = conditions(q, &mut args);
+        let Conditions {
+            all: mut conds,
+            chord,
+            words_in_place,
+            words_in_circle,
+            ..
+        } = conditions(q, &mut args);
+        let gin = words_in_place.as_deref();
         let base = conds.join(" AND ");
         // What a row must match besides being live (`conds[0]` is `deleted_at IS NULL`).
         let matches = conds[1..].join(" AND ");
         let newest = q.counted() && chord.is_none();
         let mut ctes = Vec::new();
+        // Where the nearest-first reads take their rows: the table through its KNN index, or
+        // every match of rare words in the radius, read once from the full-text index.
+        let src = match (source, &words_in_circle) {
+            (NearSource::Index, Some(circle)) => {
+                ctes.push(format!(
+                    "{NEAR_MATCHES} AS MATERIALIZED (SELECT * FROM read_reports \
+                     WHERE deleted_at IS NULL AND {circle})"
+                ));
+                NEAR_MATCHES
+            }
+            _ => "read_reports",
+        };
         // The planner prices a box at a constant 0.1 % of the table (`contsel`), however many
         // reports it holds, so a box alone walks further before it is asked.
         let walk_rows = if q.q.is_none() {
@@ -259,7 +358,7 @@ impl Statement {
         }
         let total_sql = if newest {
             let n = args.add(TOTAL_CAP + 1, Type::INT8);
-            ctes.push(walked("t", None, walk_rows, &matches, "", &n, boxed));
+            ctes.push(walked("t", None, walk_rows, &matches, "", &n, boxed, gin));
             "SELECT count(*)::int8 FROM t_keys".to_owned()
         } else if let Some(expr) = &chord {
             // Never an unordered count (for a place in a dense city the planner would take a
@@ -267,7 +366,7 @@ impl Statement {
             // the whole newest-first index when fewer than the cap match): counted along the
             // GiST KNN scan, whatever the planner guesses of the radius, which it cannot.
             ctes.push(format!(
-                "t_near AS MATERIALIZED (SELECT id, {expr} AS chord FROM read_reports \
+                "t_near AS MATERIALIZED (SELECT id, {expr} AS chord FROM {src} \
                  WHERE {base} ORDER BY {expr} LIMIT {})",
                 TOTAL_CAP + 1
             ));
@@ -323,7 +422,7 @@ impl Statement {
                  JOIN read_reports r ON r.id = n.id)"
             ),
             Some(expr) if knn => format!(
-                "page AS (SELECT doc, created_at, id, {expr} AS chord FROM read_reports \
+                "page AS (SELECT doc, created_at, id, {expr} AS chord FROM {src} \
                  WHERE {all} ORDER BY {expr} LIMIT {limit} OFFSET {off})"
             ),
             Some(expr) => {
@@ -332,9 +431,9 @@ impl Statement {
                 // reports within that distance (a box of it is the index condition) are sorted.
                 let reach = near_box(&conds, expr, "(SELECT max(chord) FROM reach)");
                 format!(
-                    "reach AS MATERIALIZED (SELECT {expr} AS chord FROM read_reports \
+                    "reach AS MATERIALIZED (SELECT {expr} AS chord FROM {src} \
                      WHERE {all} ORDER BY {expr} LIMIT {need}), \
-                     page AS (SELECT doc, created_at, id, {expr} AS chord FROM read_reports \
+                     page AS (SELECT doc, created_at, id, {expr} AS chord FROM {src} \
                      WHERE {all} AND {reach} ORDER BY {expr}, id LIMIT {limit} OFFSET {off})"
                 )
             }
@@ -346,7 +445,7 @@ impl Statement {
                 } else {
                     let shared = after.is_empty().then_some("t_walk");
                     ctes.push(walked(
-                        "p", shared, walk_rows, &matches, &after, &need, boxed,
+                        "p", shared, walk_rows, &matches, &after, &need, boxed, gin,
                     ));
                     "p_keys"
                 };
@@ -402,6 +501,76 @@ impl Statement {
     }
 }
 
+/// Where a `near=` with `q=` reads its matches from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NearSource {
+    /// The KNN scan of the table, nearest first, testing the words on each report: cheap
+    /// while the words are common among the nearest reports.
+    Knn,
+    /// Every match in the radius from `read_reports_search_place` (the words and the cells
+    /// of the radius's box in one GIN scan), then sorted: cheap while they are few, where the
+    /// KNN scan would read the whole radius (a rare word within 50 km: 0.3–0.4 s).
+    Index,
+}
+
+/// The CTE of [`NearSource::Index`].
+const NEAR_MATCHES: &str = "n_matches";
+
+/// Reports of the radius, nearest first, whose words [`near_probe`] tests: ~2 ms of KNN scan
+/// at a million reports, paid only where the words turn out rare.
+pub const NEAR_PROBE_ROWS: i64 = 400;
+/// Matches among the [`NEAR_PROBE_ROWS`] nearest that keep [`NearSource::Knn`]. The KNN
+/// scan pays ~5 µs per report it reads at a million reports, the index ~4 µs per match and
+/// twice the matches (the cells stick out of the circle's box), so for a share `d` of
+/// matches in the largest radius (50 km around a city centre: ~250 000 reports) the two cost
+/// the same where `101 / d · 5 µs = d · 250 000 · 2 · 4 µs`: d ≈ 1.6 %, 6 in 400. A smaller
+/// radius holds fewer reports than that, and the KNN scan never reads more than all of it.
+pub const NEAR_DENSE_HITS: i64 = 6;
+
+/// For `near=` with `q=`: a statement whose one boolean row says whether the words are rare
+/// among the nearest reports ([`NearSource::Index`] then), or `None` for any other shape.
+/// It reads the KNN scan lazily: common words stop it after [`NEAR_DENSE_HITS`] matches, and
+/// a radius of fewer than [`NEAR_PROBE_ROWS`] reports is read whole by either source.
+/// Separate from the page's statement because no one statement can choose an index by
+/// what another part of it found; the choice only changes the cost, never the answer.
+pub fn near_probe(q: &ListQuery) -> Option<Probe> {
+    let mut args = Args::default();
+    let c = conditions(q, &mut args);
+    let (base, words, expr) = (c.near_without_words?, c.words?, c.chord?);
+    let sql = format!(
+        "WITH p AS MATERIALIZED (SELECT ({words}) AS hit FROM read_reports WHERE {base} \
+         ORDER BY {expr} LIMIT {NEAR_PROBE_ROWS}) \
+         SELECT CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM p WHERE hit \
+         LIMIT {NEAR_DENSE_HITS}) h) >= {NEAR_DENSE_HITS} THEN false \
+         ELSE (SELECT count(*) FROM p) >= {NEAR_PROBE_ROWS} END"
+    );
+    Some(Probe { sql, args })
+}
+
+/// The statement of [`near_probe`].
+pub struct Probe {
+    pub sql: String,
+    args: Args,
+}
+
+impl Probe {
+    /// The parameters, typed, for `query_typed`.
+    pub fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.args.refs()
+    }
+
+    /// Runs the probe: the source the page's statement should read.
+    pub fn choose(&self, client: &mut impl GenericClient) -> Result<NearSource, postgres::Error> {
+        let row = client.query_typed(&self.sql, &self.params())?;
+        Ok(
+            match row.first().map(|r| r.try_get::<_, bool>(0)).transpose()? {
+                Some(true) => NearSource::Index,
+                _ => NearSource::Knn,
+            },
+        )
+    }
+}
+
 /// The condition that a report lies within `bound` (a chord) of the `near=` centre, as an
 /// index condition of `read_reports_near`: the near condition of `conds` with its radius
 /// replaced.
@@ -419,6 +588,17 @@ fn near_box(conds: &[String], expr: &str, bound: &str) -> String {
 /// report of [`WALK_ROWS`] / 21 fills a page, and a match in one of 40 settles the capped
 /// total, yet short (a millisecond or two at a million reports).
 pub const WALK_ROWS: i64 = 4_000;
+/// Hits among the [`WALK_ROWS`] walked that make `q=` with a `bbox=` walk on rather than
+/// read all its matches from the index (see [`walked`]). A walked row costs ~1 µs at a
+/// million reports, a match read from the index ~4 µs (its table page is anywhere) and the
+/// cells stick out of the box about twofold, so the two cost the same where
+/// `need / d · 1 µs = d · N · 2 · 4 µs` for a share `d` of matches: d ≈ 0.35 %, 14 hits in
+/// 4 000. Below, the matches are few enough to read them all; above, the walk ends soon.
+pub const DENSE_HITS: i64 = 14;
+/// Rows the walk of `q=` with a `bbox=` goes on through when its first [`WALK_ROWS`] held
+/// [`DENSE_HITS`] or more: at that density the page is found within ~27 000 rows; the bound
+/// is for matches that grow rarer with age (then the index reads the older ones).
+pub const MORE_ROWS: i64 = 40_000;
 /// [`WALK_ROWS`] for a `bbox=` without `q=`: the planner's guess of a box is a constant, so the
 /// walk, cheap per row for a box test, settles down to a match in one report of 100.
 pub const BOX_WALK_ROWS: i64 = 10_000;
@@ -474,6 +654,17 @@ const BOX_PROBE: &str = "b_box";
 /// `boxed`: the statement counted its box in [`BOX_PROBE`]; when the box holds at most
 /// [`BOX_SORT_ROWS`] reports the keys are the newest of them and the walk is never started
 /// (its scans sit under a one-time filter on that count).
+///
+/// `gin`: `q=` with a `bbox=` ([`Conditions::words_in_place`]). The planner cannot judge
+/// such a conjunction (it prices every box at 0.1 % and multiplies the words' share with
+/// it), so its fallback is not asked of it: the walk's own hits measure how dense the
+/// matches are among recent reports. At least [`DENSE_HITS`] of them: the walk goes on
+/// through [`MORE_ROWS`] older rows, which settles a match in one report of a few hundred.
+/// Fewer, or still not `n`: every match is read from `read_reports_search_place` (the
+/// words and the box's cells in one GIN scan, then the exact box) and the newest `n`
+/// taken, which costs the matches alone, few by then. Planned without a limit, so no
+/// newest-first walk can stand in for the index.
+#[allow(clippy::too_many_arguments)]
 fn walked(
     name: &str,
     walk: Option<&str>,
@@ -482,6 +673,7 @@ fn walked(
     after: &str,
     n: &str,
     boxed: bool,
+    gin: Option<&str>,
 ) -> String {
     let (large, small) = if boxed {
         let count = format!("(SELECT count(*) FROM {BOX_PROBE})");
@@ -508,13 +700,33 @@ fn walked(
             format!("{name}_walk")
         }
     };
+    let oldest = format!("(SELECT created_at, id FROM {walk} ORDER BY created_at, id LIMIT 1)");
+    if let Some(gin) = gin {
+        let found = format!("(SELECT count(*) FROM {name}_found)");
+        let via_gin = format!("(SELECT yes FROM {name}_gin)");
+        ctes.push(format!(
+            "{name}_found AS MATERIALIZED (SELECT created_at, id FROM {walk} WHERE hit LIMIT {n}), \
+             {name}_more AS MATERIALIZED (SELECT created_at, id FROM (SELECT created_at, id, \
+             ({matches}) AS hit FROM read_reports WHERE deleted_at IS NULL{after} \
+             AND {found} BETWEEN {DENSE_HITS} AND {n} - 1 AND (created_at, id) < {oldest} \
+             ORDER BY created_at DESC, id DESC LIMIT {MORE_ROWS}) w WHERE hit LIMIT {n}), \
+             {name}_gin AS MATERIALIZED (SELECT {found} < {DENSE_HITS} \
+             OR {found} + (SELECT count(*) FROM {name}_more) < {n} AS yes), \
+             {name}_all AS MATERIALIZED (SELECT created_at, id FROM read_reports \
+             WHERE deleted_at IS NULL AND {gin}{after} AND {via_gin}), \
+             {name}_keys AS (SELECT created_at, id FROM {name}_found WHERE NOT {via_gin} \
+             UNION ALL SELECT created_at, id FROM {name}_more WHERE NOT {via_gin} \
+             UNION ALL (SELECT created_at, id FROM {name}_all \
+             ORDER BY created_at DESC, id DESC LIMIT {n}))"
+        ));
+        return ctes.join(", ");
+    }
     ctes.push(format!(
         "{name}_found AS MATERIALIZED (SELECT created_at, id FROM {walk} WHERE hit LIMIT {n}), \
          {name}_rest AS MATERIALIZED (SELECT created_at, id FROM read_reports \
          WHERE deleted_at IS NULL AND {matches}{after}{large} \
          AND (SELECT count(*) FROM {name}_found) < {n} \
-         AND (created_at, id) < (SELECT created_at, id FROM {walk} \
-         ORDER BY created_at, id LIMIT 1) \
+         AND (created_at, id) < {oldest} \
          ORDER BY created_at DESC, id DESC LIMIT GREATEST({n}, {})), \
          {name}_keys AS (SELECT created_at, id FROM {name}_found \
          UNION ALL (SELECT created_at, id FROM {name}_rest LIMIT {n}){small})",
@@ -529,13 +741,17 @@ pub fn list(
     q: &ListQuery,
     out: &mut Vec<u8>,
 ) -> Result<Listed, postgres::Error> {
+    let source = match near_probe(q) {
+        Some(probe) => probe.choose(client)?,
+        None => NearSource::Knn,
+    };
     let Statement {
         sql,
         mut args,
         conds,
         chord,
         knn,
-    } = Statement::build(q);
+    } = Statement::build_from(q, source);
     let rows = client.query_typed(&sql, &args.refs())?;
     let mut total = 0;
     let mut items = Vec::with_capacity(rows.len());

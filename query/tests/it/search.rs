@@ -503,7 +503,9 @@ fn small_and_large_boxes_answer_alike() {
 
 /// Totals of `q`/`bbox` are exact up to `TOTAL_CAP` and capped beyond it, and matches older
 /// than the bounded walk of the newest rows (`WALK_ROWS`) are found by the fallback: every
-/// answer (total, pages by cursor and by number) equals a plain SQL reference.
+/// answer (total, pages by cursor and by number) equals a plain SQL reference. `q` with a
+/// `bbox` takes each of its three ways there: the index alone (few hits in the walk), the
+/// walk going on (`DENSE_HITS` or more), the index after both walks.
 #[test]
 fn capped_totals_and_matches_beyond_the_walk() {
     use query::search::{TOTAL_CAP, WALK_ROWS};
@@ -511,7 +513,9 @@ fn capped_totals_and_matches_beyond_the_walk() {
     let mut c = PG.client("search_walk");
     let n = WALK_ROWS + 400;
     // Row i is i seconds old. `langka`: 5 rows inside the walk, 150 older ones; `jarang`: 30
-    // rows, all older than the walk; `umum`: every row; `kotak`: located inside the box.
+    // rows, all older than the walk; `umum`: every row; every third row lies in the box.
+    // In the box, `campur` is in 26 rows of the walk and 133 older ones (the walk goes on and
+    // fills the page), `sedang` in 44 of the walk and 4 older (it goes on, then the index).
     c.execute(
         "WITH s (id, title, description, category, status, version, created_at, updated_at, \
              deleted_at, doc) AS (SELECT id, title, 'laporan umum', 'lainnya', 'pending', 1, t, t, \
@@ -524,6 +528,9 @@ fn capped_totals_and_matches_beyond_the_walk() {
              timestamptz '2026-01-01' - i * interval '1 second' AS t, \
              CASE WHEN i IN (10, 500, 1000, 2000, 3000) OR i > $1 - 150 THEN 'langka ' \
                   WHEN i BETWEEN $1 - 200 AND $1 - 171 THEN 'jarang ' ELSE '' END \
+             || CASE WHEN (i <= $1 - 400 AND i % 150 = 0) OR (i > $1 - 400 AND i % 3 = 0) \
+                     THEN 'campur ' ELSE '' END \
+             || CASE WHEN i % 90 = 0 THEN 'sedang ' ELSE '' END \
              || 'nomor ' || i AS title) x) \
          INSERT INTO read_reports (id, title, description, category, status, version, \
              created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
@@ -544,6 +551,18 @@ fn capped_totals_and_matches_beyond_the_walk() {
         (
             "q=langka&bbox=106.7,-6.3,106.9,-6.1",
             "title LIKE 'langka%' AND lat < 0",
+        ),
+        (
+            "q=campur&bbox=106.7,-6.3,106.9,-6.1",
+            "title LIKE '%campur%' AND lat < 0",
+        ),
+        (
+            "q=sedang&bbox=106.7,-6.3,106.9,-6.1",
+            "title LIKE '%sedang%' AND lat < 0",
+        ),
+        (
+            "q=sedang+langka&bbox=106.7,-6.3,106.9,-6.1",
+            "title LIKE '%sedang%' AND title LIKE '%langka%' AND lat < 0",
         ),
         ("bbox=106.7,-6.3,106.9,-6.1", "lat < 0"),
     ] {
@@ -578,5 +597,190 @@ fn capped_totals_and_matches_beyond_the_walk() {
         let got = ids(page["data"].as_array().expect("data"));
         let expect: Vec<Uuid> = want.iter().skip(100).take(50).copied().collect();
         assert_eq!(got, expect, "{query}: page 3");
+    }
+    // Each way of `q` + `bbox` was the one taken: the text index read (or not), the walk
+    // going on (or not).
+    let ran = |plan: &str, node: &str| {
+        plan.lines()
+            .any(|l| l.contains(node) && !l.contains("(never executed)"))
+    };
+    for (query, index, more) in [
+        ("q=langka&bbox=106.7,-6.3,106.9,-6.1", true, false),
+        ("q=campur&bbox=106.7,-6.3,106.9,-6.1", false, true),
+        ("q=sedang&bbox=106.7,-6.3,106.9,-6.1", true, true),
+    ] {
+        let st = Statement::build(
+            &ListQuery::parse(&shared::http::parse_query(query).expect("query")).expect("valid"),
+        );
+        let plan = c
+            .query_typed(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", st.sql),
+                &st.params(),
+            )
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            ran(&plan, "Bitmap Index Scan on read_reports_search_place"),
+            index,
+            "{query}: the text index\n{plan}"
+        );
+        assert!(
+            !plan.contains("read_reports_bbox"),
+            "{query}: the box's index\n{plan}"
+        );
+        let walked_on = plan
+            .split("CTE t_more")
+            .nth(1)
+            .and_then(|rest| rest.split("CTE t_gin").next())
+            .is_some_and(|more| ran(more, "Index Scan using read_reports_newest"));
+        assert_eq!(walked_on, more, "{query}: the walk going on\n{plan}");
+    }
+}
+
+/// `query::cells::cell` is `report_cells` in SQL, term for term: a box's cover, computed here,
+/// holds the cells the index stored for every point inside it (edges of the world, of cells,
+/// and points anywhere).
+#[test]
+fn place_cells_agree_with_the_index() {
+    use query::cells::{cell, LEVELS};
+    fresh_db("search_cells");
+    let mut c = PG.client("search_cells");
+    let mut points = Vec::new();
+    for lat in [
+        -90.0,
+        -89.995,
+        -6.2,
+        -0.005,
+        0.0,
+        0.04,
+        45.000_000_01,
+        89.999,
+        90.0,
+    ] {
+        for lng in [
+            -180.0, -179.995, -0.02, 0.0, 106.8, 107.6046, 179.995, 180.0,
+        ] {
+            points.push((lat, lng));
+        }
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..500 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let a = (x >> 11) as f64 / (1u64 << 53) as f64;
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let b = (x >> 11) as f64 / (1u64 << 53) as f64;
+        points.push((a * 180.0 - 90.0, b * 360.0 - 180.0));
+    }
+    let (lats, lngs): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
+    let rows = c
+        .query(
+            "SELECT p.lat, p.lng, report_cells(p.lat, p.lng) \
+             FROM unnest($1::float8[], $2::float8[]) WITH ORDINALITY AS p(lat, lng, n) ORDER BY n",
+            &[&lats, &lngs],
+        )
+        .expect("cells");
+    assert_eq!(rows.len(), points.len());
+    for row in rows {
+        let (lat, lng): (f64, f64) = (row.get(0), row.get(1));
+        let sql: Vec<i64> = row.get(2);
+        let ours: Vec<i64> = (0..LEVELS.len()).map(|l| cell(l, lat, lng)).collect();
+        assert_eq!(sql, ours, "({lat}, {lng})");
+    }
+}
+
+/// `q=` with `near=`: words rare among the nearest reports are read from the text index
+/// (`NearSource::Index`), common ones along the KNN scan (`NearSource::Knn`); both answer
+/// what the reference says, in distance order, ties at one spot included, by cursor and by
+/// page, with the same totals.
+#[test]
+fn rare_words_near_a_place_come_from_the_text_index() {
+    use query::search::{near_probe, NearSource, TOTAL_CAP};
+    let url = fresh_db("search_near_words");
+    let mut c = PG.client("search_near_words");
+    // 1 500 reports on a spiral out to ~420 m from (-6.2, 106.8), the nearer the newer; every
+    // fifth at the spot of the one before (a tie in distance). `langka`: a pair at one spot
+    // in every 30 from the 600th on, none among the 600 nearest; `umum`: every report.
+    c.execute(
+        "WITH s AS (SELECT md5('nw' || i)::uuid AS id, \
+             timestamptz '2026-01-01' - i * interval '1 second' AS t, \
+             CASE WHEN i % 5 = 4 THEN i - 1 ELSE i END AS k, \
+             CASE WHEN i >= 600 AND i % 30 IN (3, 4) THEN 'langka ' ELSE '' END \
+                 || 'umum nomor ' || i AS title \
+             FROM generate_series(0, 1499) AS i) \
+         INSERT INTO read_reports (id, title, description, category, status, version, \
+             created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+         SELECT id, title, 'laporan', 'lainnya', 'pending', 1, t, t, NULL, \
+             json_build_object('id', id, 'title', title)::text, \
+             -6.2 + 0.0000025 * k * sin(k * 0.7), 106.8 + 0.0000025 * k * cos(k * 0.7), \
+             NULL, report_search(title, 'laporan', NULL) FROM s",
+        &[],
+    )
+    .expect("seed");
+    c.batch_execute("VACUUM ANALYZE read_reports")
+        .expect("analyze");
+    let svc = start_query(&format!("only={url}"), &[]);
+    let center = Location {
+        lat: -6.2,
+        lng: 106.8,
+    };
+    let mut all: Vec<(f64, Uuid, String)> = c
+        .query("SELECT id, lat, lng, title FROM read_reports", &[])
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let at = Location {
+                lat: r.get(1),
+                lng: r.get(2),
+            };
+            (haversine_m(center, at), r.get(0), r.get(3))
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let cap = usize::try_from(TOTAL_CAP).expect("cap");
+    for (word, source, per_pages) in [
+        ("langka", NearSource::Index, [1, 7]),
+        ("umum", NearSource::Knn, [7, 100]),
+    ] {
+        let query = format!("q={word}&near=-6.2,106.8");
+        let q =
+            ListQuery::parse(&shared::http::parse_query(&query).expect("query")).expect("valid");
+        let probe = near_probe(&q).expect("a probe for q + near");
+        assert_eq!(probe.choose(&mut c).expect("probe"), source, "{query}");
+        let want: Vec<Uuid> = all
+            .iter()
+            .filter(|(_, _, title)| title.contains(word))
+            .map(|(_, id, _)| *id)
+            .collect();
+        assert!(want.len() > 40, "{query}: the fixture has enough matches");
+        for per_page in per_pages {
+            let items = follow(&svc, &format!("/reports?{query}&per_page={per_page}"));
+            assert_eq!(ids(&items), want, "{query} per_page={per_page}");
+        }
+        let first = get(&svc, &format!("/reports?{query}&per_page=7")).json();
+        assert_eq!(first["meta"]["total"], want.len().min(cap), "{query}");
+        let page = get(&svc, &format!("/reports?{query}&per_page=7&page=3")).json();
+        let got = ids(page["data"].as_array().expect("data"));
+        let expect: Vec<Uuid> = want.iter().skip(14).take(7).copied().collect();
+        assert_eq!(got, expect, "{query}: page 3");
+        // The rare words' statement reads the text index, not the radius.
+        let st = Statement::build_from(&q, source);
+        let plan = c
+            .query_typed(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", st.sql),
+                &st.params(),
+            )
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            plan.contains("Bitmap Index Scan on read_reports_search_place"),
+            source == NearSource::Index,
+            "{query}\n{plan}"
+        );
     }
 }

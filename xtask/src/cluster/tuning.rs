@@ -23,15 +23,22 @@ const ALL: &[(&str, &str)] = &[("wal_init_zero", "off")];
 /// the shared machine, on each of the three DBs, all on the propagation path. The command
 /// DB, the source of truth, keeps synchronous commits.
 ///
-/// `gin_pending_list_limit=256kB`: the full-text index (`read_reports_search`, GIN) collects
+/// `gin_pending_list_limit=256kB`: the full-text index (`read_reports_search_place`, GIN) collects
 /// new entries in a pending list and merges it into the index once it exceeds this limit —
 /// inside whichever insert crosses it, i.e. inside a projection batch. At the default 4 MB a
 /// merge covers ~6 000 reports (a 5 s burst fills it; at stress, every ~30–50 s), which
 /// is seconds on a loaded 2-core machine (33 pending pages took 27 ms to merge at load 29;
 /// 512 pages would take ~400 ms, on each of the three DBs). 256 kB bounds a merge to 32 pages.
+///
+/// `max_parallel_workers_per_gather=0`: every read is a small statement among many running
+/// at once on two cores, where a parallel plan only adds the start of its workers: `q=` with
+/// a `bbox=` at a million reports took 17 ms with a Gather whose workers found their scan
+/// gated off, 3.8 ms without (README "At a million reports"). A worker is a process started
+/// per statement; the cores are already busy with the other requests.
 const QUERY_DB: &[(&str, &str)] = &[
     ("synchronous_commit", "off"),
     ("gin_pending_list_limit", "256kB"),
+    ("max_parallel_workers_per_gather", "0"),
 ];
 
 /// The settings of the PostgreSQL service `name` (`command-db`, `query-db-…`).
@@ -78,6 +85,8 @@ mod tests {
                     "synchronous_commit=off",
                     "-c",
                     "gin_pending_list_limit=256kB",
+                    "-c",
+                    "max_parallel_workers_per_gather=0",
                 ],
             );
         }
