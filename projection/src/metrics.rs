@@ -23,6 +23,11 @@ pub struct DbStatus {
     /// The fan-out's attachment flag: true while the reader sends this writer live batches.
     /// The reader clears it (channel full) and sets it (rejoin); the writer clears it (DB error).
     pub attached: AtomicBool,
+    /// True from process start until this writer is first attached or first fails: while any
+    /// writer is starting, the reader holds back new reads for a short grace so that a backlog
+    /// reaches every DB through the fan-out. A writer that failed is never waited for again,
+    /// so a DB that goes down cannot hold up the others' reads (SPEC §4.2).
+    pub starting: AtomicBool,
     /// `position` of the last entry this DB's checkpoint records.
     pub position: AtomicI64,
     /// Entries applied (no-ops included) since start.
@@ -98,6 +103,7 @@ impl DbStatus {
             name: name.to_owned(),
             up: AtomicBool::new(false),
             attached: AtomicBool::new(false),
+            starting: AtomicBool::new(true),
             position: AtomicI64::new(0),
             applied_total: AtomicU64::new(0),
             caught_up_total: AtomicU64::new(0),
@@ -124,6 +130,16 @@ impl DbStatus {
 
     pub fn set_attached(&self, on: bool) {
         self.attached.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_starting(&self) -> bool {
+        self.starting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ends the start-up phase: attached once, or failed once.
+    pub fn started(&self) {
+        self.starting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Adds the time since `since` to `stage` and returns now, the start of the next stage.
