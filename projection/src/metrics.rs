@@ -37,7 +37,8 @@ pub struct DbStatus {
     pub caught_up_total: AtomicU64,
     /// Entries read from the stream and not yet applied by this DB (set by the reader).
     pub lag_entries: AtomicU64,
-    /// Stream time (ms) of the oldest entry this DB has not applied; 0 when none.
+    /// Stream time (ms) of the oldest entry this DB has not applied, counting entries still in
+    /// the stream that the reader has not read; 0 when none (set by the reader every turn).
     pub oldest_unapplied_ms: AtomicU64,
     /// The read model may miss events the stream no longer holds (`retention.rs`): set by the
     /// reader (beyond the bound) or the writer (at connect), cleared by the writer once it has
