@@ -128,14 +128,14 @@ impl Fanout {
         }
     }
 
-    /// True when every writer that is not stale takes live batches (and there is one).
-    pub fn all_attached(&self) -> bool {
-        let mut live = self
-            .links
+    /// True while some writer that is not stale is still starting: it has neither been attached
+    /// nor failed since the process started. The reader holds back new reads for it during a
+    /// short grace at start. A writer that attached once or failed once is never waited for:
+    /// it catches up from its own checkpoint, so waiting would only stall the others.
+    pub fn awaiting_first_attach(&self) -> bool {
+        self.links
             .iter()
-            .filter(|l| !l.status.is_stale())
-            .peekable();
-        live.peek().is_some() && live.all(|l| l.status.is_attached())
+            .any(|l| !l.status.is_stale() && !l.status.is_attached() && l.status.is_starting())
     }
 
     /// True while at least one writer is attached and every attached writer has `pace` or more
@@ -162,6 +162,7 @@ impl Fanout {
             link.status.set_attached(false);
             return;
         }
+        link.status.started();
         shared::info!(
             "fanout: writer {} rejoined at {at} (live after {upto})",
             link.status.name

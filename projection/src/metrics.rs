@@ -23,6 +23,11 @@ pub struct DbStatus {
     /// The fan-out's attachment flag: true while the reader sends this writer live batches.
     /// The reader clears it (channel full) and sets it (rejoin); the writer clears it (DB error).
     pub attached: AtomicBool,
+    /// True from process start until this writer is first attached or first fails: while any
+    /// writer is starting, the reader holds back new reads for a short grace so that a backlog
+    /// reaches every DB through the fan-out. A writer that failed is never waited for again,
+    /// so a DB that goes down cannot hold up the others' reads (SPEC §4.2).
+    pub starting: AtomicBool,
     /// `position` of the last entry this DB's checkpoint records.
     pub position: AtomicI64,
     /// Entries applied (no-ops included) since start.
@@ -32,7 +37,8 @@ pub struct DbStatus {
     pub caught_up_total: AtomicU64,
     /// Entries read from the stream and not yet applied by this DB (set by the reader).
     pub lag_entries: AtomicU64,
-    /// Stream time (ms) of the oldest entry this DB has not applied; 0 when none.
+    /// Stream time (ms) of the oldest entry this DB has not applied, counting entries still in
+    /// the stream that the reader has not read; 0 when none (set by the reader every turn).
     pub oldest_unapplied_ms: AtomicU64,
     /// The read model may miss events the stream no longer holds (`retention.rs`): set by the
     /// reader (beyond the bound) or the writer (at connect), cleared by the writer once it has
@@ -98,6 +104,7 @@ impl DbStatus {
             name: name.to_owned(),
             up: AtomicBool::new(false),
             attached: AtomicBool::new(false),
+            starting: AtomicBool::new(true),
             position: AtomicI64::new(0),
             applied_total: AtomicU64::new(0),
             caught_up_total: AtomicU64::new(0),
@@ -124,6 +131,16 @@ impl DbStatus {
 
     pub fn set_attached(&self, on: bool) {
         self.attached.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_starting(&self) -> bool {
+        self.starting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ends the start-up phase: attached once, or failed once.
+    pub fn started(&self) {
+        self.starting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Adds the time since `since` to `stage` and returns now, the start of the next stage.

@@ -101,20 +101,63 @@ pub fn last_generated_id(conn: &mut redis::Connection, stream: &str) -> Result<E
         Err(e) if e.to_string().contains("no such key") => return Ok(EntryId::ZERO),
         Err(e) => return Err(Error::redis("xinfo stream", e)),
     };
-    let pairs: Vec<(&Value, &Value)> = match &v {
-        Value::Array(flat) => flat
-            .chunks(2)
-            .filter_map(|c| Some((c.first()?, c.get(1)?)))
-            .collect(),
-        Value::Map(kv) => kv.iter().map(|(k, v)| (k, v)).collect(),
-        other => return Err(Error::Reply(format!("xinfo stream: {other:?}"))),
-    };
-    pairs
-        .into_iter()
-        .find(|(k, _)| text(k).as_deref() == Some("last-generated-id"))
-        .and_then(|(_, v)| text(v))
+    let pairs = pairs(&v).ok_or_else(|| Error::Reply(format!("xinfo stream: {v:?}")))?;
+    field(&pairs, "last-generated-id")
         .and_then(|t| EntryId::parse(&t))
         .ok_or_else(|| Error::Reply("xinfo stream: no last-generated-id".into()))
+}
+
+/// The newest entry `group` has delivered to any of its consumers (XINFO GROUPS
+/// `last-delivered-id`): entries after it are unread. `0-0` when the group is not there.
+pub fn group_last_delivered(
+    conn: &mut redis::Connection,
+    stream: &str,
+    group: &str,
+) -> Result<EntryId, Error> {
+    let v: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query(conn)
+        .map_err(|e| Error::redis("xinfo groups", e))?;
+    parse_last_delivered(&v, group)
+}
+
+/// `last-delivered-id` of `group` in an XINFO GROUPS reply.
+fn parse_last_delivered(v: &Value, group: &str) -> Result<EntryId, Error> {
+    let Value::Array(groups) = v else {
+        return Err(Error::Reply(format!("xinfo groups: {v:?}")));
+    };
+    for g in groups {
+        let pairs = pairs(g).ok_or_else(|| Error::Reply(format!("xinfo groups: {g:?}")))?;
+        if field(&pairs, "name").as_deref() == Some(group) {
+            return field(&pairs, "last-delivered-id")
+                .and_then(|t| EntryId::parse(&t))
+                .ok_or_else(|| {
+                    Error::Reply(format!("xinfo groups {group}: no last-delivered-id"))
+                });
+        }
+    }
+    Ok(EntryId::ZERO)
+}
+
+/// The key/value pairs of an XINFO reply: a flat array in RESP2, a map in RESP3.
+fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Array(flat) => Some(
+            flat.chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+        ),
+        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
+        _ => None,
+    }
+}
+
+fn field(pairs: &[(&Value, &Value)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(k, _)| text(k).as_deref() == Some(name))
+        .and_then(|(_, v)| text(v))
 }
 
 /// The entries of an XREADGROUP reply for one stream (nil on timeout = none).
@@ -247,5 +290,31 @@ mod tests {
         assert_eq!(got[0].fields, Some(vec![("k".into(), b"v".to_vec())]));
         assert_eq!(got[1].fields, None);
         assert!(parse_entries(&Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn last_delivered_of_our_group() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let group = |name: &str, last: &str| {
+            Value::Array(vec![
+                bulk("name"),
+                bulk(name),
+                bulk("consumers"),
+                Value::Int(1),
+                bulk("last-delivered-id"),
+                bulk(last),
+            ])
+        };
+        let v = Value::Array(vec![group("other", "9-9"), group("ours", "5-2")]);
+        let check = |v: &Value, expect: Option<&str>| {
+            let got = parse_last_delivered(v, "ours")
+                .ok()
+                .map(|id| id.to_string());
+            assert_eq!(got.as_deref(), expect, "{v:?}");
+        };
+        check(&v, Some("5-2"));
+        check(&Value::Array(vec![group("other", "9-9")]), Some("0-0"));
+        check(&Value::Array(vec![group("ours", "x")]), None);
+        check(&Value::Int(1), None);
     }
 }

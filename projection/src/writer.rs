@@ -689,6 +689,8 @@ impl State {
         // After a failure the reader may be far ahead: catch up from the stream before the
         // rejoin, so the gap is not covered while live batches pile up behind it.
         self.first_attach = false;
+        // And the reader no longer holds its reads back for this writer (`consumer.rs`).
+        self.w.status.started();
         if matches!(
             e,
             Error::Db { .. } | Error::DbLost { .. } | Error::Inconsistent(_)
