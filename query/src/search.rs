@@ -356,9 +356,15 @@ impl Statement {
                 BOX_SORT_ROWS + 1
             ));
         }
+        let walk = Walk {
+            rows: walk_rows,
+            matches: &matches,
+            boxed,
+            gin,
+        };
         let total_sql = if newest {
             let n = args.add(TOTAL_CAP + 1, Type::INT8);
-            ctes.push(walked("t", None, walk_rows, &matches, "", &n, boxed, gin));
+            ctes.push(walked("t", None, "", &n, &walk));
             "SELECT count(*)::int8 FROM t_keys".to_owned()
         } else if let Some(expr) = &chord {
             // Never an unordered count (for a place in a dense city the planner would take a
@@ -444,9 +450,7 @@ impl Statement {
                     "t_keys"
                 } else {
                     let shared = after.is_empty().then_some("t_walk");
-                    ctes.push(walked(
-                        "p", shared, walk_rows, &matches, &after, &need, boxed, gin,
-                    ));
+                    ctes.push(walked("p", shared, &after, &need, &walk));
                     "p_keys"
                 };
                 "page AS (SELECT r.doc, r.created_at, r.id, NULL::float8 AS chord \
@@ -638,9 +642,22 @@ fn area_m2(b: &BBox) -> f64 {
 /// The CTE of the box count ([`BOX_SORT_ROWS`]).
 const BOX_PROBE: &str = "b_box";
 
-/// CTEs `{name}_found`, `{name}_rest`, `{name}_keys` (and `{name}_walk` of `rows` rows
+/// What the walks of one statement share (its total's and its page's, see [`walked`]).
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    /// Rows of the newest-first index walked first.
+    rows: i64,
+    /// What a row must match besides being live.
+    matches: &'a str,
+    /// The box was counted in [`BOX_PROBE`].
+    boxed: bool,
+    /// [`Conditions::words_in_place`].
+    gin: Option<&'a str>,
+}
+
+/// CTEs `{name}_found`, `{name}_rest`, `{name}_keys` (and `{name}_walk` of `how.rows` rows
 /// unless `walk` names one to share): `(created_at, id)` of the first `n` live reports, newest
-/// first, after the cursor condition `after`, matching `matches`.
+/// first, after the cursor condition `after`, matching `how.matches`.
 ///
 /// Which index finds them fastest depends on how many match, which the planner can only
 /// guess for words and boxes, and guesses wrong both ways (correlated words, a dense city, a
@@ -651,11 +668,11 @@ const BOX_PROBE: &str = "b_box";
 /// matches (planned for a page, a word it guesses at 0.1 % would walk the index again).
 /// Every CTE is read lazily, so a walk that fills the page early stops there.
 ///
-/// `boxed`: the statement counted its box in [`BOX_PROBE`]; when the box holds at most
+/// `how.boxed`: the statement counted its box in [`BOX_PROBE`]; when the box holds at most
 /// [`BOX_SORT_ROWS`] reports the keys are the newest of them and the walk is never started
 /// (its scans sit under a one-time filter on that count).
 ///
-/// `gin`: `q=` with a `bbox=` ([`Conditions::words_in_place`]). The planner cannot judge
+/// `how.gin`: `q=` with a `bbox=` ([`Conditions::words_in_place`]). The planner cannot judge
 /// such a conjunction (it prices every box at 0.1 % and multiplies the words' share with
 /// it), so its fallback is not asked of it: the walk's own hits measure how dense the
 /// matches are among recent reports. At least [`DENSE_HITS`] of them: the walk goes on
@@ -664,17 +681,13 @@ const BOX_PROBE: &str = "b_box";
 /// words and the box's cells in one GIN scan, then the exact box) and the newest `n`
 /// taken, which costs the matches alone, few by then. Planned without a limit, so no
 /// newest-first walk can stand in for the index.
-#[allow(clippy::too_many_arguments)]
-fn walked(
-    name: &str,
-    walk: Option<&str>,
-    rows: i64,
-    matches: &str,
-    after: &str,
-    n: &str,
-    boxed: bool,
-    gin: Option<&str>,
-) -> String {
+fn walked(name: &str, walk: Option<&str>, after: &str, n: &str, how: &Walk) -> String {
+    let Walk {
+        rows,
+        matches,
+        boxed,
+        gin,
+    } = *how;
     let (large, small) = if boxed {
         let count = format!("(SELECT count(*) FROM {BOX_PROBE})");
         (
