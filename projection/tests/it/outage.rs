@@ -43,9 +43,11 @@ fn a_stopped_db_catches_up_while_the_others_stay_current() {
     }
 
     eprintln!("worst healthy lag while replica2 was down: {worst_lag} s");
-    // Then the healthy DBs stay current: lag under a second, and they hold the latest state
+    // Then the healthy DBs stay current, and they hold the latest state. The bound: a reader
+    // that held every DB's reads back while one writer was down showed 0.8–0.9 s here (the
+    // start-up grace, fixed); healthy DBs read 0.1–0.2 s, also with both cores busy.
     assert!(
-        worst_lag < 1.0,
+        worst_lag < 0.6,
         "healthy lag reached {worst_lag} s while replica2 was down"
     );
     let expected = cmd.expected();
