@@ -309,6 +309,18 @@ fn statements(c: &mut Client, rows: u64) -> Result<Vec<ScaleRow>> {
             "q=malioboro&bbox=106.80,-6.20,106.85,-6.15",
         ),
         (
+            "q + bbox ~4 km², words at the crossover (index)",
+            "q=sampah&bbox=106.8182,-6.1844,106.8362,-6.1664",
+        ),
+        (
+            "q + bbox ~7 km², words at the crossover (walk)",
+            "q=sampah&bbox=106.8152,-6.1874,106.8392,-6.1634",
+        ),
+        (
+            "q + near 50 km, word of 0.7 %",
+            "q=15&near=-6.1754,106.8272&radius_m=50000",
+        ),
+        (
             "q + near 50 km, rare word",
             "q=nomor%20424242&near=-6.1754,106.8272&radius_m=50000",
         ),
