@@ -321,6 +321,14 @@ fn statements(c: &mut Client, rows: u64) -> Result<Vec<ScaleRow>> {
             "q=15&near=-6.1754,106.8272&radius_m=50000",
         ),
         (
+            "q + bbox 2° wide, common word",
+            "q=nomor&bbox=106.0,-7.0,108.0,-5.0",
+        ),
+        (
+            "q + bbox of the whole world, rare word",
+            "q=nomor%20424242&bbox=-180,-90,180,90",
+        ),
+        (
             "q + near 50 km, rare word",
             "q=nomor%20424242&near=-6.1754,106.8272&radius_m=50000",
         ),

@@ -219,21 +219,26 @@ fn conditions(q: &ListQuery, args: &mut Args) -> Conditions {
             args.add(b.max_lng, Type::FLOAT8),
             args.add(b.max_lat, Type::FLOAT8),
         );
-        if q.q.is_some() {
-            // `<@` on a point and a box is inclusive on every side, as these ranges are.
-            let mut place = conds[1..].to_vec();
-            if let Some(cover) = cells::cover(&b) {
+        // `<@` on a point and a box is inclusive on every side, as these ranges are.
+        let ranges = format!("lng >= {a} AND lng <= {c} AND lat >= {bb} AND lat <= {d}");
+        let cover = q.q.is_some().then(|| cells::cover(&b)).flatten();
+        if q.q.is_some() && cover.is_none() {
+            // Most of a hemisphere: no cover, and the box barely narrows the words. As plain
+            // ranges the box is no index condition, so the planner's fallback reads the words'
+            // own index or walks on, as for `q=` alone, never a bitmap scan of the box.
+            conds.push(ranges);
+        } else {
+            if let Some(cover) = cover {
                 let cells = args.add(cover, Type::INT8_ARRAY);
+                let mut place = conds[1..].to_vec();
                 place.push(format!("report_cells(lat, lng) && {cells}"));
+                place.push(ranges);
+                words_in_place = Some(place.join(" AND "));
             }
-            place.push(format!(
-                "lng >= {a} AND lng <= {c} AND lat >= {bb} AND lat <= {d}"
+            conds.push(format!(
+                "lat IS NOT NULL AND point(lng, lat) <@ box(point({a}, {bb}), point({c}, {d}))"
             ));
-            words_in_place = Some(place.join(" AND "));
         }
-        conds.push(format!(
-            "lat IS NOT NULL AND point(lng, lat) <@ box(point({a}, {bb}), point({c}, {d}))"
-        ));
     }
     let mut chord = None;
     let (mut words_in_circle, mut near_without_words) = (None, None);
