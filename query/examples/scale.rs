@@ -309,11 +309,11 @@ fn statements(c: &mut Client, rows: u64) -> Result<Vec<ScaleRow>> {
             "q=malioboro&bbox=106.80,-6.20,106.85,-6.15",
         ),
         (
-            "q + bbox ~4 km², words at the crossover (index)",
+            "q + bbox ~4 km², a word near the crossover",
             "q=sampah&bbox=106.8182,-6.1844,106.8362,-6.1664",
         ),
         (
-            "q + bbox ~7 km², words at the crossover (walk)",
+            "q + bbox ~7 km², a word at the crossover",
             "q=sampah&bbox=106.8152,-6.1874,106.8392,-6.1634",
         ),
         (

@@ -22,12 +22,13 @@ use shared::model::Location;
 /// a smaller box is covered by one to four of its cells.
 pub const LEVELS: [f64; 7] = [0.005, 0.02, 0.08, 0.32, 1.28, 5.12, 20.48];
 
-/// Most cells a cover may have. GIN merges the posting list of every cell asked for, so
-/// each cell costs (121 fine cells of a 30 km² box took 50 ms where 4 coarser ones took 6 ms
-/// for a word of 8 % of a million reports); more cells only trim the candidates past the box,
-/// which the exact test drops anyway. 16 kept every shape of `bench --scale` at its fastest
-/// (README "At a million reports").
-pub const MAX_COVER: usize = 16;
+/// Most cells a cover may have. GIN merges the posting list of every cell asked for, so each
+/// cell costs (121 fine cells of a 30 km² box took 50 ms where 4 coarser ones took 6 ms for a
+/// word of 8 % of a million reports), while too few coarse cells read reports far outside the
+/// box (a 4 km² box in 4 cells of 0.02°: 5× its area). Measured over boxes of 1–20 km²: 16
+/// cells cost up to 17 ms at the worst box, 36 up to 10.5 ms, 64 no better than 36 (README
+/// "At a million reports").
+pub const MAX_COVER: usize = 36;
 
 /// The cell of level `level` (an index into [`LEVELS`]) that holds a point: the level in
 /// bits 48.., the column (from lng -180) in bits 24..48, the row (from lat -90) below; at

@@ -598,17 +598,16 @@ fn near_box(conds: &[String], expr: &str, bound: &str) -> String {
 /// total, yet short (a millisecond or two at a million reports).
 pub const WALK_ROWS: i64 = 4_000;
 /// Hits among the [`WALK_ROWS`] walked that make `q=` with a `bbox=` walk on rather than
-/// read all its matches from the index (see [`walked`]). Measured at a million reports: a
-/// walked row costs ~0.5 µs, a match read from the index ~10 µs (its table page is anywhere,
-/// and the cells' overhang is read too), so for a share `d` of matches the two cost the same
-/// where `need / d · 0.5 µs = d · N · 10 µs`: d ≈ 0.22 %, 9 hits in 4 000. 14 (0.35 %) keeps
-/// the walk that goes on within [`MORE_ROWS`] at the density it starts at (at 9 it ran out
-/// and paid the index as well: 32 ms); either way the crossover costs ~20 ms (README "At a
-/// million reports"). Below, the matches are few enough to read them all; above, the walk
-/// ends soon.
-pub const DENSE_HITS: i64 = 14;
+/// read all its matches from the index (see [`walked`]). A walked row costs ~0.5 µs at a
+/// million reports, a match read from the index ~1.7 µs and about twice the matches (the
+/// cells' overhang), so the two cost the same where `need / d · 0.5 µs = d · N · 3.4 µs` for a
+/// share `d` of matches: d ≈ 0.4 %, 16 hits in 4 000. Measured over boxes of 1–20 km² of
+/// central Jakarta (`sampah`, 20 % of the reports): 14, 20, 25 and 40 cost at most 14, 10.5,
+/// 19 and 37 ms at their worst box (README "At a million reports"). Below, the matches are
+/// few enough to read them all; above, the walk ends soon.
+pub const DENSE_HITS: i64 = 20;
 /// Rows the walk of `q=` with a `bbox=` goes on through when its first [`WALK_ROWS`] held
-/// [`DENSE_HITS`] or more: at that density the page is found within ~25 000 rows; the bound
+/// [`DENSE_HITS`] or more: at that density the page is found within ~16 000 rows; the bound
 /// is for matches that grow rarer with age (then the index reads the older ones).
 pub const MORE_ROWS: i64 = 40_000;
 /// [`WALK_ROWS`] for a `bbox=` without `q=`: the planner's guess of a box is a constant, so the
