@@ -312,6 +312,26 @@ fn cursors_see_every_report_once_under_concurrent_writes() {
     );
 }
 
+/// The plan of `sql`, as `EXPLAIN {how} sql` prints it.
+fn plan(
+    c: &mut postgres::Client,
+    how: &str,
+    sql: &str,
+    params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+) -> String {
+    c.query_typed(&format!("EXPLAIN {how} {sql}"), params)
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The plan of a statement run (`EXPLAIN (ANALYZE, COSTS OFF)`): which nodes ran.
+fn analyzed(c: &mut postgres::Client, st: &Statement) -> String {
+    plan(c, "(ANALYZE, COSTS OFF)", &st.sql, &st.params())
+}
+
 /// Fails when the plan of `sql` scans `read_reports` sequentially.
 fn no_seq_scan(
     c: &mut postgres::Client,
@@ -319,13 +339,7 @@ fn no_seq_scan(
     sql: &str,
     params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
 ) {
-    let plan = c
-        .query_typed(&format!("EXPLAIN {sql}"), params)
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let plan = plan(c, "", sql, params);
     assert!(
         !plan.contains("Seq Scan on read_reports"),
         "{what}: seq scan\n{plan}"
@@ -421,16 +435,7 @@ fn search_shapes_use_indexes() {
     ] {
         let params = shared::http::parse_query(query).expect("query");
         let st = Statement::build(&ListQuery::parse(&params).expect("valid"));
-        let plan = c
-            .query_typed(
-                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", st.sql),
-                &st.params(),
-            )
-            .unwrap_or_else(|e| panic!("{query}: {e}"))
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let plan = analyzed(&mut c, &st);
         assert!(plan.contains(expect), "{query}: expected {expect}\n{plan}");
         if let Some(walk) = never {
             let walked = plan
@@ -635,16 +640,7 @@ fn capped_totals_and_matches_beyond_the_walk() {
         let st = Statement::build(
             &ListQuery::parse(&shared::http::parse_query(query).expect("query")).expect("valid"),
         );
-        let plan = c
-            .query_typed(
-                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", st.sql),
-                &st.params(),
-            )
-            .expect("explain")
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let plan = analyzed(&mut c, &st);
         assert_eq!(
             ran(&plan, "Bitmap Index Scan on read_reports_search_place"),
             index,
@@ -790,16 +786,7 @@ fn rare_words_near_a_place_come_from_the_text_index() {
         assert_eq!(got, expect, "{query}: page 3");
         // The rare words' statement reads the text index, not the radius.
         let st = Statement::build_from(&q, source);
-        let plan = c
-            .query_typed(
-                &format!("EXPLAIN (ANALYZE, COSTS OFF) {}", st.sql),
-                &st.params(),
-            )
-            .expect("explain")
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let plan = analyzed(&mut c, &st);
         assert_eq!(
             plan.contains("Bitmap Index Scan on read_reports_search_place"),
             source == NearSource::Index,
