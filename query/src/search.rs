@@ -213,28 +213,21 @@ fn conditions(q: &ListQuery, args: &mut Args) -> Conditions {
     }
     let mut words_in_place = None;
     if let Some(b) = q.bbox {
-        let (a, bb, c, d) = (
-            args.add(b.min_lng, Type::FLOAT8),
-            args.add(b.min_lat, Type::FLOAT8),
-            args.add(b.max_lng, Type::FLOAT8),
-            args.add(b.max_lat, Type::FLOAT8),
-        );
-        // `<@` on a point and a box is inclusive on every side, as these ranges are.
-        let ranges = format!("lng >= {a} AND lng <= {c} AND lat >= {bb} AND lat <= {d}");
-        let cover = q.q.is_some().then(|| cells::cover(&b)).flatten();
-        if q.q.is_some() && cover.is_none() {
+        let k = corners(&b, args);
+        let cells = q.q.as_ref().and_then(|_| in_cells(&b, args));
+        if q.q.is_some() && cells.is_none() {
             // Most of a hemisphere: no cover, and the box barely narrows the words. As plain
             // ranges the box is no index condition, so the planner's fallback reads the words'
             // own index or walks on, as for `q=` alone, never a bitmap scan of the box.
-            conds.push(ranges);
+            conds.push(ranges(&k));
         } else {
-            if let Some(cover) = cover {
-                let cells = args.add(cover, Type::INT8_ARRAY);
+            if let Some(cells) = cells {
                 let mut place = conds[1..].to_vec();
-                place.push(format!("report_cells(lat, lng) && {cells}"));
-                place.push(ranges);
+                place.push(cells);
+                place.push(ranges(&k));
                 words_in_place = Some(place.join(" AND "));
             }
+            let [a, bb, c, d] = &k;
             conds.push(format!(
                 "lat IS NOT NULL AND point(lng, lat) <@ box(point({a}, {bb}), point({c}, {d}))"
             ));
@@ -250,19 +243,8 @@ fn conditions(q: &ListQuery, args: &mut Args) -> Conditions {
         if q.q.is_some() {
             let mut circle = conds[1..].to_vec();
             if let Some(b) = cells::around(at, radius) {
-                if let Some(cover) = cells::cover(&b) {
-                    let cells = args.add(cover, Type::INT8_ARRAY);
-                    circle.push(format!("report_cells(lat, lng) && {cells}"));
-                }
-                let (a, bb, c, d) = (
-                    args.add(b.min_lng, Type::FLOAT8),
-                    args.add(b.min_lat, Type::FLOAT8),
-                    args.add(b.max_lng, Type::FLOAT8),
-                    args.add(b.max_lat, Type::FLOAT8),
-                );
-                circle.push(format!(
-                    "lng >= {a} AND lng <= {c} AND lat >= {bb} AND lat <= {d}"
-                ));
+                circle.extend(in_cells(&b, args));
+                circle.push(ranges(&corners(&b, args)));
             }
             circle.push(format!("lat IS NOT NULL AND {expr} <= {r}"));
             words_in_circle = Some(circle.join(" AND "));
@@ -291,6 +273,26 @@ fn conditions(q: &ListQuery, args: &mut Args) -> Conditions {
         near_without_words,
         words,
     }
+}
+
+/// Placeholders of a box's corners: min lng, min lat, max lng, max lat.
+fn corners(b: &BBox, args: &mut Args) -> [String; 4] {
+    [b.min_lng, b.min_lat, b.max_lng, b.max_lat].map(|v| args.add(v, Type::FLOAT8))
+}
+
+/// The box of `corners` as plain ranges: inclusive on every side, as `<@` is; no index takes
+/// them, and the planner reads their share from the columns' statistics.
+fn ranges([a, b, c, d]: &[String; 4]) -> String {
+    format!("lng >= {a} AND lng <= {c} AND lat >= {b} AND lat <= {d}")
+}
+
+/// `report_cells(lat, lng) && $cells` for the box's cover (`read_reports_search_place`), or
+/// `None` when it has none.
+fn in_cells(b: &BBox, args: &mut Args) -> Option<String> {
+    cells::cover(b).map(|cover| {
+        let cells = args.add(cover, Type::INT8_ARRAY);
+        format!("report_cells(lat, lng) && {cells}")
+    })
 }
 
 /// The statement of one page, as [`list`] sends it (also what the EXPLAIN tests check).
