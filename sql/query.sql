@@ -458,23 +458,24 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    -- The same statement in each branch but for `m`, the rows it moves (±1 each): each row
-    -- counts in its four shapes, netted per (shape, created_at), then in the bucket that
-    -- holds it (the latest boundary at or before it, else the implied -infinity one).
-    -- Flagged: a bucket over the limit, or under an eighth of it in a shape with another
-    -- bucket (before this statement, or touched by it) to merge with.
+    -- The same statement in each branch but for `d`, the rows it moves (±1 each) in each of
+    -- their four shapes (an UPDATE's netted per (shape, created_at) first), each counted in
+    -- the bucket that holds it: the latest boundary at or before it (one primary-key probe,
+    -- the newest bucket's for a new report), else the implied -infinity one. Flagged: a
+    -- bucket over the limit, or under an eighth of it in a shape with another bucket (before
+    -- this statement, or touched by it) to merge with.
     IF TG_OP = 'INSERT' THEN
-        WITH m AS (SELECT category, status, created_at, 1 AS delta
-                     FROM list_counts_new WHERE deleted_at IS NULL),
-             d AS (SELECT sh.c, sh.s, m.created_at, sum(m.delta) AS delta
-                     FROM m CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
-                                                       ('', m.status), ('', '')) AS sh(c, s)
-                    GROUP BY 1, 2, 3 HAVING sum(m.delta) <> 0),
+        WITH d AS (SELECT sh.c, sh.s, m.created_at, 1 AS delta
+                     FROM list_counts_new m
+                     CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
+                                                ('', m.status), ('', '')) AS sh(c, s)
+                    WHERE m.deleted_at IS NULL),
              up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
                     SELECT d.c, d.s,
-                           COALESCE((SELECT max(b.bucket) FROM list_counts b
+                           COALESCE((SELECT b.bucket FROM list_counts b
                                       WHERE b.category = d.c AND b.status = d.s
-                                        AND b.bucket <= d.created_at), '-infinity'),
+                                        AND b.bucket <= d.created_at
+                                      ORDER BY b.bucket DESC LIMIT 1), '-infinity'),
                            sum(d.delta)
                       FROM d GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
                     ON CONFLICT (category, status, bucket)
@@ -503,9 +504,10 @@ BEGIN
                     GROUP BY 1, 2, 3 HAVING sum(m.delta) <> 0),
              up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
                     SELECT d.c, d.s,
-                           COALESCE((SELECT max(b.bucket) FROM list_counts b
+                           COALESCE((SELECT b.bucket FROM list_counts b
                                       WHERE b.category = d.c AND b.status = d.s
-                                        AND b.bucket <= d.created_at), '-infinity'),
+                                        AND b.bucket <= d.created_at
+                                      ORDER BY b.bucket DESC LIMIT 1), '-infinity'),
                            sum(d.delta)
                       FROM d GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
                     ON CONFLICT (category, status, bucket)
@@ -523,17 +525,17 @@ BEGIN
                                  WHERE n.category = up.category AND n.status = up.status
                                    AND n.bucket <> up.bucket)));
     ELSE
-        WITH m AS (SELECT category, status, created_at, -1 AS delta
-                     FROM list_counts_old WHERE deleted_at IS NULL),
-             d AS (SELECT sh.c, sh.s, m.created_at, sum(m.delta) AS delta
-                     FROM m CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
-                                                       ('', m.status), ('', '')) AS sh(c, s)
-                    GROUP BY 1, 2, 3 HAVING sum(m.delta) <> 0),
+        WITH d AS (SELECT sh.c, sh.s, m.created_at, -1 AS delta
+                     FROM list_counts_old m
+                     CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
+                                                ('', m.status), ('', '')) AS sh(c, s)
+                    WHERE m.deleted_at IS NULL),
              up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
                     SELECT d.c, d.s,
-                           COALESCE((SELECT max(b.bucket) FROM list_counts b
+                           COALESCE((SELECT b.bucket FROM list_counts b
                                       WHERE b.category = d.c AND b.status = d.s
-                                        AND b.bucket <= d.created_at), '-infinity'),
+                                        AND b.bucket <= d.created_at
+                                      ORDER BY b.bucket DESC LIMIT 1), '-infinity'),
                            sum(d.delta)
                       FROM d GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
                     ON CONFLICT (category, status, bucket)
