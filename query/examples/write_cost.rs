@@ -15,7 +15,8 @@
 //! `list_counts` triggers disabled), and `baseline` when `WRITE_COST_BASELINE_SQL` names
 //! another schema file (e.g. `git show main:sql/query.sql > /tmp/main.sql`), applied instead
 //! of the current one: before and after measured in the same run. Every mode runs every batch
-//! size once per run, in an order rotated each run, [`RUNS`] runs: medians and spreads of
+//! size once per run, one transaction of each mode in turn (the order rotated every
+//! transaction), [`RUNS`] runs: medians and spreads of
 //! three, every ratio taken within its own run. Afterwards `list_counts_drift()` must be
 //! empty in every mode with triggers. `WRITE_COST_TXNS` overrides [`TXNS`]; `WRITE_COST_SEED`
 //! overrides [`SEED_REPORTS`]; `WRITE_COST_KEEP_DB` keeps the scratch databases;
@@ -206,18 +207,11 @@ fn run(url: &str) -> Result<()> {
                  DISABLE TRIGGER list_counts_update, DISABLE TRIGGER list_counts_delete",
             )?;
         }
-        if std::env::var(EXPLAIN_ENV).is_ok() {
-            client.batch_execute(
-                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
-                 SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on",
-            )?;
-        }
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
         let mut db = Db {
             mode,
             name,
             client,
-            pid,
+            pid: 0,
             live: Vec::new(),
             at: HashMap::new(),
             // The same seed everywhere: every mode gets the same stream.
@@ -234,6 +228,18 @@ fn run(url: &str) -> Result<()> {
         }
         db.client.batch_execute("VACUUM ANALYZE")?;
         eprintln!("{}: seeded {seed} reports in {:.1?}", db.name, t.elapsed());
+        // Measured on a new session, as a projection writer in its steady state is: the plan
+        // cache decides per session, from a statement's first executions, whether to re-plan
+        // it for every call, and the 500-row seeding statements would decide it otherwise.
+        db.client = Client::connect(&db_url(url, &db.name), NoTls)
+            .with_context(|| format!("reconnect {}", db.name))?;
+        if std::env::var(EXPLAIN_ENV).is_ok() {
+            db.client.batch_execute(
+                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
+                 SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on",
+            )?;
+        }
+        db.pid = db.client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
         dbs.push(db);
     }
 
@@ -242,11 +248,22 @@ fn run(url: &str) -> Result<()> {
         BTreeMap::new();
     for run in 0..RUNS {
         for &size in &BATCH_SIZES {
-            for k in 0..dbs.len() {
-                let n = dbs.len();
-                let db = &mut dbs[(k + run) % n];
-                // Every mode gets the same batches: the stream depends only on its seed.
-                let (stmts, total, cpu) = db.measure(size, txns)?;
+            // Interleaved one transaction at a time, in an order rotated per transaction, so
+            // a burst of another process's work on the shared machine lands on every mode
+            // alike instead of on whichever ran its 200 transactions then.
+            let n = dbs.len();
+            let mut sums = vec![(Duration::ZERO, Duration::ZERO, Duration::ZERO); n];
+            for i in 0..txns {
+                for k in 0..n {
+                    let j = (k + i + run) % n;
+                    // Every mode gets the same batches: the stream depends only on its seed.
+                    let (stmts, total, cpu) = dbs[j].measure(size, 1)?;
+                    sums[j].0 += stmts;
+                    sums[j].1 += total;
+                    sums[j].2 += cpu;
+                }
+            }
+            for (db, (stmts, total, cpu)) in dbs.iter().zip(sums) {
                 results
                     .entry(size)
                     .or_default()
