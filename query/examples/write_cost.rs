@@ -124,6 +124,9 @@ fn backend_cpu(pid: i32) -> Duration {
         .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
+/// Per batch size, per mode: (upserts ms, transaction ms, backend CPU ms) of each run.
+type Results = BTreeMap<usize, BTreeMap<&'static str, Vec<(f64, f64, f64)>>>;
+
 /// One scratch DB and the reports it holds live, as the stream would know them.
 struct Db {
     mode: Mode,
@@ -244,8 +247,7 @@ fn run(url: &str) -> Result<()> {
     }
 
     // results[size][mode] = (batch statements ms, transaction ms, backend CPU ms) per run
-    let mut results: BTreeMap<usize, BTreeMap<&'static str, Vec<(f64, f64, f64)>>> =
-        BTreeMap::new();
+    let mut results: Results = BTreeMap::new();
     for run in 0..RUNS {
         for &size in &BATCH_SIZES {
             // Interleaved one transaction at a time, in an order rotated per transaction, so
@@ -307,11 +309,7 @@ fn spread(mut v: Vec<f64>) -> String {
     format!("{:.2} [{:.2}–{:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-fn print(
-    results: &BTreeMap<usize, BTreeMap<&'static str, Vec<(f64, f64, f64)>>>,
-    txns: usize,
-    seed: usize,
-) {
+fn print(results: &Results, txns: usize, seed: usize) {
     println!(
         "{txns} transactions per batch size and mode, {RUNS} alternating runs, {seed} reports seeded; \
          median [min–max] of the runs, ms for all {txns}"
@@ -364,7 +362,7 @@ impl Db {
         // Now-ish and increasing, as the command services stamp them; every 20th a little
         // out of order (three command instances, batches arriving interleaved).
         self.clock += Duration::from_millis(1 + self.rng.below(5) as u64);
-        let created_at = if self.serial % 20 == 0 {
+        let created_at = if self.serial.is_multiple_of(20) {
             self.clock - Duration::from_millis(self.rng.below(400) as u64)
         } else {
             self.clock
