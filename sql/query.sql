@@ -404,91 +404,18 @@ BEGIN
     PERFORM list_counts_rebucket(c, s, lo, COALESCE(hi, 'infinity'));
 END $$;
 
--- Moves the counts by one statement's rows (one grouped upsert), then re-cuts the buckets it
--- left too full or too empty. `list_counts_old` / `list_counts_new` are the statement's
--- transition tables; each operation has only its own, so each reads them in its own branch.
--- Every statement here is static SQL: PL/pgSQL plans it once per session and reuses the plan,
--- where an `EXECUTE`d string was planned on every call — ~1 ms per statement, which made the
--- triggers cost 3.5× the projection's small upserts themselves (200 upserts of 5 reports:
--- 276 ms with dynamic SQL, 61 ms with the triggers disabled).
-CREATE OR REPLACE FUNCTION list_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Re-cuts the buckets one statement left too full or too empty (`list_counts_move`, below):
+-- per shape, a bulk statement (a rebuild's DELETE of every row, a bulk load) re-cuts the span
+-- it touched in one walk; otherwise each bucket with its neighbours. Rare (a bucket crosses
+-- a limit once per ~500 reports of its shape), so kept out of the trigger's common path.
+CREATE OR REPLACE FUNCTION list_counts_recut(tc text[], ts text[], tb timestamptz[])
+    RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    cap     bigint := list_bucket_rows();
-    vc      text[];
-    vs      text[];
-    vt      timestamptz[];
-    vd      int[];
-    tc      text[];
-    ts      text[];
-    tb      timestamptz[];
-    k       record;
-    lo      timestamptz;
-    hi      timestamptz;
+    cap bigint := list_bucket_rows();
+    k   record;
+    lo  timestamptz;
+    hi  timestamptz;
 BEGIN
-    -- Serialise with other writers, and see the boundaries they committed (READ COMMITTED:
-    -- every statement below takes its snapshot after the lock is granted). The key is the
-    -- projection's writer lock (`projection::writer::WRITE_LOCK`), which the projection and a
-    -- rebuild already hold, so for them this costs nothing and never waits.
-    PERFORM pg_advisory_xact_lock(123636797826403);
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(category), array_agg(status), array_agg(created_at), array_agg(1)
-          INTO vc, vs, vt, vd
-          FROM list_counts_new WHERE deleted_at IS NULL;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- Only rows whose shape, key or liveness changed move a count.
-        SELECT array_agg(u.category), array_agg(u.status), array_agg(u.created_at),
-               array_agg(u.delta)
-          INTO vc, vs, vt, vd
-          FROM (SELECT n.category, n.status, n.created_at, 1 AS delta
-                  FROM list_counts_new n JOIN list_counts_old o USING (id)
-                 WHERE n.deleted_at IS NULL
-                   AND (o.deleted_at IS NOT NULL OR o.category <> n.category
-                        OR o.status <> n.status OR o.created_at <> n.created_at)
-                UNION ALL
-                SELECT o.category, o.status, o.created_at, -1
-                  FROM list_counts_old o JOIN list_counts_new n USING (id)
-                 WHERE o.deleted_at IS NULL
-                   AND (n.deleted_at IS NOT NULL OR o.category <> n.category
-                        OR o.status <> n.status OR o.created_at <> n.created_at)) u;
-    ELSE
-        SELECT array_agg(category), array_agg(status), array_agg(created_at), array_agg(-1)
-          INTO vc, vs, vt, vd
-          FROM list_counts_old WHERE deleted_at IS NULL;
-    END IF;
-    IF vc IS NULL THEN
-        RETURN NULL;
-    END IF;
-    -- Each row counts in its four shapes, each in that shape's own bucket. New reports land
-    -- in each shape's newest bucket, found once per shape; only older ones are looked up.
-    WITH d AS (SELECT sh.c, sh.s, x.created_at, x.delta
-                 FROM unnest(vc, vs, vt, vd) AS x(category, status, created_at, delta)
-                 CROSS JOIN LATERAL (VALUES (x.category, x.status), (x.category, ''),
-                                            ('', x.status), ('', '')) AS sh(c, s)),
-         top AS MATERIALIZED (SELECT sh.c, sh.s, (SELECT max(l.bucket) FROM list_counts l
-                                                 WHERE l.category = sh.c AND l.status = sh.s) AS newest
-                                FROM (SELECT DISTINCT d.c, d.s FROM d) sh),
-         b AS (SELECT d.c, d.s,
-                      CASE WHEN d.created_at >= t.newest THEN t.newest
-                           ELSE COALESCE((SELECT max(l.bucket) FROM list_counts l
-                                           WHERE l.category = d.c AND l.status = d.s
-                                             AND l.bucket <= d.created_at),
-                                         '-infinity') END AS bucket, d.delta
-                 FROM d JOIN top t ON t.c = d.c AND t.s = d.s),
-         up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
-                SELECT b.c, b.s, b.bucket, sum(b.delta) FROM b GROUP BY b.c, b.s, b.bucket
-                HAVING sum(b.delta) <> 0
-                ON CONFLICT (category, status, bucket)
-                DO UPDATE SET count = l.count + EXCLUDED.count
-                RETURNING l.category, l.status, l.bucket, l.count)
-    SELECT array_agg(up.category), array_agg(up.status), array_agg(up.bucket)
-      INTO tc, ts, tb
-      FROM up
-     WHERE up.count > cap OR up.count < cap / 8;
-    IF tb IS NULL THEN
-        RETURN NULL;
-    END IF;
-    -- Per shape: a bulk statement (a rebuild's DELETE of every row, a bulk load) re-cuts the
-    -- span it touched in one walk; otherwise each bucket with its neighbours.
     FOR k IN SELECT c, s, count(*) AS n, min(b) AS first, max(b) AS last
                FROM unnest(tc, ts, tb) AS t(c, s, b) GROUP BY c, s
     LOOP
@@ -506,8 +433,209 @@ BEGIN
             END LOOP;
         END IF;
     END LOOP;
+END $$;
+
+-- Moves the counts by one statement's rows in one statement, then has the buckets it left
+-- too full or too empty re-cut. `list_counts_old` / `list_counts_new` are the statement's
+-- transition tables; each operation has only its own, so each branch has its own statement.
+--
+-- What this costs is what every projection statement pays (issue 13 points 5 and 6; measured
+-- with `cargo run --release -p query --example write_cost`, README "At a million reports"),
+-- and almost all of it was per call, not per row:
+-- - the statements referred to PL/pgSQL variables, so each was a parameterised plan that the
+--   plan cache chose to re-plan for every call (a custom plan looked cheaper than the generic
+--   one for one row): ~0.3 ms a call. These statements use no variable at all, so they are
+--   planned once per session (and `list_bucket_rows()` is read inside the statement);
+-- - the projection's upsert (INSERT … ON CONFLICT DO UPDATE) fires both the INSERT and the
+--   UPDATE trigger, one of them usually with no rows: that call now only looks at its
+--   transition table, and takes the writers' lock in the same statement only if a row is
+--   there;
+-- - an update's old and new row were paired with a join; now the old rows count −1 and the
+--   new ones +1 and equal (shape, created_at) pairs cancel before any bucket is looked up,
+--   so a status change looks up the two shapes it moves, a title edit none, and there is no
+--   join whose plan (made once, for the first call's size) could suit small statements only;
+-- - shapes holding a single bucket (any shape with fewer than limit / 8 live reports) were
+--   handed to `list_counts_fix` after every write, to find it had no neighbour to merge with;
+--   such a bucket is flagged only when its shape has another bucket.
+-- - the bucket look-ups (one per changed (shape, created_at)) are planned once per session,
+--   when `list_counts` may be a page or two, and a sequential scan won there; the hot bucket
+--   rows are updated by every statement, so the table fills with dead versions between
+--   prunes and that plan then read all of them for every look-up (a batch of 50: ~60 µs a
+--   row). `enable_seqscan = off` for this function keeps them primary-key probes.
+-- Exactness: each row's shapes get its delta in the bucket that holds its `created_at` now,
+-- in the same statement snapshot, under the writers' lock; re-cuts see below.
+CREATE OR REPLACE FUNCTION list_counts_move() RETURNS trigger LANGUAGE plpgsql
+    SET enable_seqscan = off AS $$
+DECLARE
+    tc text[];
+    ts text[];
+    tb timestamptz[];
+BEGIN
+    -- Serialise with other writers, and see the boundaries they committed (READ COMMITTED:
+    -- every statement below takes its snapshot after the lock is granted). The key is the
+    -- projection's writer lock (`projection::writer::WRITE_LOCK`), which the projection and a
+    -- rebuild already hold, so for them this costs nothing and never waits. Taken only when
+    -- the transition table has a row to count: a statement with nothing to move stops here.
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_advisory_xact_lock(123636797826403)
+           FROM list_counts_new WHERE deleted_at IS NULL LIMIT 1;
+    ELSE
+        PERFORM pg_advisory_xact_lock(123636797826403)
+           FROM list_counts_old WHERE deleted_at IS NULL LIMIT 1;
+    END IF;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    -- The same statement in each branch but for `d`, the rows it moves (±1 each) in each of
+    -- their four shapes (an UPDATE's netted per (shape, created_at) first), each counted in
+    -- the bucket that holds it: the latest boundary at or before it (one primary-key probe,
+    -- the newest bucket's for a new report), else the implied -infinity one. Flagged: a
+    -- bucket over the limit, or under an eighth of it in a shape with another bucket (before
+    -- this statement, or touched by it) to merge with.
+    IF TG_OP = 'INSERT' THEN
+        WITH d AS (SELECT sh.c, sh.s, m.created_at, 1 AS delta
+                     FROM list_counts_new m
+                     CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
+                                                ('', m.status), ('', '')) AS sh(c, s)
+                    WHERE m.deleted_at IS NULL),
+             up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
+                    SELECT d.c, d.s,
+                           COALESCE((SELECT b.bucket FROM list_counts b
+                                      WHERE b.category = d.c AND b.status = d.s
+                                        AND b.bucket <= d.created_at
+                                      ORDER BY b.bucket DESC LIMIT 1), '-infinity'),
+                           sum(d.delta)
+                      FROM d GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
+                    ON CONFLICT (category, status, bucket)
+                    DO UPDATE SET count = l.count + EXCLUDED.count
+                    RETURNING l.category, l.status, l.bucket, l.count)
+        SELECT array_agg(up.category), array_agg(up.status), array_agg(up.bucket)
+          INTO tc, ts, tb
+          FROM up
+         WHERE up.count > list_bucket_rows()
+            OR (up.count < list_bucket_rows() / 8
+                AND (EXISTS (SELECT FROM list_counts o
+                              WHERE o.category = up.category AND o.status = up.status
+                                AND o.bucket <> up.bucket)
+                     OR EXISTS (SELECT FROM up n
+                                 WHERE n.category = up.category AND n.status = up.status
+                                   AND n.bucket <> up.bucket)));
+    ELSIF TG_OP = 'UPDATE' THEN
+        WITH m AS (SELECT category, status, created_at, 1 AS delta
+                     FROM list_counts_new WHERE deleted_at IS NULL
+                   UNION ALL
+                   SELECT category, status, created_at, -1
+                     FROM list_counts_old WHERE deleted_at IS NULL),
+             d AS (SELECT sh.c, sh.s, m.created_at, sum(m.delta) AS delta
+                     FROM m CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
+                                                       ('', m.status), ('', '')) AS sh(c, s)
+                    GROUP BY 1, 2, 3 HAVING sum(m.delta) <> 0),
+             up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
+                    SELECT d.c, d.s,
+                           COALESCE((SELECT b.bucket FROM list_counts b
+                                      WHERE b.category = d.c AND b.status = d.s
+                                        AND b.bucket <= d.created_at
+                                      ORDER BY b.bucket DESC LIMIT 1), '-infinity'),
+                           sum(d.delta)
+                      FROM d GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
+                    ON CONFLICT (category, status, bucket)
+                    DO UPDATE SET count = l.count + EXCLUDED.count
+                    RETURNING l.category, l.status, l.bucket, l.count)
+        SELECT array_agg(up.category), array_agg(up.status), array_agg(up.bucket)
+          INTO tc, ts, tb
+          FROM up
+         WHERE up.count > list_bucket_rows()
+            OR (up.count < list_bucket_rows() / 8
+                AND (EXISTS (SELECT FROM list_counts o
+                              WHERE o.category = up.category AND o.status = up.status
+                                AND o.bucket <> up.bucket)
+                     OR EXISTS (SELECT FROM up n
+                                 WHERE n.category = up.category AND n.status = up.status
+                                   AND n.bucket <> up.bucket)));
+    ELSE
+        WITH d AS (SELECT sh.c, sh.s, m.created_at, -1 AS delta
+                     FROM list_counts_old m
+                     CROSS JOIN LATERAL (VALUES (m.category, m.status), (m.category, ''),
+                                                ('', m.status), ('', '')) AS sh(c, s)
+                    WHERE m.deleted_at IS NULL),
+             up AS (INSERT INTO list_counts AS l (category, status, bucket, count)
+                    SELECT d.c, d.s,
+                           COALESCE((SELECT b.bucket FROM list_counts b
+                                      WHERE b.category = d.c AND b.status = d.s
+                                        AND b.bucket <= d.created_at
+                                      ORDER BY b.bucket DESC LIMIT 1), '-infinity'),
+                           sum(d.delta)
+                      FROM d GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
+                    ON CONFLICT (category, status, bucket)
+                    DO UPDATE SET count = l.count + EXCLUDED.count
+                    RETURNING l.category, l.status, l.bucket, l.count)
+        SELECT array_agg(up.category), array_agg(up.status), array_agg(up.bucket)
+          INTO tc, ts, tb
+          FROM up
+         WHERE up.count > list_bucket_rows()
+            OR (up.count < list_bucket_rows() / 8
+                AND (EXISTS (SELECT FROM list_counts o
+                              WHERE o.category = up.category AND o.status = up.status
+                                AND o.bucket <> up.bucket)
+                     OR EXISTS (SELECT FROM up n
+                                 WHERE n.category = up.category AND n.status = up.status
+                                   AND n.bucket <> up.bucket)));
+    END IF;
+    IF tb IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- The projection's upsert fires this UPDATE trigger first and the INSERT one after it.
+    -- A re-cut counts the rows as they are, the inserted ones included, whose +1 the INSERT
+    -- trigger is still to add: re-cut here, they would be counted twice. So an UPDATE's
+    -- re-cuts wait for the end of the transaction (`list_counts_due`, below), when every
+    -- statement's counts have moved; INSERT (last in an upsert) and DELETE re-cut at once.
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO list_counts_due (category, status, bucket)
+        SELECT * FROM unnest(tc, ts, tb);
+    ELSE
+        PERFORM list_counts_recut(tc, ts, tb);
+    END IF;
     RETURN NULL;
 END $$;
+
+-- Buckets an UPDATE left too full or too empty, re-cut when the transaction commits (a
+-- deferred constraint trigger: it fires after every statement of the transaction, still
+-- under the writers' lock). Empty outside a transaction that is writing.
+CREATE TABLE IF NOT EXISTS list_counts_due (
+    category text        NOT NULL,
+    status   text        NOT NULL,
+    bucket   timestamptz NOT NULL
+);
+
+-- Re-cuts every due bucket at once; the trigger fires once per due row, so later calls find
+-- the table already emptied. A bucket an earlier re-cut removed or refilled is skipped there.
+CREATE OR REPLACE FUNCTION list_counts_recut_due() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    tc text[];
+    ts text[];
+    tb timestamptz[];
+BEGIN
+    WITH q AS (DELETE FROM list_counts_due RETURNING category, status, bucket)
+    SELECT array_agg(c), array_agg(s), array_agg(b) INTO tc, ts, tb
+      FROM (SELECT DISTINCT category, status, bucket FROM q) AS x(c, s, b);
+    IF tb IS NOT NULL THEN
+        PERFORM list_counts_recut(tc, ts, tb);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- CREATE OR REPLACE does not apply to constraint triggers: created once.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'list_counts_due'::regclass
+                     AND tgname = 'list_counts_due_recut') THEN
+        CREATE CONSTRAINT TRIGGER list_counts_due_recut AFTER INSERT ON list_counts_due
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION list_counts_recut_due();
+    END IF;
+END
+$$;
 
 -- TRUNCATE has no transition table: every shape starts over with its implied first bucket.
 CREATE OR REPLACE FUNCTION list_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -251,3 +251,224 @@ fn deep_pages_equal_offset_under_concurrent_writes() {
     assert_eq!(drift(&mut c), Vec::<String>::new(), "list_counts exact");
     assert!(buckets(&mut c) > 30, "boundaries crossed");
 }
+
+/// The projection's live-row upsert (`projection/src/writer.rs`, `Snapshots::write`): one
+/// statement for many reports, so the INSERT and the UPDATE trigger both see several rows.
+const UPSERT_MANY: &str = "INSERT INTO read_reports (id, title, description, category, status, \
+     version, created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+     SELECT id, title, description, category, status, version, created_at, updated_at, NULL, doc, \
+       NULL, NULL, NULL, report_search(title, description, NULL) \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+       $7::timestamptz[], $8::timestamptz[], $9::text[]) \
+       AS b(id, title, description, category, status, version, created_at, updated_at, doc) \
+     ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
+       description = EXCLUDED.description, category = EXCLUDED.category, \
+       status = EXCLUDED.status, version = EXCLUDED.version, \
+       created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+       deleted_at = NULL, doc = EXCLUDED.doc, search = EXCLUDED.search \
+     WHERE read_reports.version < EXCLUDED.version AND read_reports.deleted_at IS NULL";
+
+/// Writes `reports` in one statement, as the projection writes a batch (writers' lock first,
+/// statistics recounted in the same transaction), and checks the counts right after.
+fn upsert_many(c: &mut Client, reports: &[Report], what: &str) {
+    let mut tx = c.transaction().expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock(123636797826403)", &[])
+        .expect("writer lock");
+    let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+    let titles: Vec<&str> = reports.iter().map(|r| r.title.as_str()).collect();
+    let descriptions: Vec<&str> = reports.iter().map(|r| r.description.as_str()).collect();
+    let categories: Vec<&str> = reports.iter().map(|r| r.category.as_str()).collect();
+    let statuses: Vec<&str> = reports.iter().map(|r| r.status.as_str()).collect();
+    let versions: Vec<i64> = reports.iter().map(|r| r.version).collect();
+    let created: Vec<OffsetDateTime> = reports.iter().map(|r| r.created_at).collect();
+    let updated: Vec<OffsetDateTime> = reports.iter().map(|r| r.updated_at).collect();
+    let docs: Vec<String> = reports
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("report json"))
+        .collect();
+    let written = tx
+        .execute(
+            UPSERT_MANY,
+            &[
+                &ids,
+                &titles,
+                &descriptions,
+                &categories,
+                &statuses,
+                &versions,
+                &created,
+                &updated,
+                &docs,
+            ],
+        )
+        .expect("upsert many");
+    assert_eq!(written, reports.len() as u64, "{what}: rows written");
+    recount_and_check(tx, what);
+}
+
+/// Runs `sql` (one statement over many rows) as a writer would, then checks the counts.
+fn statement(c: &mut Client, sql: &str, what: &str) {
+    let mut tx = c.transaction().expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock(123636797826403)", &[])
+        .expect("writer lock");
+    tx.batch_execute(sql).expect(what);
+    recount_and_check(tx, what);
+}
+
+fn recount_and_check(mut tx: postgres::Transaction<'_>, what: &str) {
+    tx.batch_execute(
+        "DELETE FROM statistics; \
+         INSERT INTO statistics (category, status, count, last_updated) \
+         SELECT category, status, count(*), now() FROM read_reports \
+          WHERE deleted_at IS NULL GROUP BY 1, 2",
+    )
+    .expect("statistics");
+    let drift: Vec<String> = tx
+        .query("SELECT format('%s/%s %s: %s counted, %s stored', category, status, bucket, counted, stored) FROM list_counts_drift()", &[])
+        .expect("drift")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(drift, Vec::<String>::new(), "{what}: list_counts exact");
+    tx.commit().expect("commit");
+}
+
+/// Multi-row statements — what the projection sends — at every edge of the counting: new
+/// reports in the newest bucket that push it over its limit within one statement, reports
+/// older than every boundary and in the middle, status and category moves, an update that
+/// moves no count (title only) next to one that does, a `created_at` move, tombstones, plain
+/// DELETEs, a shape emptied down to merging and a shape with a single bucket. The counts are
+/// checked after every statement, and every page equals OFFSET at the end.
+#[test]
+fn multi_row_statements_keep_counts_exact() {
+    small_buckets("deep_pages_batches");
+    let mut c = PG.client("deep_pages_batches");
+    let base = OffsetDateTime::from_unix_timestamp(1_760_000_000).expect("time");
+    let at = |secs: i64| base + time::Duration::seconds(secs);
+    let mut n = 0u32;
+    let mut new = |category: Category, status: Status, created: OffsetDateTime| {
+        n += 1;
+        report(n, category, status, created)
+    };
+    let mut all: Vec<Report> = (0..40)
+        .map(|i| new(Category::ALL[i % 3], Status::ALL[i % 2], at(i as i64 * 10)))
+        .collect();
+    upsert_many(&mut c, &all, "first batch: every shape starts");
+    assert!(buckets(&mut c) > 4, "the first batch was re-cut");
+
+    // Newest bucket over its limit inside one statement (buckets of 4 reports).
+    let fresh: Vec<Report> = (0..12)
+        .map(|i| new(Category::Kebersihan, Status::Pending, at(1_000 + i)))
+        .collect();
+    upsert_many(&mut c, &fresh, "newest bucket crosses its limit");
+    all.extend(fresh);
+
+    // Older than every boundary, in the middle, and ties at one instant.
+    let mut old: Vec<Report> = (0..6)
+        .map(|i| {
+            new(
+                Category::ALL[i % 6],
+                Status::ALL[i % 4],
+                at(-500 - i as i64),
+            )
+        })
+        .collect();
+    for _ in 0..6 {
+        old.push(new(Category::Keamanan, Status::Resolved, at(155)));
+    }
+    upsert_many(
+        &mut c,
+        &old,
+        "older than the oldest boundary and in the middle",
+    );
+    all.extend(old);
+
+    // One statement: status moves, category moves, a title-only edit, a created_at move,
+    // and new reports next to them (both triggers see rows).
+    let mut batch = Vec::new();
+    for (i, r) in all.iter_mut().enumerate().filter(|(i, _)| i % 5 == 0) {
+        r.version += 1;
+        match i % 4 {
+            0 => r.status = Status::ALL[(i / 5) % 4],
+            1 => r.category = Category::ALL[(i / 5) % 6],
+            2 => r.title = format!("edited {i}"),
+            _ => r.created_at = at(2_000 + i as i64),
+        }
+        batch.push(r.clone());
+    }
+    let added: Vec<Report> = (0..5)
+        .map(|i| new(Category::Lainnya, Status::Rejected, at(3_000 + i)))
+        .collect();
+    batch.extend(added.iter().cloned());
+    all.extend(added);
+    upsert_many(
+        &mut c,
+        &batch,
+        "moves, a no-op edit and creates in one statement",
+    );
+
+    // Tombstones (the projection's delete) and plain DELETEs.
+    let gone: Vec<Uuid> = all.iter().step_by(7).map(|r| r.id).collect();
+    statement(
+        &mut c,
+        &format!(
+            "UPDATE read_reports SET deleted_at = now(), version = version + 1 \
+             WHERE id IN ({})",
+            gone.iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "tombstones",
+    );
+    all.retain(|r| !gone.contains(&r.id));
+    let removed: Vec<Uuid> = all.iter().skip(3).step_by(11).map(|r| r.id).collect();
+    statement(
+        &mut c,
+        &format!(
+            "DELETE FROM read_reports WHERE id IN ({})",
+            removed
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "plain deletes",
+    );
+    all.retain(|r| !removed.contains(&r.id));
+
+    // Empty most of one shape: its buckets fall under an eighth of the limit and merge; then
+    // a shape left with a single bucket.
+    statement(
+        &mut c,
+        "UPDATE read_reports SET deleted_at = now(), version = version + 1 \
+         WHERE deleted_at IS NULL AND category = 'kebersihan' \
+           AND id <> (SELECT id FROM read_reports WHERE deleted_at IS NULL \
+                       AND category = 'kebersihan' ORDER BY id DESC LIMIT 1)",
+        "a shape emptied down to one report",
+    );
+    statement(
+        &mut c,
+        "UPDATE read_reports SET status = 'in_progress', version = version + 1 \
+         WHERE deleted_at IS NULL AND category = 'kebersihan'",
+        "a single-bucket shape moved",
+    );
+
+    let mut reader = PG.client("deep_pages_batches");
+    for shape in shapes() {
+        for (page, per_page) in [(1, 1), (2, 3), (4, 2), (3, 5), (9, 1)] {
+            let q = parse(&format!("{shape}&per_page={per_page}&page={page}"));
+            let mut tx = reader
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .expect("snapshot");
+            let mut docs = Vec::new();
+            search::list(&mut tx, &q, &mut docs).expect("deep page");
+            let want = offset_ids(&mut tx, &q, (page - 1) * per_page);
+            tx.commit().expect("end snapshot");
+            assert_eq!(ids_of(&docs), want, "{shape} page {page} per {per_page}");
+        }
+    }
+}
