@@ -137,6 +137,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
             url: db.url.clone(),
             redis_url: config.redis_url.clone(),
             command_url: config.command_url.clone(),
+            commit_interval: config.commit_interval,
             rx,
             reports: report_tx.clone(),
             status: Arc::clone(&status),

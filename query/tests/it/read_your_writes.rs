@@ -48,6 +48,8 @@ fn a_write_then_an_immediate_read_with_its_version_sees_it() {
             max_entries: projection::config::STREAM_MAX_ENTRIES_DEFAULT,
             max_age: Duration::from_secs(projection::config::STREAM_MAX_AGE_SECS_DEFAULT),
         },
+        // The deployed cadence: read-your-writes must hold with it.
+        commit_interval: Duration::from_millis(projection::config::COMMIT_INTERVAL_MS_DEFAULT),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let projection_stop = stop.clone();

@@ -666,3 +666,55 @@ fn burst_then_drain_waits_for_every_query_db() {
     assert_eq!(last, 3);
     assert!(waited >= Duration::from_millis(450), "{waited:?}");
 }
+
+/// The drain when rows committed out of position order: the stream (and so each query DB's
+/// checkpoint) ends with the last row published, position 2 here, not the highest position 3,
+/// which was published first. The old check waited for 3 until its timeout (seen after a
+/// burst: a DB "behind" at 121 615 of 121 687 with every entry applied).
+#[test]
+fn drain_ends_at_the_last_row_published_not_the_highest_position() {
+    use shared::testkit::PgCluster;
+
+    let pg = PgCluster::start();
+    let command_url = pg.create_db("drain_order_command");
+    shared::migrate::command_db(&mut pg.client("drain_order_command")).unwrap();
+    let query_url = pg.create_db("drain_order_query");
+    shared::migrate::query_db(&mut pg.client("drain_order_query")).unwrap();
+    let mut command = pg.client("drain_order_command");
+    for version in 1..=3i64 {
+        command
+            .execute(
+                "INSERT INTO event_log (event_id, event_type, report_id, version, payload, created_at) \
+                 VALUES ($1, 'ReportCreated', $2, $3, '{}', now())",
+                &[&Uuid::new_v4(), &Uuid::from_u128(8), &version],
+            )
+            .unwrap();
+    }
+    // Position 3 committed (and was published) first, then 1 and 2 in a later relay batch.
+    command
+        .execute(
+            "UPDATE event_log SET published_at = now() - interval '1 second' WHERE position = 3",
+            &[],
+        )
+        .unwrap();
+    command
+        .execute(
+            "UPDATE event_log SET published_at = now() WHERE position < 3",
+            &[],
+        )
+        .unwrap();
+    pg.client("drain_order_query")
+        .execute(
+            "INSERT INTO checkpoint (stream, entry_id, position, updated_at) VALUES ($1, '3-0', 2, now())",
+            &[&shared::event::STREAM],
+        )
+        .unwrap();
+    let started = Instant::now();
+    let last = burst::drain(&command_url, &[("query-db".to_string(), query_url)]).unwrap();
+    assert_eq!(last, 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
