@@ -19,7 +19,9 @@
 //! publish is a Redis script that refuses an epoch older than the latest claim, and a new term
 //! skips the ids of the stream's last entries, which a previous leader may have appended
 //! without marking them — so no report's events reach the stream out of version order, even
-//! across takeovers.
+//! across takeovers. A leader whose Redis failed it looks at the stream's tail the same way
+//! before its next append: the failed call may have appended its batch all the same, and
+//! appending it again would put a report's older version after its newer one.
 //!
 //! A batch is: read up to `batch` unpublished rows, append them with one fenced script call,
 //! mark them, commit. A crash between the append and COMMIT leaves rows unmarked that are
@@ -202,6 +204,9 @@ struct Leading {
     redis_failed: bool,
     /// Event ids a previous term may have appended without marking them (see `fence.rs`).
     skip: HashSet<String>,
+    /// Redis failed us while leading: before the next append, `skip` is read again from the
+    /// stream, since the failed call may have appended all the same.
+    reclaim: bool,
 }
 
 /// The relay thread's state: its own PostgreSQL session (LISTENing only while leading with a
@@ -271,6 +276,7 @@ fn run(config: &RelayConfig, metrics: &Metrics, schema_ready: &AtomicBool, stop:
                         state.redis = None;
                         if let Some(lead) = state.lead.as_mut() {
                             lead.redis_failed = true;
+                            lead.reclaim = true;
                         }
                         // We cannot publish, so wake-ups are of no use until Redis answers
                         // again; while we listened they would pile up in our socket and in
@@ -326,6 +332,16 @@ impl State<'_> {
                 .map_err(RelayError::Db)?;
             self.listening = true;
         }
+        if lead.reclaim {
+            // Our last append may have reached the stream though Redis failed us (a reply
+            // lost, a timeout after the script ran): look again at what the stream holds, or
+            // the retry would append that batch a second time, after the newer versions it
+            // carried (two versions of one report in a batch: v1 v2 v1 v2).
+            lead.skip = fence::claim(redis, lead.term.epoch, look_back(self.config.batch))?
+                .into_iter()
+                .collect();
+            lead.reclaim = false;
+        }
         let published = publish_batch(pg, redis, lead, self.config.batch, self.metrics)?;
         self.metrics.redis_up.store(true, Ordering::Relaxed);
         Ok(Turn::Published(published))
@@ -351,7 +367,7 @@ impl State<'_> {
             .map_err(RelayError::Db)?;
         self.listening = true;
         let redis = connect_redis(&mut self.redis, self.config)?;
-        let skip = match fence::claim(redis, term.epoch, self.config.batch) {
+        let skip = match fence::claim(redis, term.epoch, look_back(self.config.batch)) {
             Ok(ids) => ids,
             Err(FenceError::Fenced { newer }) => {
                 // Redis has seen a newer epoch than the DB's lease row (a restored command DB):
@@ -366,7 +382,7 @@ impl State<'_> {
                         return Ok(Turn::Following);
                     }
                 }
-                fence::claim(redis, term.epoch, self.config.batch)?
+                fence::claim(redis, term.epoch, look_back(self.config.batch))?
             }
             Err(FenceError::Redis(e)) => {
                 self.lead = Some(Leading::new(term, sent, HashSet::new()));
@@ -542,8 +558,17 @@ impl Leading {
             interval_start: Instant::now(),
             redis_failed: false,
             skip,
+            reclaim: false,
         }
     }
+}
+
+/// Stream entries a claim looks back through for rows appended but never marked: the
+/// previous term's last batch, and every batch of a leader whose Redis failed after its append
+/// and before its commit (a new term or a re-claim follows each such failure, so they are few;
+/// four batches' worth leaves room for three failures in a row).
+fn look_back(batch: i64) -> i64 {
+    batch.saturating_mul(4)
 }
 
 /// The relay's own session: keepalives so a dead DB host is noticed, and a statement timeout
