@@ -750,6 +750,56 @@ impl State {
     }
 }
 
+/// Locks a batch's rows and reads what the fold needs of them (`transact`).
+pub const LOCK_ROWS: &str = "SELECT id, version, category, status, deleted_at IS NOT NULL \
+             FROM read_reports WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// The live rows of a batch, one multi-row upsert (`Snapshots::write`); a stored row changes
+/// only for a newer version and never once it is a tombstone.
+pub const UPSERT_SNAPSHOTS: &str = "INSERT INTO read_reports (id, title, description, category, status, version, \
+               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+             SELECT id, title, description, category, status, version, created_at, updated_at, \
+               NULL, doc, lat, lng, address, report_search(title, description, address) \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+               $7::timestamptz[], $8::timestamptz[], $9::text[], $10::float8[], $11::float8[], \
+               $12::text[]) \
+               AS b(id, title, description, category, status, version, created_at, updated_at, doc, \
+                 lat, lng, address) \
+             ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
+               description = EXCLUDED.description, category = EXCLUDED.category, \
+               status = EXCLUDED.status, version = EXCLUDED.version, \
+               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+               deleted_at = NULL, doc = EXCLUDED.doc, lat = EXCLUDED.lat, lng = EXCLUDED.lng, \
+               address = EXCLUDED.address, search = EXCLUDED.search \
+             WHERE read_reports.version < EXCLUDED.version \
+               AND read_reports.deleted_at IS NULL";
+
+/// The tombstones of a batch, one multi-row upsert (`Tombstones::write`).
+pub const UPSERT_TOMBSTONES: &str =
+    "INSERT INTO read_reports (id, title, description, category, status, version, \
+               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
+             SELECT id, '', '', '', '', version, at, at, at, doc, NULL, NULL, NULL, \
+               report_search('', '', NULL) \
+             FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[]) \
+               AS b(id, version, at, doc) \
+             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
+               updated_at = EXCLUDED.deleted_at, deleted_at = EXCLUDED.deleted_at \
+             WHERE read_reports.version < EXCLUDED.version";
+
+/// The batch's statistics delta, one statement (`move_statistics`): counts that exist move,
+/// missing ones are inserted when positive; answers how many negative deltas found no row.
+pub const MOVE_STATISTICS: &str =
+    "WITH d AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
+               AS d(category, status, delta)), \
+         u AS (UPDATE statistics s SET count = s.count + d.delta, last_updated = now() \
+               FROM d WHERE s.category = d.category AND s.status = d.status \
+               RETURNING s.category, s.status), \
+         missing AS (SELECT d.* FROM d WHERE NOT EXISTS \
+               (SELECT 1 FROM u WHERE u.category = d.category AND u.status = d.status)), \
+         i AS (INSERT INTO statistics (category, status, count, last_updated) \
+               SELECT category, status, delta, now() FROM missing WHERE delta > 0) \
+         SELECT count(*) FROM missing WHERE delta < 0";
+
 /// Applies `entries` in order and records `cp`, all in one transaction.
 fn transact(
     db: &str,
@@ -778,11 +828,7 @@ fn transact(
     let mut rows: HashMap<Uuid, Row> = HashMap::with_capacity(ids.len());
     if !ids.is_empty() {
         for r in tx
-            .query_typed(
-                "SELECT id, version, category, status, deleted_at IS NOT NULL \
-             FROM read_reports WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[(&ids, Type::UUID_ARRAY)],
-            )
+            .query_typed(LOCK_ROWS, &[(&ids, Type::UUID_ARRAY)])
             .map_err(db_err)?
         {
             let id: Uuid = r.try_get(0).map_err(db_err)?;
@@ -887,23 +933,7 @@ impl<'a> Snapshots<'a> {
             return Ok(0);
         }
         tx.execute_typed(
-            "INSERT INTO read_reports (id, title, description, category, status, version, \
-               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
-             SELECT id, title, description, category, status, version, created_at, updated_at, \
-               NULL, doc, lat, lng, address, report_search(title, description, address) \
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
-               $7::timestamptz[], $8::timestamptz[], $9::text[], $10::float8[], $11::float8[], \
-               $12::text[]) \
-               AS b(id, title, description, category, status, version, created_at, updated_at, doc, \
-                 lat, lng, address) \
-             ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
-               description = EXCLUDED.description, category = EXCLUDED.category, \
-               status = EXCLUDED.status, version = EXCLUDED.version, \
-               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-               deleted_at = NULL, doc = EXCLUDED.doc, lat = EXCLUDED.lat, lng = EXCLUDED.lng, \
-               address = EXCLUDED.address, search = EXCLUDED.search \
-             WHERE read_reports.version < EXCLUDED.version \
-               AND read_reports.deleted_at IS NULL",
+            UPSERT_SNAPSHOTS,
             &[
                 (&self.ids, Type::UUID_ARRAY),
                 (&self.titles, Type::TEXT_ARRAY),
@@ -946,15 +976,7 @@ impl<'a> Tombstones<'a> {
             return Ok(0);
         }
         tx.execute_typed(
-            "INSERT INTO read_reports (id, title, description, category, status, version, \
-               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
-             SELECT id, '', '', '', '', version, at, at, at, doc, NULL, NULL, NULL, \
-               report_search('', '', NULL) \
-             FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[]) \
-               AS b(id, version, at, doc) \
-             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
-               updated_at = EXCLUDED.deleted_at, deleted_at = EXCLUDED.deleted_at \
-             WHERE read_reports.version < EXCLUDED.version",
+            UPSERT_TOMBSTONES,
             &[
                 (&self.ids, Type::UUID_ARRAY),
                 (&self.versions, Type::INT8_ARRAY),
@@ -982,16 +1004,7 @@ fn move_statistics(
     // Every part of one statement sees the same snapshot, so the INSERT takes exactly the keys
     // the UPDATE found no row for; the writer's advisory lock keeps other writers out between.
     let row = tx.query_typed_one(
-        "WITH d AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
-               AS d(category, status, delta)), \
-         u AS (UPDATE statistics s SET count = s.count + d.delta, last_updated = now() \
-               FROM d WHERE s.category = d.category AND s.status = d.status \
-               RETURNING s.category, s.status), \
-         missing AS (SELECT d.* FROM d WHERE NOT EXISTS \
-               (SELECT 1 FROM u WHERE u.category = d.category AND u.status = d.status)), \
-         i AS (INSERT INTO statistics (category, status, count, last_updated) \
-               SELECT category, status, delta, now() FROM missing WHERE delta > 0) \
-         SELECT count(*) FROM missing WHERE delta < 0",
+        MOVE_STATISTICS,
         &[
             (&categories, Type::TEXT_ARRAY),
             (&statuses, Type::TEXT_ARRAY),

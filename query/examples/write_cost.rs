@@ -6,8 +6,9 @@
 //! `shared::migrate::query_db`, seeds each with the same reports, and then applies batches
 //! of 1, 5 and 50 changes the way the projection's writer does (`projection/src/writer.rs`,
 //! `transact`): one transaction per batch taking the writers' lock, locking the batch's rows,
-//! one multi-row upsert for the live rows and one for the tombstones — their statement text
-//! copied word for word — and the statistics delta. A batch carries what the write mix of
+//! one multi-row upsert for the live rows and one for the tombstones, and the statistics
+//! delta — the writer's own statements (`projection::writer::{LOCK_ROWS, UPSERT_SNAPSHOTS,
+//! UPSERT_TOMBSTONES, MOVE_STATISTICS}`), so the harness measures what the writer sends. A batch carries what the write mix of
 //! `bench` sends: 60 % new reports, 30 % updates (a status change, a third of them a category
 //! change too), 10 % deletes.
 //!
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use postgres::types::Type;
 use postgres::{Client, NoTls};
+use projection::writer::{LOCK_ROWS, MOVE_STATISTICS, UPSERT_SNAPSHOTS, UPSERT_TOMBSTONES};
 use shared::model::{Category, Location, Report, Status, Tombstone};
 use shared::testkit::fuzz::Rng;
 use time::OffsetDateTime;
@@ -49,54 +51,6 @@ const KEEP_ENV: &str = "WRITE_COST_KEEP_DB";
 /// Set (to anything) to log every statement's plan, the triggers' nested ones included, with
 /// `auto_explain` (`log_analyze`) into the server's log: where the time goes, not a figure.
 const EXPLAIN_ENV: &str = "WRITE_COST_EXPLAIN";
-
-/// The projection's live-row upsert (`writer.rs`, `Snapshots::write`), word for word.
-const UPSERT_SNAPSHOTS: &str = "INSERT INTO read_reports (id, title, description, category, status, version, \
-               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
-             SELECT id, title, description, category, status, version, created_at, updated_at, \
-               NULL, doc, lat, lng, address, report_search(title, description, address) \
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
-               $7::timestamptz[], $8::timestamptz[], $9::text[], $10::float8[], $11::float8[], \
-               $12::text[]) \
-               AS b(id, title, description, category, status, version, created_at, updated_at, doc, \
-                 lat, lng, address) \
-             ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, \
-               description = EXCLUDED.description, category = EXCLUDED.category, \
-               status = EXCLUDED.status, version = EXCLUDED.version, \
-               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-               deleted_at = NULL, doc = EXCLUDED.doc, lat = EXCLUDED.lat, lng = EXCLUDED.lng, \
-               address = EXCLUDED.address, search = EXCLUDED.search \
-             WHERE read_reports.version < EXCLUDED.version \
-               AND read_reports.deleted_at IS NULL";
-
-/// The projection's tombstone upsert (`writer.rs`, `Tombstones::write`), word for word.
-const UPSERT_TOMBSTONES: &str =
-    "INSERT INTO read_reports (id, title, description, category, status, version, \
-               created_at, updated_at, deleted_at, doc, lat, lng, address, search) \
-             SELECT id, '', '', '', '', version, at, at, at, doc, NULL, NULL, NULL, \
-               report_search('', '', NULL) \
-             FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[]) \
-               AS b(id, version, at, doc) \
-             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
-               updated_at = EXCLUDED.deleted_at, deleted_at = EXCLUDED.deleted_at \
-             WHERE read_reports.version < EXCLUDED.version";
-
-/// The projection's statistics delta (`writer.rs`, `move_statistics`), word for word.
-const MOVE_STATISTICS: &str =
-    "WITH d AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
-               AS d(category, status, delta)), \
-         u AS (UPDATE statistics s SET count = s.count + d.delta, last_updated = now() \
-               FROM d WHERE s.category = d.category AND s.status = d.status \
-               RETURNING s.category, s.status), \
-         missing AS (SELECT d.* FROM d WHERE NOT EXISTS \
-               (SELECT 1 FROM u WHERE u.category = d.category AND u.status = d.status)), \
-         i AS (INSERT INTO statistics (category, status, count, last_updated) \
-               SELECT category, status, delta, now() FROM missing WHERE delta > 0) \
-         SELECT count(*) FROM missing WHERE delta < 0";
-
-/// The projection's row lock of a batch (`writer.rs`, `transact`).
-const LOCK_ROWS: &str = "SELECT id, version, category, status, deleted_at IS NOT NULL \
-             FROM read_reports WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
