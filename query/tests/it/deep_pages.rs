@@ -43,6 +43,20 @@ fn shapes() -> Vec<String> {
 }
 
 /// The ids OFFSET gives for `query`'s filter: the plain statement the bucket walk replaces.
+/// Runs `read` in one read-only REPEATABLE READ snapshot: the page and its reference see the
+/// same committed state while writers go on.
+fn in_snapshot<T>(c: &mut Client, read: impl FnOnce(&mut postgres::Transaction<'_>) -> T) -> T {
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .expect("snapshot");
+    let out = read(&mut tx);
+    tx.commit().expect("end snapshot");
+    out
+}
+
 fn offset_ids(c: &mut impl postgres::GenericClient, q: &ListQuery, offset: i64) -> Vec<Uuid> {
     let category = q.filter.category.map(|c| c.as_str().to_owned());
     let status = q.filter.status.map(|s| s.as_str().to_owned());
@@ -216,28 +230,24 @@ fn deep_pages_equal_offset_under_concurrent_writes() {
         for shape in shapes() {
             for (page, per_page) in [(2, 1), (5, 7), (3, 20), (40, 3), (200, 1)] {
                 let q = parse(&format!("{shape}&per_page={per_page}&page={page}"));
-                let mut tx = reader
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .expect("snapshot");
-                let mut docs = Vec::new();
-                let listed = search::list(&mut tx, &q, &mut docs).expect("deep page");
-                let want = offset_ids(&mut tx, &q, (page - 1) * per_page);
-                let total: i64 = tx
-                    .query_one(
-                        "SELECT count(*) FROM read_reports WHERE deleted_at IS NULL \
-                         AND ($1::text IS NULL OR category = $1) \
-                         AND ($2::text IS NULL OR status = $2)",
-                        &[
-                            &q.filter.category.map(|c| c.as_str()),
-                            &q.filter.status.map(|s| s.as_str()),
-                        ],
-                    )
-                    .expect("count")
-                    .get(0);
-                tx.commit().expect("end snapshot");
+                let (docs, listed, want, total) = in_snapshot(&mut reader, |tx| {
+                    let mut docs = Vec::new();
+                    let listed = search::list(tx, &q, &mut docs).expect("deep page");
+                    let want = offset_ids(tx, &q, (page - 1) * per_page);
+                    let total: i64 = tx
+                        .query_one(
+                            "SELECT count(*) FROM read_reports WHERE deleted_at IS NULL \
+                             AND ($1::text IS NULL OR category = $1) \
+                             AND ($2::text IS NULL OR status = $2)",
+                            &[
+                                &q.filter.category.map(|c| c.as_str()),
+                                &q.filter.status.map(|s| s.as_str()),
+                            ],
+                        )
+                        .expect("count")
+                        .get(0);
+                    (docs, listed, want, total)
+                });
                 assert_eq!(ids_of(&docs), want, "{shape} page {page} per {per_page}");
                 assert_eq!(listed.total, total, "{shape}: total");
                 checked += 1;
@@ -458,16 +468,11 @@ fn multi_row_statements_keep_counts_exact() {
     for shape in shapes() {
         for (page, per_page) in [(1, 1), (2, 3), (4, 2), (3, 5), (9, 1)] {
             let q = parse(&format!("{shape}&per_page={per_page}&page={page}"));
-            let mut tx = reader
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .expect("snapshot");
-            let mut docs = Vec::new();
-            search::list(&mut tx, &q, &mut docs).expect("deep page");
-            let want = offset_ids(&mut tx, &q, (page - 1) * per_page);
-            tx.commit().expect("end snapshot");
+            let (docs, want) = in_snapshot(&mut reader, |tx| {
+                let mut docs = Vec::new();
+                search::list(tx, &q, &mut docs).expect("deep page");
+                (docs, offset_ids(tx, &q, (page - 1) * per_page))
+            });
             assert_eq!(ids_of(&docs), want, "{shape} page {page} per {per_page}");
         }
     }
