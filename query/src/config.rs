@@ -28,11 +28,18 @@ pub const QUERY_DATABASE_URLS_DEFAULT: &str =
 
 /// `QUERY_CACHE`: `on` (the default) answers lists and statistics from memory while the read
 /// model they came from is unchanged (SPEC §7.3, `cache.rs`), and coalesces point reads
-/// (`points.rs`): two extra connections per query DB, at its `QUERY_DATABASE_URLS` URL (direct
-/// or through PgBouncer), one reading its position row, one the asked reports. `off` reads
-/// every request on the pool.
+/// (`points.rs`): two extra connections per query DB, at its [`QUERY_DIRECT_URLS`] URL, one
+/// holding the cache fence, one reading the asked reports. `off` reads every request on the
+/// pool.
 pub const QUERY_CACHE: &str = "QUERY_CACHE";
 pub const QUERY_CACHE_DEFAULT: &str = "on";
+
+/// `QUERY_DIRECT_URLS`: optional `name=url` entries, for a DB of `QUERY_DATABASE_URLS` whose
+/// URL there is a transaction pooler (PgBouncer): the same DB without it. The cache fence is
+/// a lock held on one session and its point reads prepare statements, neither of which a
+/// transaction pooler keeps; a DB not named here is reached at its `QUERY_DATABASE_URLS` URL
+/// (and a fence found not held on its own session turns that DB's cache off, never wrong).
+pub const QUERY_DIRECT_URLS: &str = "QUERY_DIRECT_URLS";
 
 /// `MAY_WORKERS`: may scheduler threads. A sync DB call on a pooled connection blocks its
 /// worker for a whole round trip, so for those reads (cache misses, search, history, Open311)
@@ -99,8 +106,8 @@ pub struct Config {
     pub stack_size: usize,
     pub pool_size: u32,
     pub min_version_wait: Duration,
-    /// The DBs whose position row the response cache reads (all of `dbs`, or none); see
-    /// [`QUERY_CACHE`].
+    /// The DBs the response cache fences and the point readers read (all of `dbs`, or none),
+    /// at their direct URLs; see [`QUERY_CACHE`] and [`QUERY_DIRECT_URLS`].
     pub listen: Vec<NamedDb>,
 }
 
@@ -134,8 +141,31 @@ impl Config {
                 "expected at most 30000 ms",
             ));
         }
+        let direct = match std::env::var(QUERY_DIRECT_URLS) {
+            Ok(v) if !v.trim().is_empty() => config::named_dbs(QUERY_DIRECT_URLS, &v)?,
+            _ => Vec::new(),
+        };
+        if let Some(stray) = direct
+            .iter()
+            .find(|d| !dbs.iter().any(|db| db.name == d.name))
+        {
+            return Err(bad(
+                QUERY_DIRECT_URLS,
+                &stray.name,
+                "names no database of QUERY_DATABASE_URLS",
+            ));
+        }
         let listen = match config::string(QUERY_CACHE, QUERY_CACHE_DEFAULT).as_str() {
-            "on" => dbs.clone(),
+            "on" => dbs
+                .iter()
+                .map(|db| NamedDb {
+                    name: db.name.clone(),
+                    url: direct
+                        .iter()
+                        .find(|d| d.name == db.name)
+                        .map_or_else(|| db.url.clone(), |d| d.url.clone()),
+                })
+                .collect(),
             "off" => Vec::new(),
             other => return Err(bad(QUERY_CACHE, other, "expected on or off")),
         };

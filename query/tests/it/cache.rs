@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shared::model::{Category, Status};
-use shared::testkit::{http, wait_until, HttpResponse, PgCluster, Service};
+use shared::testkit::{http, signal, wait_until, HttpResponse, PgCluster, Service};
 
 use crate::support::{apply, fresh_db, fresh_db_on, get, get_with, report, seed, start_query, PG};
 
@@ -151,12 +151,15 @@ fn if_none_match_answers_304_and_hits_answer_without_touching_the_db() {
         "one position, one tag"
     );
 
-    // An exclusive lock on the read model: any statement reading it would wait for it (and
-    // be cancelled by the statement timeout). Answers now can only come from memory.
+    // An exclusive lock on the read model and its position: any statement reading them would
+    // wait for it (and be cancelled by the statement timeout). Answers now can only come from
+    // memory, with no round trip of any kind.
     let mut locker = PG.client("cache_304");
     let mut tx = locker.transaction().expect("begin");
-    tx.batch_execute("LOCK TABLE statistics, read_reports IN ACCESS EXCLUSIVE MODE")
-        .expect("lock");
+    tx.batch_execute(
+        "LOCK TABLE statistics, read_reports, read_model_position IN ACCESS EXCLUSIVE MODE",
+    )
+    .expect("lock");
     let r = get_with(&svc, "/statistics", &[("If-None-Match", &etag)]);
     assert_eq!(r.status, 304, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.body.is_empty());
@@ -299,4 +302,104 @@ fn a_db_passed_over_never_answers_from_its_memory_or_its_rounds() {
             "a list from the passed-over DB"
         );
     }
+}
+
+/// The fault the fence's lease is for: an instance stopped (SIGSTOP) while it serves from
+/// memory holds the fence, so a commit cuts its connection off and out-waits its lease. The
+/// commit goes through in bounded time, and the instance, woken after the commit, never
+/// answers the count from before it: not from memory, not as a 304.
+#[test]
+fn a_stopped_instance_holds_no_commit_and_wakes_without_its_old_answers() {
+    let url = fresh_db("cache_sigstop");
+    seed(&mut PG.client("cache_sigstop"), 4);
+    let svc = start_cached(&format!("main={url}"));
+    let etag = wait_cached(&svc, "/statistics");
+    assert_eq!(stats_total(&get(&svc, "/statistics")), 4);
+    let pid = svc.pid().expect("the query process runs");
+
+    signal(pid, "STOP");
+    let started = Instant::now();
+    apply(
+        &mut PG.client("cache_sigstop"),
+        &report(
+            50,
+            Category::Lainnya,
+            Status::Pending,
+            shared::model::now_micros(),
+        ),
+    );
+    let took = started.elapsed();
+    signal(pid, "CONT");
+    // Cut off after a second, then the lease (a second): well under the writers' 10 s
+    // statement timeout.
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(6),
+        "the commit past a stopped listener took {took:?}"
+    );
+
+    // The first answers after waking come from the DB (the lease is over) or from a new
+    // position: 5, never 4.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let r = get_with(&svc, "/statistics", &[("If-None-Match", &etag)]);
+        assert_eq!(r.status, 200, "a 304 for the position before the commit");
+        assert_eq!(stats_total(&r), 5, "the answer from before the commit");
+    }
+    // And the instance fences again: answers from memory, under a new tag.
+    let fresh = wait_cached(&svc, "/statistics");
+    assert_ne!(fresh, etag);
+    let mut c = PG.client("cache_sigstop");
+    wait_until(
+        "the listener holds the fence again",
+        Duration::from_secs(5),
+        || {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = current_database()",
+                &[&query::cache::APPLICATION_NAME],
+            )
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+        },
+    );
+}
+
+/// Every commit waits for the listeners to let go, and only for that: a healthy listener
+/// lets go when a writer asks, so a stream of commits never cuts it off (the path that
+/// out-waits a lease), and the cache follows every one.
+#[test]
+fn a_commit_waits_for_the_fence_but_never_for_the_lease() {
+    let url = fresh_db("cache_fence_cost");
+    seed(&mut PG.client("cache_fence_cost"), 2);
+    let svc = start_cached(&format!("main={url}"));
+    wait_cached(&svc, "/statistics");
+    let mut c = PG.client("cache_fence_cost");
+    let backend = |c: &mut postgres::Client| -> i32 {
+        c.query_one(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()",
+            &[&query::cache::APPLICATION_NAME],
+        )
+        .expect("the listener's backend")
+        .get(0)
+    };
+    let listener = backend(&mut c);
+    for n in 0..40 {
+        apply(
+            &mut c,
+            &report(
+                100 + n,
+                Category::Lainnya,
+                Status::Pending,
+                shared::model::now_micros(),
+            ),
+        );
+    }
+    assert_eq!(backend(&mut c), listener, "the listener was cut off");
+    wait_until(
+        "the cache has the last write",
+        Duration::from_secs(5),
+        || stats_total(&get(&svc, "/statistics")) == 42,
+    );
+    assert!(svc.log().contains("fenced"), "{}", svc.log());
 }

@@ -1,13 +1,18 @@
 //! Acceptance (5): through a real PgBouncer in transaction mode with a pool of 5 server
 //! connections, 200 concurrent client connections each doing several reads get no errors.
 //! This is what named prepared statements would break: every statement must be unnamed.
+//! The cache fence is a lock held on one session, which transaction pooling does not keep:
+//! with `QUERY_DIRECT_URLS` it is held past PgBouncer, and without it the cache never serves
+//! an answer a commit has replaced.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shared::testkit::{free_port, http, wait_until};
 
-use crate::support::{fresh_db, seed, start_query, PG};
+use shared::model::{Category, Status};
+
+use crate::support::{apply, fresh_db, report, seed, start_query, PG};
 
 /// A PgBouncer child process in front of the shared cluster; killed on drop.
 struct PgBouncer {
@@ -138,4 +143,58 @@ fn through_pgbouncer_transaction_mode_under_200_connections() {
     let r = http(port, "GET", "/reports", &[], b"").unwrap();
     assert_eq!(r.header("x-query-db"), Some("bouncer"));
     assert_eq!(r.json()["meta"]["total"], 60);
+}
+
+/// The total a `/statistics` answer counts.
+fn stats_total(port: u16) -> (i64, Option<String>) {
+    let r = http(port, "GET", "/statistics", &[], b"").expect("GET /statistics");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let total = r.json()["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["total_count"].as_i64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(-1);
+    (total, r.header("etag").map(str::to_owned))
+}
+
+/// Reads through PgBouncer, the fence on `QUERY_DIRECT_URLS`: answers from memory (an `ETag`)
+/// and every commit seen by the next read. Without the direct URL the same holds for the
+/// answers (whether or not the fence could be taken through the pooler).
+#[test]
+fn the_cache_fence_is_held_past_pgbouncer_on_the_direct_url() {
+    let direct = fresh_db("bouncer_fence");
+    seed(&mut PG.client("bouncer_fence"), 3);
+    let bouncer = PgBouncer::start(PG.port);
+    let pooled = format!(
+        "postgres://postgres@127.0.0.1:{}/bouncer_fence",
+        bouncer.port
+    );
+    let fenced = start_query(
+        &format!("main={pooled}"),
+        &[("QUERY_DIRECT_URLS", format!("main={direct}"))],
+    );
+    let unfenced = start_query(&format!("main={pooled}"), &[]);
+    wait_until("an answer from memory", Duration::from_secs(10), || {
+        stats_total(fenced.port).1.is_some()
+    });
+    let mut c = PG.client("bouncer_fence");
+    for n in 0..20 {
+        apply(
+            &mut c,
+            &report(
+                10 + n,
+                Category::Lainnya,
+                Status::Pending,
+                shared::model::now_micros(),
+            ),
+        );
+        let want = 4 + i64::from(n);
+        for svc in [&fenced, &unfenced] {
+            assert_eq!(stats_total(svc.port).0, want, "{}", svc.log());
+        }
+    }
+    assert!(stats_total(fenced.port).1.is_some(), "{}", fenced.log());
 }

@@ -19,3 +19,32 @@ fn sigterm_stops_with_exit_zero() {
         assert!(log.contains(expect), "missing {expect:?} in\n{log}");
     }
 }
+
+/// Given a `QUERY_DIRECT_URLS` entry for a DB that `QUERY_DATABASE_URLS` does not name, or
+/// one that is no URL, the binary exits 2 before listening, naming the variable.
+#[test]
+fn a_direct_url_for_no_query_db_exits_two_naming_it() {
+    for (direct, expect) in [
+        (
+            "other=postgres://h/db",
+            "bad value \"other\" for QUERY_DIRECT_URLS: names no database of QUERY_DATABASE_URLS",
+        ),
+        (
+            "main=mysql://h/db",
+            "for QUERY_DIRECT_URLS: expected postgres://",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_query"))
+            .env("INSTANCE_ID", "query-bad")
+            .env("QUERY_DATABASE_URLS", "main=postgres://127.0.0.1:1/db")
+            .env("QUERY_DIRECT_URLS", direct)
+            .output()
+            .expect("run the query binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+        assert!(
+            stderr.contains(" ERROR query-bad configuration: ") && stderr.contains(expect),
+            "missing {expect:?} in\n{stderr}"
+        );
+    }
+}

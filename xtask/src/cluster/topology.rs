@@ -423,6 +423,9 @@ impl Topology {
             Kind::Query => {
                 let k = svc.name.trim_start_matches("query-").parse().unwrap_or(0);
                 env.push(("QUERY_DATABASE_URLS", self.query_urls_for(k, target)));
+                // The cache fence and the point readers need sessions, which PgBouncer's
+                // transaction pooling does not keep: every DB directly.
+                env.push(("QUERY_DIRECT_URLS", self.projection_urls(target)));
             }
             Kind::Projection => {
                 // Its operator subcommands (`projection rebuild`, `check-sync`) read the
