@@ -266,9 +266,56 @@ BEGIN
     UPDATE read_model_position SET position = position + 1;
     RETURN NULL;
 END $$;
-CREATE OR REPLACE TRIGGER read_reports_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON read_reports
-    FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();
+-- Which reports each position changed, so that a query instance's answers by id survive the
+-- positions that did not touch their report (`query/src/cache.rs`, the point cache): every
+-- statement on `read_reports` moves the position and records the ids it wrote under the new
+-- position (NULL: more than `read_model_changes_max()` rows, or a TRUNCATE: every report).
+-- The record is complete for every position above `read_model_position.changes_from`; older
+-- rows are pruned every 256 positions, keeping the last 4 096 (a listener needs the changes
+-- since its last fence, normally one commit ago; one further behind forgets every answer).
+CREATE TABLE IF NOT EXISTS read_model_changes (
+    position bigint PRIMARY KEY,
+    ids      uuid[]
+);
+ALTER TABLE read_model_position ADD COLUMN IF NOT EXISTS changes_from bigint;
+-- An upgraded DB has no record of the positions before this one.
+UPDATE read_model_position SET changes_from = position WHERE changes_from IS NULL;
+CREATE OR REPLACE FUNCTION read_model_changes_max() RETURNS integer
+    LANGUAGE sql IMMUTABLE AS 'SELECT 4096';
+CREATE OR REPLACE FUNCTION read_reports_rows_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    p bigint;
+BEGIN
+    UPDATE read_model_position SET position = position + 1 RETURNING position INTO p;
+    INSERT INTO read_model_changes (position, ids)
+    SELECT p, CASE WHEN n > read_model_changes_max() THEN NULL
+                   ELSE (SELECT array_agg(id) FROM changed_rows) END
+    FROM (SELECT count(*) AS n FROM changed_rows) c WHERE n > 0;
+    IF p % 256 = 0 THEN
+        DELETE FROM read_model_changes WHERE position <= p - 4096;
+        UPDATE read_model_position SET changes_from = p - 4096 WHERE changes_from < p - 4096;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION read_reports_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WITH p AS (UPDATE read_model_position SET position = position + 1 RETURNING position)
+    INSERT INTO read_model_changes (position, ids) SELECT position, NULL FROM p;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS read_reports_changed ON read_reports;
+CREATE OR REPLACE TRIGGER read_reports_inserted
+    AFTER INSERT ON read_reports REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION read_reports_rows_changed();
+CREATE OR REPLACE TRIGGER read_reports_updated
+    AFTER UPDATE ON read_reports REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION read_reports_rows_changed();
+CREATE OR REPLACE TRIGGER read_reports_deleted
+    AFTER DELETE ON read_reports REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION read_reports_rows_changed();
+CREATE OR REPLACE TRIGGER read_reports_truncated
+    AFTER TRUNCATE ON read_reports
+    FOR EACH STATEMENT EXECUTE FUNCTION read_reports_truncated();
 CREATE OR REPLACE TRIGGER statistics_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON statistics
     FOR EACH STATEMENT EXECUTE FUNCTION read_model_changed();

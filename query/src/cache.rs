@@ -45,9 +45,10 @@ use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use shared::config::NamedDb;
+use uuid::Uuid;
 
 use crate::config::CONNECT_TIMEOUT;
-use crate::rounds::Threads;
+use crate::rounds::{Point, Threads};
 
 /// Entries kept per DB. Lists have few hot shapes (first pages, common filters); when the
 /// cache is full it starts over, so a scan of distinct URLs costs misses, never memory.
@@ -59,6 +60,11 @@ pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// A larger answer is not kept: it would crowd out many hot small ones.
 pub const MAX_BODY: usize = 256 * 1024;
+
+/// Answers by id kept per DB, and their bytes: ~2 000 reports of ~1 KiB. When full the
+/// point entries start over (a scan of all ids costs misses, never memory).
+pub const MAX_POINTS: usize = 4096;
+pub const MAX_POINT_BYTES: usize = 2 * 1024 * 1024;
 
 /// The pause before reconnecting a listener.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
@@ -72,11 +78,21 @@ const TICK_MS: i32 = 100;
 /// value, so this side may only be shorter.
 pub const LEASE: Duration = Duration::from_secs(1);
 
-/// The fence lock (`sql/query.sql`), SHARED while this instance serves a position. Letting
-/// go of everything first makes the statement safe to repeat after a cancel at any point.
-const TAKE_FENCE: &str = "SELECT pg_advisory_unlock_all(); \
-     SELECT pg_advisory_lock_shared(29042, 1667326824); \
-     SELECT position, pg_backend_pid() FROM read_model_position";
+/// Takes the fence lock (`sql/query.sql`) SHARED and reads, under it, the position, this
+/// backend and the reports changed since position `since` (`read_model_changes`). Letting go
+/// of everything first makes the statement safe to repeat after a cancel at any point.
+fn take_fence_sql(since: i64) -> String {
+    format!(
+        "SELECT pg_advisory_unlock_all(); \
+         SELECT pg_advisory_lock_shared(29042, 1667326824); \
+         SELECT p.position, pg_backend_pid(), p.changes_from <= {since} AND p.position >= {since} \
+                AND NOT EXISTS (SELECT 1 FROM read_model_changes c \
+                                WHERE c.position > {since} AND c.ids IS NULL), \
+                (SELECT array_agg(u) FROM read_model_changes c, unnest(c.ids) u \
+                 WHERE c.position > {since}) \
+         FROM read_model_position p"
+    )
+}
 
 /// One cached answer.
 #[derive(Debug)]
@@ -96,6 +112,57 @@ struct State {
     entries_at: Option<Arc<str>>,
     entries: HashMap<String, Entry>,
     bytes: usize,
+    /// Answers by id: unlike lists they survive a new position that did not change their
+    /// report (`read_model_changes`).
+    points: PointEntries,
+}
+
+/// Answers by id and the position they are known good at.
+#[derive(Debug, Default)]
+struct PointEntries {
+    /// Every entry is what its report was at this position (the number of the token).
+    at: Option<i64>,
+    by_id: HashMap<Uuid, Point>,
+    bytes: usize,
+}
+
+impl PointEntries {
+    fn clear(&mut self) {
+        self.by_id.clear();
+        self.bytes = 0;
+    }
+
+    /// The DB moved from `at` to `to`, changing `changed`.
+    fn advance(&mut self, to: i64, changed: &Changed) {
+        match changed {
+            Changed::Since(since, ids) if self.at == Some(*since) && *since <= to => {
+                for id in ids {
+                    if let Some(old) = self.by_id.remove(id) {
+                        self.bytes -= point_size(&old);
+                    }
+                }
+            }
+            _ => self.clear(),
+        }
+        self.at = Some(to);
+    }
+}
+
+/// What a point entry counts against [`MAX_POINT_BYTES`].
+fn point_size(p: &Point) -> usize {
+    64 + match p {
+        Point::Live { doc, .. } => doc.len(),
+        Point::Missing | Point::Deleted { .. } => 0,
+    }
+}
+
+/// The reports changed between a listener's last fence and this one.
+#[derive(Debug, PartialEq, Eq)]
+enum Changed {
+    /// Not known (first fence of a connection, record pruned, a TRUNCATE, a big statement).
+    All,
+    /// Since that position, these (and no other) reports changed.
+    Since(i64, Vec<Uuid>),
 }
 
 impl State {
@@ -128,9 +195,11 @@ impl DbCache {
         state.lease_until = None;
     }
 
-    /// `position` is current, served until `lease_until`.
-    fn set_position(&self, position: Arc<str>, lease_until: Instant) {
+    /// `position` (number `n`) is current, served until `lease_until`; `changed` the reports
+    /// changed since the point entries' position.
+    fn set_position(&self, position: Arc<str>, n: i64, changed: &Changed, lease_until: Instant) {
         let mut state = self.state();
+        state.points.advance(n, changed);
         if state.entries_at.as_ref() != Some(&position) {
             state.entries.clear();
             state.bytes = 0;
@@ -202,6 +271,33 @@ impl Cache {
         }
         let entry = state.entries.get(key)?;
         (&entry.position == position).then(|| (Hit::Body(entry.body.clone()), Arc::clone(position)))
+    }
+
+    /// Report `id` as DB `i` holds it now, from memory: `None` unless the position is current
+    /// and the report was read since and not changed after.
+    pub fn point(&self, i: usize, id: &Uuid) -> Option<Point> {
+        let state = self.dbs.get(i)?.state();
+        state.current()?;
+        state.points.by_id.get(id).cloned()
+    }
+
+    /// Keeps `point`, read from DB `i` after `position` was current, if that is still the
+    /// position (else a change landed meanwhile and the read may predate it).
+    pub fn store_point(&self, i: usize, id: Uuid, position: &Arc<str>, point: &Point) {
+        let Some(db) = self.dbs.get(i) else { return };
+        let mut state = db.state();
+        if state.current() != Some(position) {
+            return;
+        }
+        let points = &mut state.points;
+        let size = point_size(point);
+        if points.by_id.len() >= MAX_POINTS || points.bytes + size > MAX_POINT_BYTES {
+            points.clear();
+        }
+        if let Some(old) = points.by_id.insert(id, point.clone()) {
+            points.bytes -= point_size(&old);
+        }
+        points.bytes += size;
     }
 
     /// Keeps `body`, read from DB `i` after `position` was current, if that is still the
@@ -314,12 +410,17 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
     let lease = fence_lease(&mut client)?;
     let wait = Wait::prepare(&mut client)?;
     shared::info!("cache {}: fenced, serving the read-model position", db.name);
+    // A new connection may be to a DB recreated under the same name: no answer by id from
+    // before it is trusted.
+    let mut since = None;
     while !stop.load(Ordering::Acquire) {
         let sent = Instant::now();
-        let holder = match take_fence(&mut client) {
-            Ok((p, holder)) => {
-                db.set_position(format!("{}.{p}", db.name).into(), sent + lease);
-                holder
+        let holder = match take_fence(&mut client, since) {
+            Ok(f) => {
+                let token = format!("{}.{}", db.name, f.position).into();
+                db.set_position(token, f.position, &f.changed, sent + lease);
+                since = Some(f.position);
+                f.holder
             }
             Err(Failed::Cancelled) => continue,
             Err(Failed::Down(e)) => return Err(e),
@@ -357,22 +458,51 @@ fn fence_lease(client: &mut postgres::Client) -> Result<Duration, String> {
         .min(LEASE))
 }
 
-/// Takes the fence lock shared and reads the position under it, in one round trip; the
-/// position and the backend that holds the fence.
-fn take_fence(client: &mut postgres::Client) -> Result<(String, i32), Failed> {
-    let messages = client.simple_query(TAKE_FENCE)?;
+/// What taking the fence found.
+struct Fenced {
+    position: i64,
+    /// The backend that holds the fence (ticks prove they run on it).
+    holder: i32,
+    /// The reports changed since the position asked about.
+    changed: Changed,
+}
+
+/// Takes the fence lock shared and reads the position under it, in one round trip.
+fn take_fence(client: &mut postgres::Client, since: Option<i64>) -> Result<Fenced, Failed> {
+    let messages = client.simple_query(&take_fence_sql(since.unwrap_or(i64::MAX)))?;
     let row = messages
         .iter()
         .filter_map(|m| match m {
             postgres::SimpleQueryMessage::Row(r) => Some(r),
             _ => None,
         })
-        .last();
-    let position = row.and_then(|r| r.get(0).map(str::to_owned));
-    let holder = row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok());
-    position.zip(holder).ok_or_else(|| {
-        Failed::Down("read_model_position has no row (schema not applied?)".to_owned())
+        .last()
+        .filter(|r| r.len() == 4);
+    let bad = || Failed::Down("read_model_position has no row (schema not applied?)".to_owned());
+    let row = row.ok_or_else(bad)?;
+    let position = row.get(0).and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let holder = row.get(1).and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let changed = match (since, row.get(2)) {
+        (Some(since), Some("t")) => {
+            Changed::Since(since, parse_uuid_array(row.get(3).unwrap_or("{}")))
+        }
+        _ => Changed::All,
+    };
+    Ok(Fenced {
+        position,
+        holder,
+        changed,
     })
+}
+
+/// `{a,b,…}`, PostgreSQL's text form of a `uuid[]`; an element that is no UUID cannot come
+/// from a `uuid[]`, and is skipped.
+fn parse_uuid_array(text: &str) -> Vec<Uuid> {
+    text.trim_start_matches('{')
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|u| Uuid::try_parse(u.trim()).ok())
+        .collect()
 }
 
 /// The listener's tick, `read_model_fence_wait`, prepared once per connection.
@@ -437,7 +567,7 @@ mod tests {
         cache.store(0, "k", &p1, b"a");
         assert!(cache.dbs[0].state().entries.is_empty());
         let lease = Instant::now() + Duration::from_secs(60);
-        cache.dbs[0].set_position(Arc::clone(&p1), lease);
+        cache.dbs[0].set_position(Arc::clone(&p1), 1, &Changed::All, lease);
         cache.store(0, "k", &p1, b"a");
         cache.store(0, "big", &p1, &vec![0; MAX_BODY + 1]);
         assert_eq!(cache.dbs[0].state().entries.len(), 1);
@@ -448,7 +578,7 @@ mod tests {
             cache.store(0, &n.to_string(), &p1, b"xyz");
         }
         assert!(cache.dbs[0].state().entries.len() <= MAX_ENTRIES);
-        cache.dbs[0].set_position("d.2".into(), lease);
+        cache.dbs[0].set_position("d.2".into(), 2, &Changed::All, lease);
         assert!(cache.dbs[0].state().entries.is_empty());
     }
 
@@ -463,7 +593,7 @@ mod tests {
         let cache = Cache::new(std::slice::from_ref(&db), &[]);
         let p1: Arc<str> = "d.1".into();
         let later = Instant::now() + Duration::from_secs(60);
-        cache.dbs[0].set_position(Arc::clone(&p1), later);
+        cache.dbs[0].set_position(Arc::clone(&p1), 1, &Changed::All, later);
         cache.store(0, "k", &p1, b"a");
         assert_eq!(
             cache.lookup(0, "k", None),
@@ -485,14 +615,14 @@ mod tests {
             "a renewal does not make a position known"
         );
 
-        cache.dbs[0].set_position(Arc::clone(&p1), later);
+        cache.dbs[0].set_position(Arc::clone(&p1), 1, &Changed::All, later);
         assert!(
             cache.lookup(0, "k", None).is_some(),
             "same position: entries kept"
         );
 
         // The lease ran out (the listener stopped renewing it): as good as unknown.
-        cache.dbs[0].set_position(Arc::clone(&p1), Instant::now());
+        cache.dbs[0].set_position(Arc::clone(&p1), 1, &Changed::All, Instant::now());
         assert_eq!(cache.lookup(0, "k", None), None);
         assert_eq!(cache.position(0), None);
         cache.store(0, "k2", &p1, b"b");
@@ -503,5 +633,72 @@ mod tests {
             "stored outside the lease"
         );
         assert!(cache.lookup(0, "k", None).is_some());
+    }
+
+    /// Answers by id outlive a new position unless it changed their report, or the change
+    /// record does not reach back to them; they are served only under a current position.
+    #[test]
+    fn point_entries_survive_the_positions_that_did_not_change_them() {
+        let db = NamedDb {
+            name: "d".into(),
+            url: "postgres://x/y".into(),
+        };
+        let cache = Cache::new(std::slice::from_ref(&db), &[]);
+        let later = Instant::now() + Duration::from_secs(60);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let live = |v: i64| Point::Live {
+            version: v,
+            doc: "{}".into(),
+        };
+        let p1: Arc<str> = "d.1".into();
+        cache.store_point(0, a, &p1, &live(1));
+        assert_eq!(
+            cache.point(0, &a),
+            None,
+            "kept while the position was unknown"
+        );
+        cache.dbs[0].set_position(Arc::clone(&p1), 1, &Changed::All, later);
+        cache.store_point(0, a, &p1, &live(1));
+        cache.store_point(0, b, &p1, &Point::Missing);
+        cache.store_point(0, c, &"d.0".into(), &live(1));
+        assert_eq!(cache.point(0, &a), Some(live(1)));
+        assert_eq!(cache.point(0, &b), Some(Point::Missing));
+        assert_eq!(
+            cache.point(0, &c),
+            None,
+            "read before the position: not kept"
+        );
+
+        // Position 2 changed b only: a stays, b goes (a create of a missing report).
+        cache.dbs[0].forget();
+        assert_eq!(cache.point(0, &a), None, "unknown: nothing by id either");
+        cache.dbs[0].set_position("d.2".into(), 2, &Changed::Since(1, vec![b]), later);
+        assert_eq!(cache.point(0, &a), Some(live(1)));
+        assert_eq!(cache.point(0, &b), None);
+        // A record relative to another position than the entries': all of them go.
+        cache.dbs[0].set_position("d.5".into(), 5, &Changed::Since(3, vec![]), later);
+        assert_eq!(cache.point(0, &a), None);
+        cache.store_point(0, a, &"d.5".into(), &live(2));
+        cache.dbs[0].set_position("d.6".into(), 6, &Changed::All, later);
+        assert_eq!(
+            cache.point(0, &a),
+            None,
+            "a record that does not reach back"
+        );
+
+        let mut bytes = 0;
+        for n in 0..MAX_POINTS + 10 {
+            cache.store_point(0, Uuid::new_v4(), &"d.6".into(), &live(n as i64));
+            bytes = bytes.max(cache.dbs[0].state().points.bytes);
+        }
+        let state = cache.dbs[0].state();
+        assert!(state.points.by_id.len() <= MAX_POINTS && bytes <= MAX_POINT_BYTES);
+    }
+
+    #[test]
+    fn uuid_arrays_in_text_form() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(parse_uuid_array(&format!("{{{a},{b}}}")), vec![a, b]);
+        assert_eq!(parse_uuid_array("{}"), Vec::<Uuid>::new());
     }
 }

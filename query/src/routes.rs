@@ -242,7 +242,17 @@ fn get_report(ctx: &Ctx, req: &Incoming, id_text: &str) -> Result<Reply, ApiErro
 /// with failover.
 fn point_read<'a>(ctx: &'a Ctx, id: &Uuid) -> Result<((Lookup, Vec<u8>), &'a Db), ApiError> {
     if let Some(first) = ctx.dbs.first_choice() {
-        if let Some(point) = ctx.points.read(first, id) {
+        // From memory while the report is unchanged (`cache.rs`), else by a sync round, kept
+        // under the position taken before it.
+        let found = ctx.cache.point(first, id).or_else(|| {
+            let position = ctx.cache.position(first);
+            let point = ctx.points.read(first, id)?;
+            if let Some(position) = position {
+                ctx.cache.store_point(first, *id, &position, &point);
+            }
+            Some(point)
+        });
+        if let Some(point) = found {
             let mut body = Frame::open(1024);
             let lookup = match point {
                 Point::Missing => Lookup::Missing,

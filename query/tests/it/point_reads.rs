@@ -116,7 +116,10 @@ fn concurrent_point_reads_share_one_statement_and_each_gets_its_report() {
 #[test]
 fn a_point_read_after_a_commit_never_gets_the_earlier_version() {
     let url = fresh_db("point_fresh");
-    let reports = seed(&mut PG.client("point_fresh"), 4);
+    // The writer changes the first four; the other four are read between its commits, so
+    // they are answered from memory across positions, the first four never at an old one.
+    let all = seed(&mut PG.client("point_fresh"), 8);
+    let reports = all[..4].to_vec();
     let svc = start_query(&format!("main={url}"), &[]);
     wait_until("the sync rounds run", Duration::from_secs(10), || {
         get(&svc, "/statistics").header("etag").is_some()
@@ -142,7 +145,7 @@ fn a_point_read_after_a_commit_never_gets_the_earlier_version() {
         })
     };
     let port = svc.port;
-    let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+    let ids: Vec<Uuid> = all.iter().map(|r| r.id).collect();
     let readers: Vec<_> = (0..4)
         .map(|k| {
             let ids = ids.clone();
@@ -178,4 +181,58 @@ fn a_point_read_after_a_commit_never_gets_the_earlier_version() {
         writes > 20 && answers > 20,
         "{writes} writes, {answers} answers"
     );
+}
+
+/// Answers by id from memory outlive a commit that did not change their report: after reads
+/// of two reports and a commit changing only the first, the second is answered while the
+/// read model is locked against any reader (so from memory), and the first is answered at
+/// its new version once the lock is gone. The commit also moved the position, which drops
+/// every list and statistics answer: only a report's own change drops its answer.
+#[test]
+fn an_answer_by_id_outlives_a_commit_that_did_not_change_it() {
+    let url = fresh_db("point_kept");
+    let mut reports = seed(&mut PG.client("point_kept"), 2);
+    let svc = start_query(&format!("main={url}"), &[]);
+    let etag = wait_etag(&svc);
+    let path = |r: &shared::model::Report| format!("/reports/{}", r.id);
+    for r in &reports {
+        assert_eq!(get(&svc, &path(r)).status, 200);
+    }
+
+    reports[0].version += 1;
+    reports[0].title = "changed".to_owned();
+    apply(&mut PG.client("point_kept"), &reports[0]);
+    wait_until("a new position", Duration::from_secs(5), || {
+        get(&svc, "/statistics").header("etag") != Some(etag.as_str())
+    });
+
+    let mut locker = PG.client("point_kept");
+    let mut tx = locker.transaction().expect("begin");
+    tx.batch_execute("LOCK TABLE read_reports IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    let kept = get(&svc, &path(&reports[1]));
+    assert_eq!(kept.status, 200, "{}", String::from_utf8_lossy(&kept.body));
+    assert_eq!(kept.json()["data"]["title"], reports[1].title.as_str());
+    tx.rollback().expect("unlock");
+    let changed = get(&svc, &path(&reports[0])).json();
+    assert_eq!(
+        (
+            changed["data"]["version"].as_i64(),
+            changed["data"]["title"].as_str()
+        ),
+        (Some(reports[0].version), Some("changed"))
+    );
+}
+
+/// The first `ETag` the service gives: its cache fence is up.
+fn wait_etag(svc: &shared::testkit::Service) -> String {
+    let mut etag = String::new();
+    wait_until("the cache fence is up", Duration::from_secs(10), || {
+        etag = get(svc, "/statistics")
+            .header("etag")
+            .unwrap_or_default()
+            .to_owned();
+        !etag.is_empty()
+    });
+    etag
 }
