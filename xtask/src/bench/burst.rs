@@ -88,6 +88,30 @@ pub fn post_burst(
     })
 }
 
+/// The position of the stream's last entry once every event-log row is published.
+///
+/// A checkpoint's position is that of the last stream entry its DB applied, and the stream is
+/// in publication order, not position order: positions are taken when a write starts and rows
+/// commit in another order, so the last row published can have a lower position than the
+/// highest (seen: a DB waiting at 121 615 for 121 687 that it had applied long before). Once
+/// every row is published, the stream ends with the highest position of the relay's last batch
+/// (`published_at` is that transaction's time, its rows appended in position order).
+pub(super) fn stream_tail(command: &mut Client) -> Result<Option<i64>> {
+    Ok(command
+        .query_opt(
+            "SELECT position FROM event_log WHERE published_at IS NOT NULL \
+             ORDER BY published_at DESC, position DESC LIMIT 1",
+            &[],
+        )?
+        .map(|r| r.get(0)))
+}
+
+/// Whether a DB whose checkpoint is at `at` has applied every event up to position `last`,
+/// the stream ending at `tail` ([`stream_tail`]).
+pub(super) fn applied_all(at: i64, last: i64, tail: Option<i64>) -> bool {
+    at >= last || Some(at) == tail
+}
+
 /// Waits until the relay has published every event-log row and every query DB's checkpoint
 /// has reached the last position; returns that position.
 pub fn drain(command_db: &str, query_dbs: &[(String, String)]) -> Result<i64> {
@@ -109,21 +133,8 @@ pub fn drain(command_db: &str, query_dbs: &[(String, String)]) -> Result<i64> {
                 &[],
             )?
             .get(0);
-        // A checkpoint's position is that of the last stream entry its DB applied, and the
-        // stream is in publication order, not position order: positions are taken when a
-        // write starts and rows commit in another order, so the last row published can have
-        // a lower position than the highest (seen: a DB waiting at 121 615 for 121 687 that
-        // it had applied long before). Once every row is published, the stream ends with the
-        // highest position of the relay's last batch (`published_at` is that transaction's
-        // time, its rows appended in position order): a DB at it, or beyond `last`, has all.
-        let tail: Option<i64> = if unpublished == 0 {
-            command
-                .query_opt(
-                    "SELECT position FROM event_log WHERE published_at IS NOT NULL \
-                     ORDER BY published_at DESC, position DESC LIMIT 1",
-                    &[],
-                )?
-                .map(|r| r.get(0))
+        let tail = if unpublished == 0 {
+            stream_tail(&mut command)?
         } else {
             None
         };
@@ -135,7 +146,7 @@ pub fn drain(command_db: &str, query_dbs: &[(String, String)]) -> Result<i64> {
                     &[&shared::event::STREAM],
                 )?
                 .map_or(0, |r| r.get(0));
-            if at < last && Some(at) != tail {
+            if !applied_all(at, last, tail) {
                 behind.push(format!("{name} at {at}"));
             }
         }

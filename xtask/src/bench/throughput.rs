@@ -211,7 +211,8 @@ pub fn run(sh: &Shell, cfg: &ThroughputConfig) -> Result<ThroughputReport> {
         eprintln!("throughput: waiting until every query DB has the POSTs applied");
         wait_published(&command_db)?;
         let last = max_position(&command_db)?;
-        wait_checkpoints(&query_dbs, last, CATCH_UP_TIMEOUT)?;
+        let tail = super::burst::stream_tail(&mut connect(&command_db)?)?;
+        wait_checkpoints(&query_dbs, last, tail, CATCH_UP_TIMEOUT)?;
         let projection = projection_run(
             sh,
             &wrk,
@@ -635,8 +636,14 @@ fn checkpoint(c: &mut Client) -> Result<i64> {
     Ok(row.map_or(0, |r| r.get(0)))
 }
 
-/// Until every query DB's checkpoint is at `position` or beyond.
-fn wait_checkpoints(dbs: &[(String, String)], position: i64, timeout: Duration) -> Result<()> {
+/// Until every query DB has applied every event up to `position`, the stream ending at `tail`
+/// (`burst::applied_all`).
+fn wait_checkpoints(
+    dbs: &[(String, String)],
+    position: i64,
+    tail: Option<i64>,
+    timeout: Duration,
+) -> Result<()> {
     let mut clients = dbs
         .iter()
         .map(|(n, u)| Ok((n.clone(), connect(u)?)))
@@ -646,7 +653,7 @@ fn wait_checkpoints(dbs: &[(String, String)], position: i64, timeout: Duration) 
         let mut behind = Vec::new();
         for (name, c) in &mut clients {
             let at = checkpoint(c)?;
-            if at < position {
+            if !super::burst::applied_all(at, position, tail) {
                 behind.push(format!("{name} at {at}"));
             }
         }
@@ -715,6 +722,7 @@ fn projection_run(
         }
         wait_published(command_db)?;
         let last = max_position(command_db)?;
+        let tail = super::burst::stream_tail(&mut connect(command_db)?)?;
         let events: i64 = connect(command_db)?
             .query_one(
                 "SELECT count(*) FROM event_log WHERE position > $1 AND position <= $2",
@@ -754,7 +762,7 @@ fn projection_run(
                         if first.is_none() && at > initial[i] {
                             first = Some(now);
                         }
-                        if at >= last {
+                        if super::burst::applied_all(at, last, tail) {
                             done[i] = Some(now);
                         }
                     }
