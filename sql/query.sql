@@ -325,40 +325,47 @@ CREATE OR REPLACE TRIGGER checkpoint_changed
 
 -- The cache fence (SPEC §7.3): a query instance answers from memory with no round trip per
 -- request, so no transaction that moves the position may commit while any instance still
--- serves the old one. Each instance's cache listener holds the fence lock SHARED on its own
--- connection while it serves a position from memory, and idles in
--- `read_model_fence_wait`. At COMMIT (a deferred trigger on the position row, so every
--- writer passes here, the projection's batches, a rebuild and any hand-written SQL alike) the
--- transaction takes the fence EXCLUSIVE: it cancels the listeners' waits, each stops serving
--- from memory and lets go (asking for the lock again, queued behind this writer), and the
--- commit goes through once none holds it. The lock is released after the commit is visible,
--- so a listener that gets it back reads the new position. Guarantees:
+-- serves the old one. Each instance's cache listener holds the fence lock F SHARED on its own
+-- connection while it serves a position from memory, and idles in `read_model_fence_wait`.
+-- At COMMIT (a deferred trigger on the position row, so every writer passes here, the
+-- projection's batches, a rebuild and any hand-written SQL alike) the transaction takes the
+-- committing lock C, then cancels the listeners' waits until it can take F EXCLUSIVE: each
+-- listener marks its position unknown, lets go of F, and waits for C (the commit) before it
+-- takes F again and reads the new position. Both locks are released after the commit is
+-- visible. Guarantees:
 -- - a commit never happens while an instance can answer the position before it from memory;
+-- - a listener that misses a cancel (it was between two statements) gets the next one,
+--   0.5 ms later: the writer cancels every holder until none is left, and a listener that
+--   let go cannot take F back before the commit, so it cannot hold the writer up again;
 -- - a listener that does not let go within `read_model_fence_evict_after()` (its instance
 --   stopped or hung) has its connection cut, and the commit waits out its lease
 --   (`read_model_fence_lease()`: an instance serves from memory only within that long after
 --   it last sent a statement on that connection, `query/src/cache.rs`);
 -- - with no listener (caches off) a commit pays one try-lock.
--- Cancelling and cutting off another role's backend takes that role, a superuser or
--- `pg_signal_backend`; without it a listener lets go at its next tick (100 ms) and a stuck one
--- fails the commit (the writer retries), never a stale answer.
+-- F is `pg_advisory_lock(29042, 1667326824)`, C `(29042, 1667326825)`. Cancelling and
+-- cutting off another role's backend takes that role, a superuser or `pg_signal_backend`;
+-- without it a listener lets go at its next tick (100 ms) and a stuck one holds the commit
+-- until the writer's statement timeout (the writer retries), never a stale answer.
+-- Shapes of these functions that an earlier schema of this fence had.
+DROP FUNCTION IF EXISTS read_model_fence_evict_after();
+DROP FUNCTION IF EXISTS read_model_fence_pids(boolean, text);
+DROP FUNCTION IF EXISTS read_model_fence_wait(integer);
 CREATE OR REPLACE FUNCTION read_model_fence_lease() RETURNS double precision
     LANGUAGE sql IMMUTABLE AS 'SELECT 1.0::double precision';
-CREATE OR REPLACE FUNCTION read_model_fence_evict_after() RETURNS text
-    LANGUAGE sql IMMUTABLE AS $$SELECT '1s'::text$$;
--- The holders (granted) or the writers waiting for it (not granted) of this DB's fence lock,
--- `pg_advisory_lock(29042, 1667326824)`.
-CREATE OR REPLACE FUNCTION read_model_fence_pids(want_granted boolean, want_mode text)
+CREATE OR REPLACE FUNCTION read_model_fence_evict_after() RETURNS interval
+    LANGUAGE sql IMMUTABLE AS $$SELECT interval '1 second'$$;
+-- Other backends of this DB granted advisory lock (29042, `objid`) in `want_mode`.
+CREATE OR REPLACE FUNCTION read_model_fence_holders(objid_wanted bigint, want_mode text)
     RETURNS SETOF integer LANGUAGE sql AS $$
     SELECT pid FROM pg_locks
     WHERE locktype = 'advisory'
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND classid = 29042 AND objid = 1667326824 AND objsubid = 2
-      AND granted = want_granted AND mode = want_mode AND pid <> pg_backend_pid()
+      AND classid = 29042 AND objid = objid_wanted AND objsubid = 2
+      AND granted AND mode = want_mode AND pid <> pg_backend_pid()
 $$;
 -- A listener's idle tick on the session that took the fence as backend `holder`: true as soon
--- as a writer waits for the fence (found at the start or the end, or the wait is cancelled by
--- the writer: SQLSTATE 57014), false after `tick_ms`. A session that does not hold the fence
+-- as a writer is committing (found at the start or the end, or the wait is cancelled by the
+-- writer: SQLSTATE 57014), false after `tick_ms`. A session that does not hold the fence
 -- (a transaction pooler handed the statement to another backend) is an error, so a lease is
 -- only ever renewed by the session whose lock holds writers back.
 CREATE OR REPLACE FUNCTION read_model_fence_wait(tick_ms integer, holder integer)
@@ -372,38 +379,42 @@ BEGIN
         RAISE EXCEPTION 'this session does not hold the cache fence (a transaction pooler in between?)'
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF EXISTS (SELECT read_model_fence_pids(false, 'ExclusiveLock')) THEN
+    IF EXISTS (SELECT read_model_fence_holders(1667326825, 'ExclusiveLock')) THEN
         RETURN true;
     END IF;
     PERFORM pg_sleep(tick_ms / 1000.0);
-    RETURN EXISTS (SELECT read_model_fence_pids(false, 'ExclusiveLock'));
+    RETURN EXISTS (SELECT read_model_fence_holders(1667326825, 'ExclusiveLock'));
 END $$;
 CREATE OR REPLACE FUNCTION read_model_fence() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    timeout text := current_setting('lock_timeout');
+    cut_off timestamptz;
 BEGIN
     -- No listener holds it, or this transaction took it already (the position moves once
     -- per statement): nothing to wait for.
     IF pg_try_advisory_xact_lock(29042, 1667326824) THEN
         RETURN NULL;
     END IF;
-    BEGIN
-        PERFORM pg_cancel_backend(p) FROM read_model_fence_pids(true, 'ShareLock') AS p;
-    EXCEPTION WHEN insufficient_privilege THEN
-        NULL; -- the listeners find this writer waiting at their next tick
-    END;
-    BEGIN
-        PERFORM set_config('lock_timeout', read_model_fence_evict_after(), true);
-        PERFORM pg_advisory_xact_lock(29042, 1667326824);
-        PERFORM set_config('lock_timeout', timeout, true);
-    EXCEPTION WHEN lock_not_available THEN
-        -- A listener that did not let go (its instance stopped or hung): cut it off and
-        -- wait until its backend is gone, take the fence, then out-wait the lease the
-        -- listener may still believe it holds (holding the fence, so no listener serves).
-        PERFORM pg_terminate_backend(p, 1000) FROM read_model_fence_pids(true, 'ShareLock') AS p;
-        PERFORM pg_advisory_xact_lock(29042, 1667326824);
-        PERFORM pg_sleep(read_model_fence_lease());
-    END;
+    PERFORM pg_advisory_xact_lock(29042, 1667326825);
+    cut_off := clock_timestamp() + read_model_fence_evict_after();
+    LOOP
+        BEGIN
+            PERFORM pg_cancel_backend(p) FROM read_model_fence_holders(1667326824, 'ShareLock') AS p;
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL; -- the listeners find this writer committing at their next tick
+        END;
+        PERFORM pg_sleep(0.0005);
+        EXIT WHEN pg_try_advisory_xact_lock(29042, 1667326824);
+        IF clock_timestamp() > cut_off THEN
+            -- A listener that did not let go (its instance stopped or hung): cut it off and
+            -- wait until its backend is gone, take the fence, then out-wait the lease the
+            -- listener may still believe it holds (holding the fence, so no listener serves).
+            PERFORM pg_terminate_backend(p, 1000)
+                FROM read_model_fence_holders(1667326824, 'ShareLock') AS p;
+            PERFORM pg_advisory_xact_lock(29042, 1667326824);
+            PERFORM pg_sleep(read_model_fence_lease());
+            EXIT;
+        END IF;
+    END LOOP;
     RETURN NULL;
 END $$;
 DROP TRIGGER IF EXISTS read_model_fence ON read_model_position;

@@ -69,6 +69,9 @@ pub const MAX_POINT_BYTES: usize = 2 * 1024 * 1024;
 /// The pause before reconnecting a listener.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
+/// How often a listener whose DB reads do not go to looks whether they do now.
+const UNCHOSEN_POLL: Duration = Duration::from_millis(20);
+
 /// How long the listener idles in `read_model_fence_wait` per statement: how often it renews
 /// its lease and checks the stop flag, and the longest a writer whose cancel arrived between
 /// two statements waits for it.
@@ -78,12 +81,15 @@ const TICK_MS: i32 = 100;
 /// value, so this side may only be shorter.
 pub const LEASE: Duration = Duration::from_secs(1);
 
-/// Takes the fence lock (`sql/query.sql`) SHARED and reads, under it, the position, this
-/// backend and the reports changed since position `since` (`read_model_changes`). Letting go
-/// of everything first makes the statement safe to repeat after a cancel at any point.
+/// Takes the fence lock (`sql/query.sql`) SHARED, once no writer is committing, and reads,
+/// under it, the position, this backend and the reports changed since position `since`
+/// (`read_model_changes`). Letting go of everything first makes the statement safe to repeat
+/// after a cancel at any point.
 fn take_fence_sql(since: i64) -> String {
     format!(
         "SELECT pg_advisory_unlock_all(); \
+         SELECT pg_advisory_lock_shared(29042, 1667326825); \
+         SELECT pg_advisory_unlock_shared(29042, 1667326825); \
          SELECT pg_advisory_lock_shared(29042, 1667326824); \
          SELECT p.position, pg_backend_pid(), p.changes_from <= {since} AND p.position >= {since} \
                 AND NOT EXISTS (SELECT 1 FROM read_model_changes c \
@@ -326,15 +332,25 @@ impl Cache {
     }
 
     /// Starts one listener thread per DB that has a listen URL; dropping the result stops them.
-    pub fn listen(self: &Arc<Cache>) -> std::io::Result<Threads> {
+    /// `first_choice` names the DB reads go to now ([`Dbs::first_choice`]): only its listener
+    /// holds the fence, since memory answers only for it, so each commit waits for one
+    /// listener per query instance reading that DB first, not for every instance's.
+    ///
+    /// [`Dbs::first_choice`]: crate::failover::Dbs::first_choice
+    pub fn listen(
+        self: &Arc<Cache>,
+        first_choice: Arc<dyn Fn() -> Option<usize> + Send + Sync>,
+    ) -> std::io::Result<Threads> {
         let mut threads = Threads::default();
         for i in 0..self.dbs.len() {
             if self.dbs[i].listen_url.is_none() {
                 continue;
             }
             let cache = Arc::clone(self);
+            let first_choice = Arc::clone(&first_choice);
+            let chosen = move || first_choice() == Some(i);
             threads.spawn(format!("listen-{}", self.dbs[i].name), move |stop| {
-                listen_loop(&cache.dbs[i], stop)
+                listen_loop(&cache.dbs[i], &chosen, stop)
             })?;
         }
         Ok(threads)
@@ -360,13 +376,13 @@ fn etag_matches(header: &str, position: &str) -> bool {
     })
 }
 
-fn listen_loop(db: &DbCache, stop: &AtomicBool) {
+fn listen_loop(db: &DbCache, chosen: &dyn Fn() -> bool, stop: &AtomicBool) {
     let Some(url) = db.listen_url.as_deref() else {
         return;
     };
     let mut logged_down = false;
     while !stop.load(Ordering::Acquire) {
-        match listen_once(db, url, stop) {
+        match listen_once(db, url, chosen, stop) {
             Ok(()) => break,
             Err(e) => {
                 db.forget();
@@ -399,9 +415,14 @@ impl From<postgres::Error> for Failed {
     }
 }
 
-/// Connects, then serves positions under the fence until the connection fails (`Err`) or
-/// `stop` is set (`Ok`).
-fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String> {
+/// Connects, then serves positions under the fence while this DB is `chosen`, until the
+/// connection fails (`Err`) or `stop` is set (`Ok`).
+fn listen_once(
+    db: &DbCache,
+    url: &str,
+    chosen: &dyn Fn() -> bool,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives(true);
@@ -409,11 +430,19 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
     let mut client = config.connect(postgres::NoTls).map_err(|e| e.to_string())?;
     let lease = fence_lease(&mut client)?;
     let wait = Wait::prepare(&mut client)?;
-    shared::info!("cache {}: fenced, serving the read-model position", db.name);
+    shared::info!(
+        "cache {}: connected; it holds the fence while reads go to this DB",
+        db.name
+    );
     // A new connection may be to a DB recreated under the same name: no answer by id from
     // before it is trusted.
     let mut since = None;
     while !stop.load(Ordering::Acquire) {
+        if !chosen() {
+            // Reads go elsewhere: hold no writer of this DB up, and look again shortly.
+            std::thread::sleep(UNCHOSEN_POLL);
+            continue;
+        }
         let sent = Instant::now();
         let holder = match take_fence(&mut client, since) {
             Ok(f) => {
@@ -425,8 +454,8 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
             Err(Failed::Cancelled) => continue,
             Err(Failed::Down(e)) => return Err(e),
         };
-        // Serve that position until a writer waits for the fence.
-        while !stop.load(Ordering::Acquire) {
+        // Serve that position until a writer waits for the fence, or reads go elsewhere.
+        while !stop.load(Ordering::Acquire) && chosen() {
             let sent = Instant::now();
             match wait.query_one(&mut client, &[&TICK_MS, &holder]) {
                 Ok(row) if !row.get::<_, bool>(0) => db.renew(sent + lease),
@@ -439,6 +468,11 @@ fn listen_once(db: &DbCache, url: &str, stop: &AtomicBool) -> Result<(), String>
         }
         // Unknown BEFORE letting go: the writer commits only after that.
         db.forget();
+        if !chosen() {
+            client
+                .simple_query("SELECT pg_advisory_unlock_all()")
+                .map_err(|e| describe(&e))?;
+        }
     }
     Ok(())
 }

@@ -61,7 +61,10 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     let dbs = Arc::new(Dbs::new(config).map_err(StartError::Db)?);
     let prober = Prober::start(&dbs).map_err(StartError::Io)?;
     let cache = Arc::new(Cache::new(&config.dbs, &config.listen));
-    let listeners = cache.listen().map_err(StartError::Io)?;
+    let chosen = Arc::clone(&dbs);
+    let listeners = cache
+        .listen(Arc::new(move || chosen.first_choice()))
+        .map_err(StartError::Io)?;
     let points = Arc::new(PointReaders::new(&config.dbs, &config.listen));
     let point_threads = points.start().map_err(StartError::Io)?;
     let ctx = Arc::new(Ctx {

@@ -401,5 +401,10 @@ fn a_commit_waits_for_the_fence_but_never_for_the_lease() {
         Duration::from_secs(5),
         || stats_total(&get(&svc, "/statistics")) == 42,
     );
-    assert!(svc.log().contains("fenced"), "{}", svc.log());
+    assert!(
+        svc.log()
+            .contains("cache main: connected; it holds the fence"),
+        "{}",
+        svc.log()
+    );
 }
