@@ -1,42 +1,47 @@
-//! The response cache (SPEC §7.3): list and statistics answers served from memory, never
-//! staler than the query DB they replace, with no DB round trip per hit.
+//! The response cache (SPEC §7.3): list, statistics and by-id answers served from memory,
+//! never staler than the query DB they replace, with no DB round trip per hit.
 //!
 //! Every query DB moves its `read_model_position` row in the same transaction as any change
 //! to `read_reports`, `statistics` or `checkpoint`, and no such transaction commits while an
 //! instance may still answer the old position from memory: the *cache fence* of
 //! `sql/query.sql`. One thread per DB (all of them unless `QUERY_CACHE=off`) keeps a
-//! connection of its own, holds the fence lock SHARED on it while this instance serves that
-//! DB's position, and idles in `read_model_fence_wait`. A writer's COMMIT cancels that wait;
-//! the thread marks the position unknown FIRST, then lets go of the lock and asks for it again
-//! (queued behind the writer), and reads the new position once the commit is visible. The
-//! DB's position is the token `<db>.<n>`.
+//! connection of its own and, while reads go to that DB ([`Cache::listen`]), holds the fence
+//! lock SHARED on it and idles in `read_model_fence_wait`. A writer's COMMIT cancels that
+//! wait until the lock is free; the thread marks the position unknown FIRST, then lets go of
+//! the lock, waits for the commit, takes the lock again and reads the new position and the
+//! reports changed since its last one (`read_model_changes`). The DB's position is the token
+//! `<db>.<n>`.
 //!
 //! Guarantees:
-//! - an entry is served only while its DB's position is the one it was read at: the position
-//!   is taken BEFORE the read, so an entry can only be newer than its position, never older;
-//!   a new position drops that DB's entries;
+//! - a list or statistics entry is served only while its DB's position is the one it was read
+//!   at: the position is taken BEFORE the read, so an entry can only be newer than its
+//!   position, never older; a new position drops those entries;
+//! - an answer by id is served only while the position is known and its report has not
+//!   changed since it was read (a new position drops the changed ids; a change record that
+//!   does not reach back, a new connection or a TRUNCATE drops them all);
 //! - a read that starts after a change committed never gets the answer from before it: the
 //!   commit waited until this instance had marked the old position unknown;
 //! - a position is served only within its *lease*: [`LEASE`] (read from the DB,
-//!   `read_model_fence_lease()`) after the listener last sent a statement that succeeded on
-//!   the fenced connection. A writer cuts off a listener that does not let go within a second
-//!   (this instance stopped or hung) and then waits out that lease before it commits, so a
-//!   process that wakes from SIGSTOP finds its lease over, not an old answer;
+//!   `read_model_fence_lease()`) after the listener last sent a statement that proved, on its
+//!   own backend, that it holds the lock. A writer cuts off a listener that does not let go
+//!   within a second (this instance stopped or hung) and then waits out that lease before it
+//!   commits, so a process that wakes from SIGSTOP finds its lease over, not an old answer;
+//!   a transaction pooler between the listener and the DB fails that proof (no cache);
 //! - while a DB's position is unknown (listener not connected yet, connection lost, DB down,
 //!   a standby, whose replay no fence holds back) nothing of that DB is served from memory and
 //!   no `ETag` is given for it: every read goes to the DB, as without a cache;
 //! - entries are per DB, and a request is answered from memory only for the DB
 //!   [`Dbs::first_choice`](crate::failover::Dbs::first_choice) names, so a failover never
 //!   serves the first DB's entries;
-//! - memory is bounded ([`MAX_ENTRIES`], [`MAX_BYTES`] per DB, [`MAX_BODY`] per entry).
+//! - memory is bounded ([`MAX_ENTRIES`], [`MAX_BYTES`] per DB, [`MAX_BODY`] per entry;
+//!   [`MAX_POINTS`], [`MAX_POINT_BYTES`] by id).
 //!
 //! Why a fence and not a round trip per hit (how this module worked before): waiting for a
 //! fresh read of the position cost every hit a DB round trip shared with its neighbours, and
 //! held statistics via nginx at ~0.45 of `GET /health`; without it the same answers run at
-//! the speed of `/health`. The price moves to the writer: each commit waits for every
-//! instance's listener to let go (about one round trip per listener, per commit; the
-//! projection commits at most every 20 ms under a steady flow). Point reads still run their
-//! own sync rounds ([`crate::points`]).
+//! the speed of `/health`. The price moves to the writer: each commit waits for the listeners
+//! of that DB (one per instance reading it first) to answer a cancel. Answers by id that
+//! memory does not hold run sync rounds ([`crate::points`]) and are kept.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -43,9 +43,10 @@ pub const QUERY_DIRECT_URLS: &str = "QUERY_DIRECT_URLS";
 
 /// `MAY_WORKERS`: may scheduler threads. A sync DB call on a pooled connection blocks its
 /// worker for a whole round trip, so for those reads (cache misses, search, history, Open311)
-/// the workers are the service's DB concurrency. The hot reads (cache hits, 304s and every
-/// point read) do not block a worker: they park their coroutine until a sync round has run
-/// on the listener's own thread (`cache.rs`). For those, each extra worker only adds idle
+/// the workers are the service's DB concurrency. The hot reads do not block a worker: cache
+/// hits and 304s need no DB call (`cache.rs`), and point reads memory does not hold park
+/// their coroutine until a sync round has run on the point reader's own thread
+/// (`points.rs`). For those, each extra worker only adds idle
 /// parking in epoll and eventfd wake-ups. Measured on the 2-core box, release, wrk -c64
 /// straight to one instance, random ids, CPU of the service and its DB per request, with the
 /// machine shared (load 24-30): by id 19 500 / 16 400 / ~11 500 req/s at 44 / 51 / 98 µs per

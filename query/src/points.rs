@@ -15,8 +15,10 @@
 //!   [`rounds::SYNC_WAIT`](crate::rounds::SYNC_WAIT), [`PointReaders::read`] is `None` and the
 //!   caller reads on a pooled connection with failover, as without this module;
 //! - the caller names the DB (the one a read would use now), so a DB passed over is never read
-//!   through its thread. These rounds are separate from the cache's, so a lock on
-//!   `read_reports` that holds a point read never holds a cache check.
+//!   through its thread.
+//!
+//! Memory (`cache.rs`) answers first; these rounds read what it does not hold, and the caller
+//! keeps the answer there under the position it took before the round.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,8 +2,8 @@
 //! for a database read that STARTED after it arrived, and how concurrent requests share one.
 //!
 //! A request asks for a round ([`Rounds::sync`]: the next round number, and optionally a
-//! report id to read) and parks its coroutine; one plain thread per DB and purpose (the cache's
-//! position listener, the point reader) takes every round asked so far ([`Rounds::next`]),
+//! report id to read) and parks its coroutine; one plain thread per DB (the point reader,
+//! `points.rs`) takes every round asked so far ([`Rounds::next`]),
 //! runs ONE statement for all of them on a connection of its own and wakes them
 //! ([`Rounds::finish`]). Guarantees:
 //! - a round a request waits for was taken after the request asked, so its statement's
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-/// How long a request waits for a sync round before reading the DB instead (a listener
+/// How long a request waits for a sync round before reading the DB instead (a reader
 /// connection that hangs must not hold hot reads longer than a read would take).
 pub const SYNC_WAIT: Duration = Duration::from_millis(500);
 
@@ -38,7 +38,7 @@ pub const RECENT_ROUNDS: usize = 8;
 #[derive(Default)]
 pub struct Rounds {
     state: may::sync::Mutex<RoundState>,
-    /// The listener waits here for a round to be asked.
+    /// The reader thread waits here for a round to be asked.
     asked: may::sync::Condvar,
     /// Requests wait here for their round.
     done: may::sync::Condvar,
@@ -128,7 +128,7 @@ impl Rounds {
         found.get(id).cloned()
     }
 
-    /// The listener: waits until a round is asked (or `idle` passed); returns its number and
+    /// The reader thread: waits until a round is asked (or `idle` passed); returns its number and
     /// the ids it must read.
     pub fn next(&self, idle: Duration) -> (u64, Vec<Uuid>) {
         let Ok(mut st) = self.state.lock() else {
@@ -143,7 +143,7 @@ impl Rounds {
         (st.asked, std::mem::take(&mut st.ids))
     }
 
-    /// The listener: every round up to `target` is done (also when it failed, `found` =
+    /// The reader thread: every round up to `target` is done (also when it failed, `found` =
     /// `None`: the waiters then find the position unknown and read the DB).
     pub fn finish(&self, target: u64, found: Option<HashMap<Uuid, Point>>) {
         if let Ok(mut st) = self.state.lock() {
