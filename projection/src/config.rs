@@ -52,10 +52,13 @@ pub const READ_BLOCK: Duration = Duration::from_millis(100);
 pub const WRITER_QUEUE_BATCHES: usize = 64;
 /// The reader reads no new entries while every attached writer has at least this many batches
 /// queued: reading further would only overrun the fastest writer's channel and detach it, after
-/// which each writer reads and decodes the same backlog again on its own (XRANGE). Half the
-/// channel, so a writer that is merely busy keeps a full transaction's worth queued, and one
-/// that is slower than the fastest still fills up and is detached as before.
-pub const PACE_QUEUED_BATCHES: usize = WRITER_QUEUE_BATCHES / 2;
+/// which each writer reads and decodes the same backlog again on its own (XRANGE). Two full
+/// transactions' worth ([`MAX_TX_ENTRIES`]), so a busy writer always finds its next one
+/// queued, while one slower than the fastest still fills up and is detached as before. Every
+/// queued entry is held in memory (~3.5 KiB raw and decoded): at half the channel (32 batches,
+/// ~8 000 entries) the projection held ~30 MiB after a burst, over the 32 MiB target of the
+/// whole process (issue 13 point 8); 8 batches hold ~7 MiB.
+pub const PACE_QUEUED_BATCHES: usize = 2 * MAX_TX_ENTRIES / READ_COUNT;
 /// Most entries one writer transaction applies when it merges queued batches: big enough to
 /// amortise the commit, small enough to keep row locks and a rollback short.
 pub const MAX_TX_ENTRIES: usize = 1024;
