@@ -59,9 +59,11 @@ use crate::rounds::{Point, Threads};
 /// cache is full it starts over, so a scan of distinct URLs costs misses, never memory.
 pub const MAX_ENTRIES: usize = 512;
 
-/// Body bytes kept per DB: 4 MiB holds ~70 full 100-item pages and keeps the service well
-/// under its 32 MiB resident target even with three DBs cached.
-pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Body bytes kept per DB: 2 MiB holds ~200 first pages of 20 reports (~35 full 100-item
+/// pages). Only the DB reads go to keeps entries (a listener that lets go of its fence because
+/// reads moved elsewhere drops them), so with [`MAX_POINT_BYTES`] the cache holds at most
+/// 4 MiB and the service stays under its 32 MiB resident target.
+pub const MAX_BYTES: usize = 2 * 1024 * 1024;
 
 /// A larger answer is not kept: it would crowd out many hot small ones.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -218,6 +220,15 @@ impl DbCache {
         }
         state.position = Some(position);
         state.lease_until = Some(lease_until);
+    }
+
+    /// Reads went to another DB: nothing of this one is served, so nothing is kept either.
+    fn drop_entries(&self) {
+        let mut state = self.state();
+        state.entries.clear();
+        state.bytes = 0;
+        state.entries_at = None;
+        state.points.clear();
     }
 
     /// The position still holds (the fence was held all along): serve it until `lease_until`.
@@ -474,6 +485,7 @@ fn listen_once(
         // Unknown BEFORE letting go: the writer commits only after that.
         db.forget();
         if !chosen() {
+            db.drop_entries();
             client
                 .simple_query("SELECT pg_advisory_unlock_all()")
                 .map_err(|e| describe(&e))?;
