@@ -111,18 +111,23 @@ pub fn read(client: &mut impl GenericClient) -> Result<Checkpoint, postgres::Err
     }
 }
 
-/// Records `cp` and `applied` more entries, in the caller's transaction.
+/// Moves the checkpoint by a batch (`write`).
+pub const WRITE: &str = "INSERT INTO checkpoint (stream, entry_id, position, applied, updated_at) \
+     VALUES ($1, $2, $3, $4, now()) \
+     ON CONFLICT (stream) DO UPDATE SET entry_id = EXCLUDED.entry_id, \
+       position = EXCLUDED.position, applied = checkpoint.applied + EXCLUDED.applied, \
+       updated_at = EXCLUDED.updated_at";
+
+/// Records `cp` and `applied` more entries, in the caller's transaction: `statement` is
+/// [`WRITE`] prepared.
 pub fn write(
     tx: &mut impl GenericClient,
+    statement: &postgres::Statement,
     cp: Checkpoint,
     applied: i64,
 ) -> Result<(), postgres::Error> {
     tx.execute(
-        "INSERT INTO checkpoint (stream, entry_id, position, applied, updated_at) \
-         VALUES ($1, $2, $3, $4, now()) \
-         ON CONFLICT (stream) DO UPDATE SET entry_id = EXCLUDED.entry_id, \
-           position = EXCLUDED.position, applied = checkpoint.applied + EXCLUDED.applied, \
-           updated_at = EXCLUDED.updated_at",
+        statement,
         &[&STREAM, &cp.entry_id.to_string(), &cp.position, &applied],
     )?;
     Ok(())

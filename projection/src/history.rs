@@ -6,13 +6,22 @@
 //! `ON CONFLICT DO NOTHING`, so duplicates, replays and late older events are harmless and the
 //! order of arrival does not matter; a delete adds its row and removes none.
 
-use postgres::types::Type;
-use postgres::Transaction;
+use postgres::{Statement, Transaction};
 
 use crate::fanout::Decoded;
 
-/// Records every entry of a batch, in one statement.
-pub fn record(tx: &mut Transaction<'_>, entries: &[&Decoded]) -> Result<(), postgres::Error> {
+/// Every entry of a batch, one statement (`record`).
+pub const RECORD: &str =
+    "INSERT INTO report_history (report_id, version, event_type, at, payload) \
+     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::text[]) \
+     ON CONFLICT (report_id, version) DO NOTHING";
+
+/// Records every entry of a batch, in one statement: `statement` is [`RECORD`] prepared.
+pub fn record(
+    tx: &mut Transaction<'_>,
+    statement: &Statement,
+    entries: &[&Decoded],
+) -> Result<(), postgres::Error> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -24,18 +33,6 @@ pub fn record(tx: &mut Transaction<'_>, entries: &[&Decoded]) -> Result<(), post
         .collect();
     let ats: Vec<time::OffsetDateTime> = entries.iter().map(|e| e.event.timestamp).collect();
     let payloads: Vec<&str> = entries.iter().map(|e| e.event.payload.as_str()).collect();
-    // Typed: no prepare round trip.
-    tx.execute_typed(
-        "INSERT INTO report_history (report_id, version, event_type, at, payload) \
-         SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::text[]) \
-         ON CONFLICT (report_id, version) DO NOTHING",
-        &[
-            (&ids, Type::UUID_ARRAY),
-            (&versions, Type::INT8_ARRAY),
-            (&types, Type::TEXT_ARRAY),
-            (&ats, Type::TIMESTAMPTZ_ARRAY),
-            (&payloads, Type::TEXT_ARRAY),
-        ],
-    )?;
+    tx.execute(statement, &[&ids, &versions, &types, &ats, &payloads])?;
     Ok(())
 }
