@@ -445,7 +445,10 @@ fn listen_once(
     config.application_name(APPLICATION_NAME);
     let mut client = config.connect(postgres::NoTls).map_err(|e| e.to_string())?;
     let lease = fence_lease(&mut client)?;
-    let wait = Wait::prepare(&mut client)?;
+    // The listener's tick, prepared once per connection.
+    let wait = client
+        .prepare("SELECT read_model_fence_wait($1, $2)")
+        .map_err(|e| describe(&e))?;
     shared::info!(
         "cache {}: connected; it holds the fence while reads go to this DB",
         db.name
@@ -473,7 +476,7 @@ fn listen_once(
         // Serve that position until a writer waits for the fence, or reads go elsewhere.
         while !stop.load(Ordering::Acquire) && chosen() {
             let sent = Instant::now();
-            match wait.query_one(&mut client, &[&TICK_MS, &holder]) {
+            match client.query_one(&wait, &[&TICK_MS, &holder]) {
                 Ok(row) if !row.get::<_, bool>(0) => db.renew(sent + lease),
                 Ok(_) => break,
                 Err(e) => match Failed::from(e) {
@@ -554,26 +557,6 @@ fn parse_uuid_array(text: &str) -> Vec<Uuid> {
         .split(',')
         .filter_map(|u| Uuid::try_parse(u.trim()).ok())
         .collect()
-}
-
-/// The listener's tick, `read_model_fence_wait`, prepared once per connection.
-struct Wait(postgres::Statement);
-
-impl Wait {
-    fn prepare(client: &mut postgres::Client) -> Result<Wait, String> {
-        client
-            .prepare("SELECT read_model_fence_wait($1, $2)")
-            .map(Wait)
-            .map_err(|e| describe(&e))
-    }
-
-    fn query_one(
-        &self,
-        client: &mut postgres::Client,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<postgres::Row, postgres::Error> {
-        client.query_one(&self.0, params)
-    }
 }
 
 /// A DB error with its SQLSTATE and message (`postgres::Error` alone says "db error").

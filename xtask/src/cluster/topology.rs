@@ -396,8 +396,9 @@ impl Topology {
         urls.join(",")
     }
 
-    /// `QUERY_DATABASE_URLS` for the projection: every query DB directly, by seed name.
-    pub fn projection_urls(&self, target: Target) -> String {
+    /// Every query DB directly, by seed name: the projection's `QUERY_DATABASE_URLS` and the
+    /// query instances' `QUERY_DIRECT_URLS`.
+    pub fn direct_query_urls(&self, target: Target) -> String {
         self.query_db_names()
             .iter()
             .map(|db| format!("{db}={}", self.query_db_url(db, target)))
@@ -425,14 +426,14 @@ impl Topology {
                 env.push(("QUERY_DATABASE_URLS", self.query_urls_for(k, target)));
                 // The cache fence and the point readers need sessions, which PgBouncer's
                 // transaction pooling does not keep: every DB directly.
-                env.push(("QUERY_DIRECT_URLS", self.projection_urls(target)));
+                env.push(("QUERY_DIRECT_URLS", self.direct_query_urls(target)));
             }
             Kind::Projection => {
                 // Its operator subcommands (`projection rebuild`, `check-sync`) read the
                 // command DB, so every deployment can run them in the projection's container.
                 env.push(("COMMAND_DATABASE_URL", self.command_db_url(target)));
                 env.push(("REDIS_URL", self.redis_url(target)));
-                env.push(("QUERY_DATABASE_URLS", self.projection_urls(target)));
+                env.push(("QUERY_DATABASE_URLS", self.direct_query_urls(target)));
             }
             Kind::Postgres | Kind::Redis | Kind::Pgbouncer | Kind::Nginx => return Vec::new(),
         }
